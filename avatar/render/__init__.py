@@ -1,0 +1,1 @@
+"""Rendering: a CPU mesh preview, and the Gaussian-splat rasterizer (gsplat on CUDA, ours on CPU)."""
