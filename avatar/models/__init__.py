@@ -1,4 +1,6 @@
 """Head models: parameters -> vertices, joints, landmarks (differentiable, batched)."""
 from avatar.models.base import HeadModel, HeadOutput, skin
+from avatar.models.flame import FlameHead
+from avatar.models.registry import load_head_model
 
-__all__ = ["HeadModel", "HeadOutput", "skin"]
+__all__ = ["HeadModel", "HeadOutput", "skin", "FlameHead", "load_head_model"]
