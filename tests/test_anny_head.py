@@ -185,3 +185,20 @@ def test_float32_close_to_float64(anny_head, anny_head64):
     d = (anny_head(**p32).vertices.double() - anny_head64(**p64).vertices).abs().max().item()
     assert d < 1e-5
     assert np.isfinite(d)
+
+
+def test_submesh_matches_full_model(anny_head):
+    torch.manual_seed(4)
+    m = anny_head
+    faces = torch.randperm(m.faces.shape[0])[:300]
+    bary = torch.softmax(torch.randn(300, 3), dim=1)
+    full = __import__("copy").deepcopy(m)
+    full.set_landmark_embedding(faces, bary)
+    sub = full.submesh(faces)
+    assert sub.num_vertices < m.num_vertices
+    p = {k: 0.2 * torch.randn_like(v) for k, v in m.zero_params(3).items()}
+    a, b = full(**p), sub(**p)
+    assert torch.allclose(a.landmarks, b.landmarks, atol=1e-6)
+    keep = torch.unique(m.faces[faces])
+    assert torch.allclose(a.vertices[:, keep], b.vertices, atol=1e-6)
+    assert torch.equal(full.landmark_faces, faces) and full.num_vertices == m.num_vertices  # source untouched

@@ -24,6 +24,7 @@ chin, ear, eyebrows, eye, forehead, head, mouth, neck, nose) in [-1, 1] (positiv
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -235,6 +236,31 @@ class AnnyHead(HeadModel):
         self.joint_names = list(JOINTS)
         self.joint_parents = list(JOINT_PARENTS)
         self._num_local = n_local
+        self._init_phenotype_columns(dtype)
+
+    def _init_phenotype_columns(self, dtype: torch.dtype) -> None:
+        """Per variation column: which phenotype feeds it (or a fixed value), its anchor, the
+        anchor spacing and clamp range. Race columns are a constant 1/3."""
+        source, fixed, race, value, anchor, spacing, lo, hi = [], [], [], [], [], [], [], []
+        for name, n, rng in _VARIATIONS:
+            for k in range(n):
+                is_race = rng is None
+                a, b = rng if rng is not None else (0.0, 1.0)
+                step = (b - a) / (n - 1)
+                source.append(PHENOTYPES.index(name) if name in PHENOTYPES else 0)
+                fixed.append(name not in PHENOTYPES)
+                race.append(is_race)
+                value.append(1.0 / 3.0 if is_race else 0.5)
+                anchor.append(a + step * k)
+                spacing.append(step)
+                lo.append(a)
+                hi.append(b)
+        reg = lambda n, x, dt=dtype: self.register_buffer(n, torch.tensor(x, dtype=dt), persistent=False)  # noqa: E731
+        reg("_pheno_column_source", source, torch.long)
+        reg("_pheno_column_source_fixed", fixed, torch.bool)
+        reg("_pheno_column_race", race, torch.bool)
+        for n, x in [("value", value), ("anchor", anchor), ("spacing", spacing), ("lo", lo), ("hi", hi)]:
+            reg(f"_pheno_column_{n}", x)
 
     @classmethod
     def load(
@@ -251,26 +277,50 @@ class AnnyHead(HeadModel):
                     model.set_landmark_embedding(torch.from_numpy(data["faces"]), torch.from_numpy(data["bary"]))
         return model.to(device)
 
+    def submesh(self, face_ids: Tensor) -> "AnnyHead":
+        """A model that evaluates only the vertices of the triangles ``face_ids`` (same parameters,
+        same results on those vertices). The fitting stage needs only the landmark triangles:
+        ``head.submesh(head.landmark_faces)`` evaluates ~1/4 of the mesh. The landmark embedding
+        is carried over when all its triangles are kept."""
+        face_ids = torch.as_tensor(face_ids, dtype=torch.long, device=self.device)
+        faces = self.faces[face_ids]
+        keep, new_faces = torch.unique(faces, return_inverse=True)
+        sub = copy.copy(self)  # shares the joint/identity tables; vertex tables are replaced
+        sub._buffers = dict(self._buffers)
+        cols = (keep[:, None] * 3 + torch.arange(3, device=self.device)).reshape(-1)
+        sub.template = self.template[keep]
+        sub.shapedirs_pheno = self.shapedirs_pheno[:, cols].contiguous()
+        sub.shapedirs_local = self.shapedirs_local[:, cols].contiguous()
+        sub.exprdirs = self.exprdirs[:, cols].contiguous()
+        sub.skin_weights = self.skin_weights[keep]
+        sub.faces = new_faces.reshape(-1, 3)
+        sub.uv_faces = self.uv_faces[face_ids]
+        if self.landmark_faces.numel():
+            pos = torch.full((self.faces.shape[0],), -1, dtype=torch.long, device=self.device)
+            pos[face_ids] = torch.arange(face_ids.numel(), device=self.device)
+            lm = pos[self.landmark_faces]
+            if bool((lm >= 0).all()):
+                sub.landmark_faces, sub.landmark_bary = lm, self.landmark_bary
+            else:
+                sub.landmark_faces = lm[:0]
+                sub.landmark_bary = self.landmark_bary[:0]
+        return sub
+
     # --- identity ----------------------------------------------------------------------------
     def phenotype_coefficients(self, phenotypes: Tensor) -> Tensor:
         """``[B, 6]`` phenotype values in [0, 1] -> ``[B, n_basis]`` coefficients of anny's
-        compact phenotype basis: per phenotype, piecewise-linear weights over its anchor values
-        (clamped to the anchor range), multiplied per blendshape as anny's mask says."""
-        b = phenotypes.shape[0]
-        columns = []
-        for name, n, rng in _VARIATIONS:
-            if name == "race":
-                columns.append(phenotypes.new_full((b, n), 1.0 / 3.0))
-                continue
-            value = phenotypes[:, PHENOTYPES.index(name)] if name in PHENOTYPES else phenotypes.new_full((b,), 0.5)
-            lo, hi = rng
-            value = torch.where(value < lo, torch.full_like(value, lo), value)
-            value = torch.where(value > hi, torch.full_like(value, hi), value)
-            spacing = (hi - lo) / (n - 1)
-            anchors = lo + spacing * torch.arange(n, dtype=phenotypes.dtype, device=phenotypes.device)
-            columns.append(torch.relu(1.0 - (value[:, None] - anchors).abs() / spacing))
-        phens = torch.cat(columns, dim=1)  # [B, 26]
-        mask = self.pheno_mask[None]
+        compact phenotype basis: per phenotype, piecewise-linear (hat) weights over its anchor
+        values, the value clamped to the anchor range; each blendshape weight is the product of
+        the variations its mask selects. Vectorised over the 26 variation columns."""
+        value = phenotypes[:, self._pheno_column_source]  # [B, 26]
+        fixed = self._pheno_column_source_fixed
+        value = torch.where(fixed, self._pheno_column_value, value)
+        # torch.where (not clamp) so a value on the boundary keeps a one-sided gradient, as in anny.
+        value = torch.where(value < self._pheno_column_lo, self._pheno_column_lo, value)
+        value = torch.where(value > self._pheno_column_hi, self._pheno_column_hi, value)
+        hat = torch.relu(1.0 - (value - self._pheno_column_anchor).abs() / self._pheno_column_spacing)
+        phens = torch.where(self._pheno_column_race, self._pheno_column_value, hat)
+        mask = self.pheno_mask
         weights = torch.prod(phens[:, None, :] * mask + (1.0 - mask), dim=-1)  # [B, 624]
         return weights @ self.pheno_projection
 
@@ -321,25 +371,24 @@ class AnnyHead(HeadModel):
         b = self._batch_size(shape, expression, jaw, neck, eyes, global_orient, transl)
         rest, heads = self.rest_shape(shape, expression)  # [B|1, V, 3], [B|1, J, 3]
 
-        # Joint rotations D_c: root identity (global_orient is applied after), the neck rotation
-        # split evenly over the neck chain, jaw, eyes. Rotations share the leading batch size b.
-        eye3 = torch.eye(3, dtype=self.dtype, device=self.device).expand(b, 3, 3)
-        neck_r = axis_angle_to_matrix(neck / len(_NECK_CHAIN)).expand(b, 3, 3)
-        rots = [eye3, neck_r, neck_r, neck_r, neck_r,
-                axis_angle_to_matrix(jaw).expand(b, 3, 3),
-                axis_angle_to_matrix(eyes[:, 0]).expand(b, 3, 3),
-                axis_angle_to_matrix(eyes[:, 1]).expand(b, 3, 3)]
-        heads_b = heads.expand(b, -1, -1)
-        # T_c = T_p [D_c | h_c - D_c h_c]: each joint rotates its subtree about its own head.
-        transforms: list[Tensor] = []
-        for c, parent in enumerate(JOINT_PARENTS):
-            h = heads_b[:, c]
-            local = rigid(rots[c], h - (rots[c] @ h[..., None]).squeeze(-1))
-            transforms.append(local if parent < 0 else transforms[parent] @ local)
-        g = rigid(axis_angle_to_matrix(global_orient), transl).expand(b, 4, 4)
-        T = g[:, None] @ torch.stack(transforms, dim=1)  # [B, J, 4, 4]
+        # All rotations in one call: neck/4 (spread over the 4-bone neck chain), jaw, eyes, global.
+        aa = torch.cat([x.expand(b, *x.shape[1:]).reshape(b, -1, 3)
+                        for x in (neck / len(_NECK_CHAIN), jaw, eyes, global_orient)], dim=1)
+        rot = axis_angle_to_matrix(aa)  # [B, 5, 3, 3]: neck, jaw, eye.L, eye.R, global
+        # Each driven joint c rotates its subtree about its own head h_c: L_c = [D_c | h_c - D_c h_c].
+        h = heads.expand(b, -1, -1)
+        d = torch.cat([rot[:, :1].expand(b, 4, 3, 3), rot[:, 1:4]], dim=1)  # joints 1..7
+        local = rigid(d, h[:, 1:] - (d @ h[:, 1:, :, None]).squeeze(-1))  # [B, 7, 4, 4]
+        # T_root = G (global_orient, transl; the root's own delta is the identity); the neck chain
+        # is sequential, then jaw and both eyes hang off the head joint.
+        g = rigid(rot[:, 4], transl.expand(b, 3))
+        chain = [g]
+        for c in range(4):
+            chain.append(chain[-1] @ local[:, c])
+        leaves = chain[-1][:, None] @ local[:, 4:]
+        T = torch.cat([torch.stack(chain, dim=1), leaves], dim=1)  # [B, J, 4, 4]
         verts = skin(rest.expand(b, -1, -1), self.skin_weights, T)
-        joints = (T[..., :3, :3] @ heads_b[..., None]).squeeze(-1) + T[..., :3, 3]
+        joints = (T[..., :3, :3] @ h[..., None]).squeeze(-1) + T[..., :3, 3]
         return HeadOutput(
             vertices=verts,
             joints=joints,
