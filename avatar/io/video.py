@@ -40,7 +40,7 @@ class VideoInfo:
     height: int
     fps: float | None
     num_frames: int
-    rotation: int  # degrees counter-clockwise applied to the stored frames to show them upright
+    rotation: int  # 0/90/180/270: degrees counter-clockwise the stored frames are turned to show upright
 
 
 def _natural_key(path: Path) -> list:
@@ -171,7 +171,7 @@ class FrameReader:
                                   "truncated or corrupt: re-export it.") from e
             if first is None:
                 raise AvatarError(f"{self.source}: the video holds no decodable frames; re-export it.")
-            rotation = int(round(getattr(first, "rotation", 0) or 0))
+            rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
             w, h = first.width, first.height
             if rotation % 180:
                 w, h = h, w

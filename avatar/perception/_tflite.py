@@ -118,7 +118,7 @@ def transform_landmarks(landmarks: np.ndarray, matrix: np.ndarray, opts: dict) -
     """Map [1, N, D] landmarks' x, y through the first two rows of a [1, 4, 4] matrix."""
     m = matrix.reshape(4, 4).astype(np.float64)
     lm = landmarks.astype(np.float64).copy()
-    xy = lm[..., :2]
+    xy = lm[..., :2].copy()  # a copy: x is overwritten before y is computed
     lm[..., 0] = m[0, 0] * xy[..., 0] + m[0, 1] * xy[..., 1] + m[0, 3]
     lm[..., 1] = m[1, 0] * xy[..., 0] + m[1, 1] * xy[..., 1] + m[1, 3]
     return lm.astype(np.float32)
