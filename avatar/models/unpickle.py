@@ -17,7 +17,8 @@ from __future__ import annotations
 import codecs
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -72,24 +73,24 @@ def _stub_class(base: type[_Stub], kind: str) -> type[_Stub]:
 
 
 # chumpy's elementwise ops that may appear as a node of a pickled expression: evaluated on arrays.
-_CHUMPY_OPS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "add": np.add,
-    "subtract": np.subtract,
-    "multiply": np.multiply,
-    "divide": np.divide,
-}
-_CHUMPY_CLASSES: dict[tuple[str, str], type[_Stub]] = {("chumpy.ch", "Ch"): _stub_class(_ChumpyStub, "Ch")}
-_CHUMPY_CLASSES.update({("chumpy.ch_ops", op): _stub_class(_ChumpyStub, op) for op in _CHUMPY_OPS})
+_CHUMPY_OPS: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = MappingProxyType(
+    {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide}
+)
 
-_SPARSE_CLASSES: dict[tuple[str, str], type[_Stub]] = {}
-for _fmt in ("csc", "csr"):
-    _cls = _stub_class(_SparseStub, _fmt)
-    for _module in (f"scipy.sparse.{_fmt}", f"scipy.sparse._{_fmt}"):
-        for _name in (f"{_fmt}_matrix", f"{_fmt}_array"):
-            _SPARSE_CLASSES[(_module, _name)] = _cls
-del _fmt, _cls, _module, _name
 
-_STUB_CLASSES = {**_CHUMPY_CLASSES, **_SPARSE_CLASSES}
+def _stub_table() -> Mapping[tuple[str, str], type[_Stub]]:
+    """(module, name) -> stand-in class, for every spelling chumpy/scipy objects are pickled under."""
+    table: dict[tuple[str, str], type[_Stub]] = {("chumpy.ch", "Ch"): _stub_class(_ChumpyStub, "Ch")}
+    table.update({("chumpy.ch_ops", op): _stub_class(_ChumpyStub, op) for op in _CHUMPY_OPS})
+    for fmt in ("csc", "csr"):  # scipy < 1.8 used scipy.sparse.csc; later scipy.sparse._csc
+        cls = _stub_class(_SparseStub, fmt)
+        for module in (f"scipy.sparse.{fmt}", f"scipy.sparse._{fmt}"):
+            for name in (f"{fmt}_matrix", f"{fmt}_array"):
+                table[(module, name)] = cls
+    return MappingProxyType(table)
+
+
+_STUB_CLASSES = _stub_table()
 
 
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
@@ -225,7 +226,7 @@ def load_pickle_restricted(path: str | Path) -> dict:
     except AvatarError:
         raise
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, UnicodeDecodeError) as err:
+            KeyError, UnicodeDecodeError, RecursionError) as err:
         raise MissingAssetError(f"{path} is not a readable model pickle ({type(err).__name__}: {err})") from err
     if not isinstance(obj, dict):
         raise MissingAssetError(f"{path} holds a pickled {type(obj).__name__}, not the dict of arrays a model file has")
