@@ -13,6 +13,7 @@ from avatar.errors import AvatarError
 # name -> "module:Class". Modules are imported when the CLI starts (tyro needs the classes for
 # --help); keep their top-level imports light.
 COMMANDS: dict[str, str] = {
+    "landmarks": "avatar_apps.landmarks:Landmarks",
     "show-model": "avatar_apps.show_model:ShowModel",
     "demo": "avatar_apps.demo:Demo",
 }
