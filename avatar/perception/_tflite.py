@@ -98,19 +98,18 @@ def transform_tensor_bilinear(features: np.ndarray, matrix: np.ndarray, opts: di
     tx = rx[0] * gx + rx[1] * gy + rx[3]
     ty = ry[0] * gx + ry[1] * gy + ry[3]
     inside = (tx >= 0) & (tx <= fw - 1) & (ty >= 0) & (ty <= fh - 1)
-    x0, y0 = np.floor(tx).astype(np.int64), np.floor(ty).astype(np.int64)
+    x0, y0 = np.floor(tx), np.floor(ty)
     fx, fy = (tx - x0)[..., None], (ty - y0)[..., None]
-    f = features[0]
-
-    def read(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        ok = (yy >= 0) & (xx >= 0) & (yy < fh) & (xx < fw)
-        v = f[np.clip(yy, 0, fh - 1), np.clip(xx, 0, fw - 1)]
-        return np.where(ok[..., None], v, 0.0)
-
-    top = (1 - fx) * read(y0, x0) + fx * read(y0, x0 + 1)
-    bottom = (1 - fx) * read(y0 + 1, x0) + fx * read(y0 + 1, x0 + 1)
-    out = fy * bottom + (1 - fy) * top
-    out = np.where(inside[..., None], out, 0.0)
+    # One zero pixel of padding: neighbours that fall outside the map read 0, as in the op; indices
+    # further out are clipped into the padding (those samples are zeroed by `inside` anyway).
+    f = np.pad(features[0], ((1, 1), (1, 1), (0, 0)))
+    xa = np.clip(x0 + 1, 0, fw + 1).astype(np.intp)
+    xb = np.clip(x0 + 2, 0, fw + 1).astype(np.intp)
+    ya = np.clip(y0 + 1, 0, fh + 1).astype(np.intp)
+    yb = np.clip(y0 + 2, 0, fh + 1).astype(np.intp)
+    top = (1 - fx) * f[ya, xa] + fx * f[ya, xb]
+    bottom = (1 - fx) * f[yb, xa] + fx * f[yb, xb]
+    out = (fy * bottom + (1 - fy) * top) * inside[..., None]
     return out.astype(np.float32)[None]
 
 
