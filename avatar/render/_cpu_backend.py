@@ -27,7 +27,7 @@ from avatar.errors import AvatarError
 _SOURCES = ("common.h", "project.cpp", "raster.cpp")
 # -ffp-contract=off: forward and backward re-evaluate the same per-pixel test and must agree
 # bit for bit on which samples pass it; FMA contraction could round them differently.
-_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno"]
+_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno"]
 _NATIVE = ["-march=native"]
 
 

@@ -18,6 +18,8 @@
 // the tile we visit, per row, only the pixels inside the ellipse where alpha can reach 1/255
 // (solved analytically, padded by a pixel, then the exact test above decides). The result is
 // bit-for-bit what a full scan would give.
+#include <cstring>
+
 #include "common.h"
 
 namespace splat {
@@ -30,12 +32,33 @@ struct Weight {
     bool valid;
 };
 
+// exp(-x). float: a branch-free Cephes-style expf (about 1 ulp) that vectorises; std::exp is a
+// library call the compiler cannot turn into SIMD without -ffast-math. double: std::exp.
+inline float exp_neg(float x) {
+    float v = std::min(std::max(-x, -87.0f), 88.0f);
+    const float n = std::floor(v * 1.44269504088896341f + 0.5f);
+    float r = v - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float e = p * r * r + r + 1.0f;
+    const int32_t bits = (int32_t(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return e * scale;
+}
+inline double exp_neg(double x) { return std::exp(-x); }
+
 // One Gaussian at one pixel. Forward and backward both call this, and the library is built
 // with -ffp-contract=off, so they agree exactly on which samples are valid.
 template <typename T>
 inline Weight<T> eval_weight(T a, T b, T c, T dx, T dy, T opac) {
     const T sigma = T(0.5) * (a * dx * dx + c * dy * dy) + b * dx * dy;
-    const T vis = std::exp(-sigma);
+    const T vis = exp_neg(sigma);
     const T alpha = std::min(T(kMaxAlpha), opac * vis);
     return {vis, alpha, !(sigma < T(0) || alpha < T(kAlphaThreshold))};
 }
@@ -151,6 +174,34 @@ void bin_fill(int C, int N, const T* means2d, const int32_t* radii, const T* dep
 }
 
 // ---------------------------------------------------------------- forward
+//
+// A tile's pixels live in structure-of-arrays buffers whose rows are padded to a multiple of
+// kLanes. For each Gaussian we visit only the rows its footprint touches and, in each, only the
+// kLanes-wide blocks that its footprint overlaps; a block is evaluated branch-free (masks and
+// selects) so the compiler turns it into SIMD. Pixels outside the image are "dead" from the start.
+
+constexpr int kLanes = 8;
+
+struct TileBuf {
+    int stride, rows, npix;  // padded row length, tile rows, stride * rows
+};
+
+inline TileBuf tile_buf(int tile) {
+    TileBuf b;
+    b.stride = (tile + kLanes - 1) / kLanes * kLanes;
+    b.rows = tile;
+    b.npix = b.stride * b.rows;
+    return b;
+}
+
+// Blocks [blk0, blk1) of a row that the footprint's columns [c0, c1) overlap (x relative to x0).
+inline void row_blocks(const Footprint& f, int y, int x0, int x_end, int* blk0, int* blk1) {
+    int c0, c1;
+    f.cols(y, x0, x_end, &c0, &c1);
+    if (c1 <= c0) { *blk0 = *blk1 = 0; return; }
+    *blk0 = (c0 - x0) / kLanes;
+    *blk1 = (c1 - x0 + kLanes - 1) / kLanes;
+}
 
 template <typename T, int DC>
 void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d, const T* conics,
@@ -158,52 +209,67 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                 const int32_t* flat_ids, T* render, T* transmittance, int32_t* last, int n_threads) {
     const int D = DC > 0 ? DC : Drt;
     const int64_t n_tiles = int64_t(C) * ((W + tile - 1) / tile) * ((H + tile - 1) / tile);
+    const TileBuf tb = tile_buf(tile);
     parallel_for(n_tiles, n_threads, [&](int64_t t) {
         const TileGeom g = tile_geom(t, tile, W, H);
-        const int w = g.w(), npix = g.w() * g.h();
-        std::vector<T> Tr(npix, T(1)), acc(int64_t(npix) * D, T(0));
-        std::vector<int32_t> cnt(npix, 0);
-        std::vector<uint8_t> done(npix, 0);
-        int alive = npix;
+        const int S = tb.stride, NP = tb.npix;
+        std::vector<T> Tr(NP, T(1)), acc(int64_t(NP) * D, T(0));
+        std::vector<int32_t> cnt(NP, 0), done(NP, 1);
+        for (int y = 0; y < g.h(); ++y)
+            for (int x = 0; x < g.w(); ++x) done[y * S + x] = 0;
+        int alive = g.w() * g.h();
+        const int x_end = g.x0 + S;  // padded lanes are evaluated but dead
         const int64_t start = tile_offsets[t], end = tile_offsets[t + 1];
         for (int64_t k = start; k < end && alive > 0; ++k) {
             const int64_t id = flat_ids[k];
             const T mx = means2d[2 * id], my = means2d[2 * id + 1];
             const T a = conics[3 * id], b = conics[3 * id + 1], c = conics[3 * id + 2];
             const T opac = opacities[id];
-            const T* col = colors + id * D;
+            T col[DC > 0 ? DC : 1];
+            const T* colp = colors + id * D;
+            if (DC > 0) for (int d = 0; d < D; ++d) col[d] = colp[d];
+            const int32_t kk1 = int32_t(k - start + 1);
             const Footprint f = footprint(mx, my, a, b, c, opac, g.x0, g.y0, g.x1, g.y1);
             if (f.empty) continue;
             for (int y = f.row0; y < f.row1; ++y) {
-                int c0, c1;
-                f.cols(y, g.x0, g.x1, &c0, &c1);
+                int blk0, blk1;
+                row_blocks(f, y, g.x0, x_end, &blk0, &blk1);
                 const T dy = my - (T(y) + T(0.5));
-                for (int x = c0; x < c1; ++x) {
-                    const int p = (y - g.y0) * w + (x - g.x0);
-                    if (done[p]) continue;
-                    const Weight<T> wt = eval_weight(a, b, c, mx - (T(x) + T(0.5)), dy, opac);
-                    if (!wt.valid) continue;
-                    const T next_T = Tr[p] * (T(1) - wt.alpha);
-                    if (next_T <= T(kTransmittanceMin)) {
-                        done[p] = 1;
-                        --alive;
-                        continue;
+                for (int blk = blk0; blk < blk1; ++blk) {
+                    const int base = (y - g.y0) * S + blk * kLanes;
+                    const int xb = g.x0 + blk * kLanes;
+                    int n_term = 0;
+#pragma omp simd reduction(+ : n_term)
+                    for (int i = 0; i < kLanes; ++i) {
+                        const int p = base + i;
+                        const Weight<T> wt = eval_weight(a, b, c, mx - (T(xb + i) + T(0.5)), dy, opac);
+                        const bool ok = wt.valid & (done[p] == 0);
+                        const T Tp = Tr[p];
+                        const T next_T = Tp * (T(1) - wt.alpha);
+                        const bool term = ok & (next_T <= T(kTransmittanceMin));
+                        const bool contrib = ok & !term;
+                        done[p] |= int32_t(term);
+                        n_term += int(term);
+                        const T w = contrib ? wt.alpha * Tp : T(0);
+                        if (DC > 0) {
+                            for (int d = 0; d < DC; ++d) acc[int64_t(d) * NP + p] += w * col[d];
+                        } else {
+                            for (int d = 0; d < D; ++d) acc[int64_t(d) * NP + p] += w * colp[d];
+                        }
+                        Tr[p] = contrib ? next_T : Tp;
+                        cnt[p] = contrib ? kk1 : cnt[p];
                     }
-                    const T vis = wt.alpha * Tr[p];
-                    T* out = acc.data() + int64_t(p) * D;
-                    for (int d = 0; d < D; ++d) out[d] += col[d] * vis;
-                    Tr[p] = next_T;
-                    cnt[p] = int32_t(k - start + 1);
+                    alive -= n_term;
                 }
             }
         }
         const T* bg = backgrounds ? backgrounds + int64_t(g.cam) * D : nullptr;
         for (int y = g.y0; y < g.y1; ++y) {
             for (int x = g.x0; x < g.x1; ++x) {
-                const int p = (y - g.y0) * w + (x - g.x0);
+                const int p = (y - g.y0) * S + (x - g.x0);
                 const int64_t pix = (int64_t(g.cam) * H + y) * W + x;
                 for (int d = 0; d < D; ++d)
-                    render[pix * D + d] = acc[int64_t(p) * D + d] + (bg ? Tr[p] * bg[d] : T(0));
+                    render[pix * D + d] = acc[int64_t(d) * NP + p] + (bg ? Tr[p] * bg[d] : T(0));
                 transmittance[pix] = Tr[p];
                 last[pix] = cnt[p];
             }
@@ -215,6 +281,7 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
 
 // Gradients per (tile, Gaussian) entry are written to their own slot (no races, deterministic),
 // then summed per Gaussian. Slot layout: v_mean(2) v_conic(3) v_opacity(1) |v_mean|(2) v_color(D).
+// Within a tile, per-pixel contributions are summed per SIMD lane first, then across lanes.
 template <typename T, int DC>
 void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d, const T* conics,
                 const T* colors, const T* opacities, const T* backgrounds, const int64_t* tile_offsets,
@@ -222,35 +289,39 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                 const T* v_alpha, T* v_means2d, T* v_conics, T* v_colors, T* v_opacities, T* v_means2d_abs,
                 int n_threads) {
     const int D = DC > 0 ? DC : Drt;
-    const int S = 8 + D;
+    const int SL = 8 + D;
     const int64_t n_tiles = int64_t(C) * ((W + tile - 1) / tile) * ((H + tile - 1) / tile);
     const int64_t n_isect = tile_offsets[n_tiles];
-    std::vector<T> slots(n_isect * S, T(0));
+    const TileBuf tb = tile_buf(tile);
+    std::vector<T> slots(n_isect * SL);
     parallel_for(n_tiles, n_threads, [&](int64_t t) {
         const TileGeom g = tile_geom(t, tile, W, H);
-        const int w = g.w(), npix = g.w() * g.h();
+        const int S = tb.stride, NP = tb.npix;
         const int64_t start = tile_offsets[t];
-        std::vector<T> Tr(npix), Tfin(npix), vA(npix), vbg(npix, T(0)), vC(int64_t(npix) * D),
-            buf(int64_t(npix) * D, T(0));
-        std::vector<int32_t> cnt(npix);
+        // Per pixel: running T, T_final * (v_alpha - <background, v_render>), v_render, buffer.
+        std::vector<T> Tr(NP, T(1)), Tfin(NP, T(1)), vAe(NP, T(0)), vC(int64_t(NP) * D, T(0)),
+            buf(int64_t(NP) * D, T(0));
+        std::vector<int32_t> cnt(NP, 0);
         const T* bg = backgrounds ? backgrounds + int64_t(g.cam) * D : nullptr;
         int max_cnt = 0;
         for (int y = g.y0; y < g.y1; ++y) {
             for (int x = g.x0; x < g.x1; ++x) {
-                const int p = (y - g.y0) * w + (x - g.x0);
+                const int p = (y - g.y0) * S + (x - g.x0);
                 const int64_t pix = (int64_t(g.cam) * H + y) * W + x;
                 Tfin[p] = Tr[p] = transmittance[pix];
-                vA[p] = v_alpha[pix];
                 cnt[p] = last[pix];
                 max_cnt = std::max(max_cnt, cnt[p]);
+                T vbg = 0;
                 for (int d = 0; d < D; ++d) {
-                    vC[int64_t(p) * D + d] = v_render[pix * D + d];
-                    if (bg) vbg[p] += bg[d] * v_render[pix * D + d];
+                    vC[int64_t(d) * NP + p] = v_render[pix * D + d];
+                    if (bg) vbg += bg[d] * v_render[pix * D + d];
                 }
+                vAe[p] = Tfin[p] * (v_alpha[pix] - vbg);
             }
         }
-        std::vector<T> vcol_buf(D);
-        T* v_col = vcol_buf.data();
+        const int x_end = g.x0 + S;
+        // lane accumulators: 8 scalars + D colours, kLanes each
+        std::vector<T> lane(int64_t(8 + D) * kLanes);
         for (int kk = max_cnt - 1; kk >= 0; --kk) {
             const int64_t k = start + kk;
             const int64_t id = flat_ids[k];
@@ -260,58 +331,67 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
             const T* col = colors + id * D;
             const Footprint f = footprint(mx, my, a, b, c, opac, g.x0, g.y0, g.x1, g.y1);
             if (f.empty) continue;
-            T v_mx = 0, v_my = 0, v_a = 0, v_b = 0, v_c = 0, v_op = 0, abs_x = 0, abs_y = 0;
-            for (int d = 0; d < D; ++d) v_col[d] = 0;
-            bool touched = false;
+            std::fill(lane.begin(), lane.end(), T(0));
+            T* L = lane.data();
+            int touched = 0;
             for (int y = f.row0; y < f.row1; ++y) {
-                int c0, c1;
-                f.cols(y, g.x0, g.x1, &c0, &c1);
+                int blk0, blk1;
+                row_blocks(f, y, g.x0, x_end, &blk0, &blk1);
                 const T dy = my - (T(y) + T(0.5));
-                for (int x = c0; x < c1; ++x) {
-                    const int p = (y - g.y0) * w + (x - g.x0);
-                    if (kk >= cnt[p]) continue;
-                    const T dx = mx - (T(x) + T(0.5));
-                    const Weight<T> wt = eval_weight(a, b, c, dx, dy, opac);
-                    if (!wt.valid) continue;
-                    touched = true;
-                    const T ra = T(1) / (T(1) - wt.alpha);
-                    Tr[p] *= ra;  // transmittance in front of this Gaussian
-                    const T fac = wt.alpha * Tr[p];
-                    const T* vc = vC.data() + int64_t(p) * D;
-                    T* bp = buf.data() + int64_t(p) * D;
-                    T va = 0;
-                    for (int d = 0; d < D; ++d) {
-                        v_col[d] += fac * vc[d];
-                        va += (col[d] * Tr[p] - bp[d] * ra) * vc[d];
-                        bp[d] += col[d] * fac;
-                    }
-                    va += Tfin[p] * ra * (vA[p] - vbg[p]);
-                    if (opac * wt.vis <= T(kMaxAlpha)) {
-                        const T v_sigma = -opac * wt.vis * va;
-                        v_a += T(0.5) * v_sigma * dx * dx;
-                        v_b += v_sigma * dx * dy;
-                        v_c += T(0.5) * v_sigma * dy * dy;
+                for (int blk = blk0; blk < blk1; ++blk) {
+                    const int base = (y - g.y0) * S + blk * kLanes;
+                    const int xb = g.x0 + blk * kLanes;
+#pragma omp simd reduction(+ : touched)
+                    for (int i = 0; i < kLanes; ++i) {
+                        const int p = base + i;
+                        const T dx = mx - (T(xb + i) + T(0.5));
+                        const Weight<T> wt = eval_weight(a, b, c, dx, dy, opac);
+                        const bool ok = wt.valid & (kk < cnt[p]);
+                        touched += int(ok);
+                        const T ra = T(1) / (T(1) - wt.alpha);
+                        const T Tp = ok ? Tr[p] * ra : Tr[p];  // transmittance in front of this Gaussian
+                        Tr[p] = Tp;
+                        const T fac = ok ? wt.alpha * Tp : T(0);
+                        T va = vAe[p] * ra;
+                        for (int d = 0; d < D; ++d) {
+                            const T vc = vC[int64_t(d) * NP + p];
+                            T& bd = buf[int64_t(d) * NP + p];
+                            va += (col[d] * Tp - bd * ra) * vc;
+                            L[(8 + d) * kLanes + i] += fac * vc;
+                            bd += col[d] * fac;
+                        }
+                        const bool g_ok = ok & (opac * wt.vis <= T(kMaxAlpha));
+                        const T v_sigma = g_ok ? -opac * wt.vis * va : T(0);
                         const T gx = v_sigma * (a * dx + b * dy), gy = v_sigma * (b * dx + c * dy);
-                        v_mx += gx;
-                        v_my += gy;
-                        abs_x += std::abs(gx);
-                        abs_y += std::abs(gy);
-                        v_op += wt.vis * va;
+                        L[0 * kLanes + i] += gx;
+                        L[1 * kLanes + i] += gy;
+                        L[2 * kLanes + i] += T(0.5) * v_sigma * dx * dx;
+                        L[3 * kLanes + i] += v_sigma * dx * dy;
+                        L[4 * kLanes + i] += T(0.5) * v_sigma * dy * dy;
+                        L[5 * kLanes + i] += g_ok ? wt.vis * va : T(0);
+                        L[6 * kLanes + i] += std::abs(gx);
+                        L[7 * kLanes + i] += std::abs(gy);
                     }
                 }
             }
-            if (!touched) continue;
-            T* s = slots.data() + k * S;
-            s[0] = v_mx; s[1] = v_my; s[2] = v_a; s[3] = v_b; s[4] = v_c; s[5] = v_op; s[6] = abs_x; s[7] = abs_y;
-            for (int d = 0; d < D; ++d) s[8 + d] = v_col[d];
+            T* s = slots.data() + k * SL;
+            for (int j = 0; j < SL; ++j) {
+                T sum = 0;
+                if (touched)
+                    for (int i = 0; i < kLanes; ++i) sum += L[j * kLanes + i];
+                s[j] = sum;
+            }
         }
+        // Entries past the last contributing one were never visited: zero their slots.
+        for (int64_t k = start + max_cnt; k < tile_offsets[t + 1]; ++k)
+            std::fill(slots.data() + k * SL, slots.data() + (k + 1) * SL, T(0));
     });
     // Sum the slots per Gaussian. Cameras own disjoint Gaussian rows, so they reduce in parallel.
     const int64_t tiles_per_cam = n_tiles / std::max(C, 1);
     parallel_for(C, n_threads, [&](int64_t cam) {
         for (int64_t k = tile_offsets[cam * tiles_per_cam]; k < tile_offsets[(cam + 1) * tiles_per_cam]; ++k) {
             const int64_t id = flat_ids[k];
-            const T* s = slots.data() + k * S;
+            const T* s = slots.data() + k * SL;
             v_means2d[2 * id] += s[0];
             v_means2d[2 * id + 1] += s[1];
             v_conics[3 * id] += s[2];
