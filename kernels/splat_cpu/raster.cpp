@@ -19,6 +19,7 @@
 // (solved analytically, padded by a pixel, then the exact test above decides). The result is
 // bit-for-bit what a full scan would give.
 #include <cstring>
+#include <type_traits>
 
 #include "common.h"
 
@@ -52,6 +53,39 @@ inline float exp_neg(float x) {
     return e * scale;
 }
 inline double exp_neg(double x) { return std::exp(-x); }
+
+// 8-wide float SIMD via GCC/Clang vector extensions (SSE/AVX/NEON, whatever the target has).
+// The same operations, in the same order, as the scalar eval_weight<float> above, so forward (SIMD)
+// and backward agree exactly on every sample.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline v8i load8(const int32_t* p) { v8i v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+inline void store8(int32_t* p, v8i v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline v8f exp_neg8(v8f x) {
+    v8f v = -x;
+    v = v < -87.0f ? v8f{} - 87.0f : v;
+    v = 88.0f < v ? v8f{} + 88.0f : v;
+    const v8f t = v * 1.44269504088896341f + 0.5f;
+    const v8f tf = __builtin_convertvector(__builtin_convertvector(t, v8i), v8f);
+    const v8f n = tf > t ? tf - 1.0f : tf;  // floor(t)
+    v8f r = v - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    v8f p = v8f{} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const v8f e = p * r * r + r + 1.0f;
+    const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+    v8f scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return e * scale;
+}
 
 // One Gaussian at one pixel. Forward and backward both call this, and the library is built
 // with -ffp-contract=off, so they agree exactly on which samples are valid.
@@ -203,6 +237,37 @@ inline void row_blocks(const Footprint& f, int y, int x0, int x_end, int* blk0, 
     *blk1 = (c1 - x0 + kLanes - 1) / kLanes;
 }
 
+// One 8-pixel block of the forward blend for one Gaussian (float). Returns how many pixels
+// terminated. done: -1/1 = finished or dead, 0 = live. acc is channel-major with stride np.
+template <int DC>
+inline int blend_block8(float a, float b, float c, float mx, float dy, float opac, int xb, int D,
+                        const float* col, int32_t kk1, float* Tr, int32_t* done, int32_t* cnt, float* acc,
+                        int np) {
+    const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const v8f px = __builtin_convertvector(lane + xb, v8f) + 0.5f;
+    const v8f dx = mx - px;
+    const float cdy = c * dy * dy;
+    const v8f sigma = 0.5f * (a * dx * dx + cdy) + b * dx * dy;
+    const v8f vis = exp_neg8(sigma);
+    const v8f oa = opac * vis;
+    const v8f alpha = oa < float(kMaxAlpha) ? oa : v8f{} + float(kMaxAlpha);
+    const v8i valid = ~((sigma < 0.0f) | (alpha < float(kAlphaThreshold)));
+    const v8i ok = valid & (load8(done) == 0);
+    if (!(ok[0] | ok[1] | ok[2] | ok[3] | ok[4] | ok[5] | ok[6] | ok[7])) return 0;
+    const v8f Tp = load8(Tr);
+    const v8f next_T = Tp * (1.0f - alpha);
+    const v8i term = ok & (next_T <= float(kTransmittanceMin));
+    const v8i contrib = ok & ~term;
+    store8(done, load8(done) | (term & 1));
+    const v8f w = contrib ? alpha * Tp : v8f{};
+    const int nd = DC > 0 ? DC : D;
+    for (int d = 0; d < nd; ++d) store8(acc + int64_t(d) * np, load8(acc + int64_t(d) * np) + w * col[d]);
+    store8(Tr, contrib ? next_T : Tp);
+    store8(cnt, contrib ? v8i{} + kk1 : load8(cnt));
+    const v8i t1 = term & 1;
+    return t1[0] + t1[1] + t1[2] + t1[3] + t1[4] + t1[5] + t1[6] + t1[7];
+}
+
 template <typename T, int DC>
 void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d, const T* conics,
                 const T* colors, const T* opacities, const T* backgrounds, const int64_t* tile_offsets,
@@ -238,6 +303,12 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                 for (int blk = blk0; blk < blk1; ++blk) {
                     const int base = (y - g.y0) * S + blk * kLanes;
                     const int xb = g.x0 + blk * kLanes;
+                    if constexpr (std::is_same_v<T, float>) {
+                        alive -= blend_block8<DC>(a, b, c, mx, dy, opac, xb, D, DC > 0 ? col : colp, kk1,
+                                                  Tr.data() + base, done.data() + base, cnt.data() + base,
+                                                  acc.data() + base, NP);
+                        continue;
+                    }
                     int n_term = 0;
 #pragma omp simd reduction(+ : n_term)
                     for (int i = 0; i < kLanes; ++i) {
