@@ -1,12 +1,16 @@
 """Pick a head model by name: ``load_head_model("anny")`` (default) or ``load_head_model("flame", path)``."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from avatar.errors import AvatarError, MissingAssetError
 from avatar.models.base import HeadModel
 
 __all__ = ["HEAD_MODELS", "load_head_model"]
+
+log = logging.getLogger(__name__)
 
 HEAD_MODELS = ("anny", "flame")
 
@@ -16,6 +20,7 @@ def load_head_model(
     path: str | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    landmarks: bool = True,
 ) -> HeadModel:
     """Load a head model.
 
@@ -23,6 +28,9 @@ def load_head_model(
         name: ``"anny"`` (the built-in AnnyHead, CC0 data) or ``"flame"`` (a FLAME file you supply).
         path: the FLAME model file; required for ``"flame"``, unused for ``"anny"``.
         device, dtype: where and in which precision the model's tensors live.
+        landmarks: attach the 478-point MediaPipe landmark embedding. AnnyHead ships one; for FLAME
+            it is built at first use (renders + FaceMesh, ~30 s on CPU) and cached in the user cache
+            folder (``avatar.models.landmark_embedding.cached_landmark_embedding``).
 
     >>> model = load_head_model("flame", path="flame2023.pkl")  # doctest: +SKIP
     """
@@ -30,11 +38,19 @@ def load_head_model(
     if key == "anny":
         from avatar.models.anny_head import AnnyHead
 
-        return AnnyHead.load(device=device, dtype=dtype)
+        return AnnyHead.load(device=device, dtype=dtype, landmarks=landmarks)
     if key == "flame":
         from avatar.models.flame import FLAME_HELP, FlameHead
 
         if path is None:
             raise MissingAssetError(f"the FLAME head model needs its model file: pass path=... . {FLAME_HELP}")
-        return FlameHead.from_file(path, device=device, dtype=dtype)
+        head = FlameHead.from_file(path, device=device, dtype=dtype)
+        if landmarks:
+            from avatar.models.landmark_embedding import cached_landmark_embedding
+
+            try:
+                cached_landmark_embedding(head)
+            except AvatarError as exc:  # the model still works; only landmark fitting needs this
+                log.warning("FLAME model %s: no landmark embedding (%s); head.landmark_faces stays empty", path, exc)
+        return head
     raise AvatarError(f"unknown head model {name!r}; choose one of: {', '.join(HEAD_MODELS)}")
