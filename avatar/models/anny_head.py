@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from avatar.models.base import HeadModel, HeadOutput, skin
+from avatar.models.base import HeadModel, HeadOutput, skin_vlast
 from avatar.models.rotations import axis_angle_to_matrix, rigid
 from avatar.utils.files import atomic_path, cache_dir
 
@@ -208,14 +208,15 @@ class AnnyHead(HeadModel):
         v = t["template"].shape[0]
         # Identity blendshapes flattened to [K, V*3] (vertices) and [K, J*3] (joints) for one
         # matmul each; the local changes are split by sign (anny's ReLU pair).
-        self.register_buffer("template", t["template"], persistent=False)
-        self.register_buffer("shapedirs_pheno", t["shapedirs_pheno"].reshape(-1, v * 3), persistent=False)
+        # Coordinate-major ([K, 3*V]: all x, then all y, then all z) so rest shapes come out as
+        # contiguous [B, 3, V] planes, the layout skinning wants (see base.skin_vlast).
+        cm = lambda x: x.transpose(-1, -2).reshape(x.shape[0], 3 * v).contiguous()  # noqa: E731
+        self.register_buffer("template_t", t["template"].T.contiguous(), persistent=False)  # [3, V]
+        self.register_buffer("shapedirs_pheno", cm(t["shapedirs_pheno"]), persistent=False)
         self.register_buffer(
-            "shapedirs_local",
-            torch.cat([t["shapedirs_local_pos"], t["shapedirs_local_neg"]]).reshape(2 * n_local, v * 3),
-            persistent=False,
+            "shapedirs_local", cm(torch.cat([t["shapedirs_local_pos"], t["shapedirs_local_neg"]])), persistent=False
         )
-        self.register_buffer("exprdirs", t["exprdirs"].reshape(-1, v * 3), persistent=False)
+        self.register_buffer("exprdirs", cm(t["exprdirs"]), persistent=False)
         nj = len(JOINTS)
         self.register_buffer("joint_template", t["joint_template"], persistent=False)
         self.register_buffer("jointdirs_pheno", t["jointdirs_pheno"].reshape(-1, nj * 3), persistent=False)
@@ -287,8 +288,8 @@ class AnnyHead(HeadModel):
         keep, new_faces = torch.unique(faces, return_inverse=True)
         sub = copy.copy(self)  # shares the joint/identity tables; vertex tables are replaced
         sub._buffers = dict(self._buffers)
-        cols = (keep[:, None] * 3 + torch.arange(3, device=self.device)).reshape(-1)
-        sub.template = self.template[keep]
+        cols = (torch.arange(3, device=self.device)[:, None] * self.num_vertices + keep[None, :]).reshape(-1)
+        sub.template_t = self.template_t[:, keep].contiguous()
         sub.shapedirs_pheno = self.shapedirs_pheno[:, cols].contiguous()
         sub.shapedirs_local = self.shapedirs_local[:, cols].contiguous()
         sub.exprdirs = self.exprdirs[:, cols].contiguous()
@@ -338,19 +339,20 @@ class AnnyHead(HeadModel):
         shape = self._param(shape, (self.num_shape,), "shape")
         expression = self._param(expression, (self.num_expressions,), "expression")
         pheno, local = self.identity_coefficients(shape)
-        v = self.template.shape[0]
+        v = self.template_t.shape[1]
         nj = len(JOINTS)
-        verts = self.template.reshape(1, -1) + pheno @ self.shapedirs_pheno + local @ self.shapedirs_local
+        verts = self.template_t.reshape(1, -1) + pheno @ self.shapedirs_pheno + local @ self.shapedirs_local
         joints = self.joint_template.reshape(1, -1) + pheno @ self.jointdirs_pheno + local @ self.jointdirs_local
         if expression.shape[0] > 1 or bool(expression.any()):
             # Identity (often one per person) and expression (one per frame) broadcast here.
             verts = verts + expression @ self.exprdirs
             joints = joints + expression @ self.jointdirs_expr
-        verts = verts.view(-1, v, 3)
+        verts_t = verts.view(-1, 3, v)
         joints = joints.view(-1, nj, 3)
         # anny's posed mesh has the root joint at the origin; its position depends on identity.
         root = joints[:, :1]
-        return verts - root, joints - root
+        # Returned as a [B, V, 3] view of contiguous [B, 3, V] planes.
+        return (verts_t - root.transpose(1, 2)).transpose(1, 2), joints - root
 
     # --- evaluation --------------------------------------------------------------------------
     def forward(
@@ -387,7 +389,7 @@ class AnnyHead(HeadModel):
             chain.append(chain[-1] @ local[:, c])
         leaves = chain[-1][:, None] @ local[:, 4:]
         T = torch.cat([torch.stack(chain, dim=1), leaves], dim=1)  # [B, J, 4, 4]
-        verts = skin(rest.expand(b, -1, -1), self.skin_weights, T)
+        verts = skin_vlast(rest.transpose(1, 2).expand(b, -1, -1), self.skin_weights, T).transpose(1, 2)
         joints = (T[..., :3, :3] @ h[..., None]).squeeze(-1) + T[..., :3, 3]
         return HeadOutput(
             vertices=verts,
