@@ -27,7 +27,7 @@ def _load(spec: str) -> type:
 def main(argv: list[str] | None = None) -> int:
     commands = {name: _load(spec) for name, spec in COMMANDS.items()}
     config = tyro.extras.subcommand_cli_from_dict(
-        commands, args=argv, description="avatar: 3D head avatars from a phone video."
+        commands, prog="avatar", args=argv, description="avatar: 3D head avatars from a phone video."
     )
     try:
         config.run()
