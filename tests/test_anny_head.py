@@ -202,3 +202,18 @@ def test_submesh_matches_full_model(anny_head):
     keep = torch.unique(m.faces[faces])
     assert torch.allclose(a.vertices[:, keep], b.vertices, atol=1e-6)
     assert torch.equal(full.landmark_faces, faces) and full.num_vertices == m.num_vertices  # source untouched
+
+
+def test_skinning_backward_matches_autograd():
+    """The hand-written skinning backward equals autograd through the plain formula (float64)."""
+    from avatar.models.base import skin_vlast
+
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(3, 3, 40, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.softmax(torch.randn(40, 5, dtype=torch.float64, generator=g), 1)
+    t = torch.randn(3, 5, 4, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, t: skin_vlast(v, w, t), (v, t))
+    shared = torch.randn(1, 3, 40, dtype=torch.float64, generator=g, requires_grad=True)  # broadcast rest shape
+    assert torch.autograd.gradcheck(lambda v, t: skin_vlast(v.expand(3, -1, -1), w, t), (shared, t))
+    plain = torch.einsum("vj,bjrc,bcv->brv", w, t[:, :, :3], torch.cat([v, torch.ones_like(v[:, :1])], 1))
+    assert torch.allclose(skin_vlast(v, w, t), plain)

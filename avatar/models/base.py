@@ -175,16 +175,44 @@ def skin(vertices: Tensor, weights: Tensor, transforms: Tensor) -> Tensor:
 def skin_vlast(vertices_t: Tensor, weights: Tensor, transforms: Tensor) -> Tensor:
     """:func:`skin` with vertices last: ``[B, 3, V]`` in and out.
 
-    Why this layout: the blended 3x4 matrices become 12 contiguous ``[B, V]`` planes from one
-    matmul, and applying them is three fused multiply-adds over whole planes. Per-vertex tiny
-    matmuls, or slicing the blend (each slice's backward zero-fills a full-size copy), are
-    2-3x slower on CPU.
+    Why this layout and a hand-written backward: the blended 3x4 matrices become 12 contiguous
+    ``[B, V]`` planes from one matmul, and applying them is three fused multiply-adds over whole
+    planes. Autograd through that graph makes ~20 full-size passes (slices whose backward
+    zero-fills copies, stacks, broadcast reductions); the explicit backward makes four. Per-vertex
+    tiny 3x3 matmuls are slower still on CPU.
     """
-    b, j = transforms.shape[:2]
-    blend = torch.matmul(transforms[:, :, :3, :].reshape(b, j, 12).transpose(1, 2), weights.T).view(b, 3, 4, -1)
-    c0, c1, c2, c3 = blend.unbind(2)  # each [B, 3, V]; unbind's backward is one stack
-    x, y, z = vertices_t.unbind(1)  # each [B, V]
-    return torch.addcmul(torch.addcmul(torch.addcmul(c3, c0, x[:, None]), c1, y[:, None]), c2, z[:, None])
+    return _SkinVLast.apply(vertices_t, weights, transforms[:, :, :3, :])
+
+
+class _SkinVLast(torch.autograd.Function):
+    """out[b, r, v] = sum_c blend[b, r, c, v] * vh[b, c, v], blend = T[b, :, r, c]^T W^T."""
+
+    @staticmethod
+    def forward(ctx, vertices_t: Tensor, weights: Tensor, t34: Tensor) -> Tensor:
+        b, j = t34.shape[:2]
+        blend = torch.matmul(t34.reshape(b, j, 12).transpose(1, 2), weights.T).view(b, 3, 4, -1)
+        out = blend[:, :, 3].clone()
+        for k in range(3):
+            out.addcmul_(blend[:, :, k], vertices_t[:, k, None])
+        ctx.save_for_backward(vertices_t, weights, blend)
+        ctx.t_shape = t34.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        vertices_t, weights, blend = ctx.saved_tensors
+        b, j = ctx.t_shape[:2]
+        grad_v = grad_w = grad_t = None
+        if ctx.needs_input_grad[0]:
+            # d out[r] / d v[k] = blend[r, k]: sum over the 3 output rows.
+            grad_v = (grad[:, :, None, :] * blend[:, :, :3]).sum(1)
+        if ctx.needs_input_grad[1]:
+            raise NotImplementedError("skinning weights are not differentiable here")
+        if ctx.needs_input_grad[2]:
+            vh = torch.cat([vertices_t.expand(b, -1, -1), torch.ones_like(vertices_t[:, :1]).expand(b, 1, -1)], 1)
+            outer = (grad[:, :, None, :] * vh[:, None, :, :]).reshape(b, 12, -1)  # [B, 12, V]
+            grad_t = torch.matmul(outer, weights).transpose(1, 2).reshape(b, j, 3, 4)
+        return grad_v, grad_w, grad_t
 
 
 def global_transform(vertices: Tensor, global_orient: Tensor, transl: Tensor) -> Tensor:
