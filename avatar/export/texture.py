@@ -144,6 +144,18 @@ def _select_frames(view_dirs: np.ndarray, max_frames: int, min_angle_deg: float 
     return chosen
 
 
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion by a (2r+1)^2 square (r passes of a 3x3 min; edges count as outside)."""
+    out = mask.copy()
+    for _ in range(max(0, r)):
+        p = np.pad(out, 1, constant_values=False)
+        out = p[1:-1, 1:-1].copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                out &= p[dy : dy + out.shape[0], dx : dx + out.shape[1]]
+    return out
+
+
 def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Sample ``[H, W, C]`` at continuous pixel coordinates (pixel centres at i + 0.5)."""
     h, w = image.shape[:2]
@@ -168,7 +180,7 @@ def bake_texture_from_frames(
     shape: torch.Tensor | np.ndarray | None = None,
     max_frames: int = 8,
     angle_power: float = 4.0,
-    depth_tolerance: float = 3e-3,
+    silhouette_margin: int = 2,
     progress: bool = True,
 ) -> TextureBake:
     """Project photographs onto the UV atlas.
@@ -184,8 +196,9 @@ def bake_texture_from_frames(
         max_frames: at most this many frames are projected: the most frontal, then the views that
             differ most from those already chosen (sides).
         angle_power: a texel's weight in a frame is ``cos(view angle) ** angle_power`` where it is
-            visible (z-buffer test), 0 where hidden; higher prefers head-on views (sharper).
-        depth_tolerance: metres a texel may lie behind the z-buffer and still count as visible.
+            visible (z-buffer: the pixel shows its triangle or a neighbour), 0 where hidden; higher
+            prefers head-on views (sharper).
+        silhouette_margin: pixels next to the head's outline (in each frame) are not used.
     Returns:
         :class:`TextureBake` (image with holes filled by :func:`fill_holes`).
     """
@@ -225,7 +238,7 @@ def bake_texture_from_frames(
         img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
         h, w = img.shape[:2]
         v = verts[i]
-        zbuf = rasterize_triangles(v, faces, viewmats[i], Ks[i], w, h).depth
+        visible_face = rasterize_triangles(v, faces, viewmats[i], Ks[i], w, h).face_id
         p = (v[faces[tf]] * tb[..., None]).sum(1)  # texel surface points [M, 3]
         tri = v[faces[tf]]
         fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -239,7 +252,14 @@ def bake_texture_from_frames(
         ok &= (x >= 0) & (x < w) & (y >= 0) & (y < h)
         xi = np.clip(x.astype(np.int64), 0, w - 1)
         yi = np.clip(y.astype(np.int64), 0, h - 1)
-        ok &= z <= zbuf[yi, xi] + depth_tolerance
+        # Visible: the pixel shows the texel's own triangle or one sharing a vertex with it (the
+        # texel may sit just across an edge from the pixel centre). A depth tolerance instead
+        # would let an eyeball texel under the eyelid, millimetres behind it, take the lid's colour.
+        vf = visible_face[yi, xi]
+        # Stay `silhouette_margin` pixels inside the head's outline: there the bilinear taps and
+        # any misfit between mesh and photo would mix in background.
+        ok &= _erode(visible_face >= 0, silhouette_margin)[yi, xi]
+        ok &= (faces[np.maximum(vf, 0)][:, :, None] == faces[tf][:, None, :]).any((1, 2))
         to_cam = centres[i] - p
         cos = (fn * to_cam).sum(1) / np.maximum(np.linalg.norm(to_cam, axis=1), 1e-12)
         wt = np.where(ok, np.clip(cos, 0.0, 1.0) ** angle_power, 0.0)
