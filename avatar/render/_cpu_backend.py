@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from avatar.errors import AvatarError
+from avatar.utils.files import cache_dir
 
 _SOURCES = ("common.h", "project.cpp", "raster.cpp")
 # -ffp-contract=off: forward and backward re-evaluate the same per-pixel test and must agree
@@ -50,10 +51,7 @@ def _source_dir() -> Path:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("AVATAR_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "avatar"
-    )
-    return Path(root) / "kernels"
+    return cache_dir() / "kernels"
 
 
 def _cpu_fingerprint() -> str:
