@@ -38,6 +38,7 @@ _FLOAT, _UBYTE, _USHORT, _UINT = 5126, 5121, 5123, 5125
 _COMPONENT = {np.dtype(np.float32): _FLOAT, np.dtype(np.uint8): _UBYTE, np.dtype(np.uint16): _USHORT, np.dtype(np.uint32): _UINT}
 _TYPE = {1: "SCALAR", 2: "VEC2", 3: "VEC3", 4: "VEC4", 16: "MAT4"}
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
+_AUTO_PNG_LIMIT = 4_000_000
 # Per part: (material name, roughness). Eyes are glossy, the mouth wet, skin matte-ish.
 _MATERIALS = {"skin": ("skin", 0.6), "eyes": ("eyes", 0.15), "mouth": ("mouth", 0.4)}
 
@@ -274,7 +275,7 @@ def export_glb(
     texture: np.ndarray | None = None,
     animation: GltfAnimation | None = None,
     texture_size: int = 1024,
-    texture_format: str = "png",
+    texture_format: str = "auto",
     sparse: bool = True,
     name: str = "avatar",
 ) -> GlbInfo:
@@ -289,7 +290,8 @@ def export_glb(
             a model without UVs gets an untextured skin-coloured material.
         animation: optional performance stored as morph-weight and joint animation.
         texture_size: size of the default texture.
-        texture_format: ``"png"`` or ``"jpeg"``.
+        texture_format: ``"png"``, ``"jpeg"`` or ``"auto"`` (PNG unless that exceeds 4 MB, then JPEG
+            quality 90), so the default GLB stays well under 10 MB even with a photographic texture.
         sparse: store morph targets as sparse accessors where that is smaller.
         name: the mesh/node/scene name (suffixed with "_mesh" if a joint has the same name).
     Returns:
@@ -344,8 +346,13 @@ def export_glb(
     if mesh.uvs is not None:
         if texture is None:
             texture = default_texture(head, texture_size, mesh.face_part)
-        mime = "image/png" if texture_format == "png" else "image/jpeg"
-        gltf.images.append(gl.Image(bufferView=b.view(encode_image(texture, texture_format)), mimeType=mime, name="baseColor"))
+        fmt = texture_format
+        encoded = encode_image(texture, "png" if fmt in ("png", "auto") else fmt)
+        if fmt == "auto" and len(encoded) > _AUTO_PNG_LIMIT:
+            # A detailed (photographic) 2048^2 texture is ~10 MB as PNG; JPEG keeps the GLB small.
+            fmt, encoded = "jpeg", encode_image(texture, "jpeg")
+        mime = "image/jpeg" if fmt in ("jpeg", "jpg") else "image/png"
+        gltf.images.append(gl.Image(bufferView=b.view(encoded), mimeType=mime, name="baseColor"))
         gltf.samplers.append(gl.Sampler(magFilter=9729, minFilter=9987, wrapS=33071, wrapT=33071))
         gltf.textures.append(gl.Texture(sampler=0, source=0))
         tex_index = 0
