@@ -251,6 +251,15 @@ def test_default_size_glb(anny_head, tmp_path: Path) -> None:
     assert info.size_bytes <= 10_000_000
 
 
+def test_photographic_texture_stays_small(anny_head, tmp_path: Path) -> None:
+    """Worst case for PNG (a 2048^2 noisy texture, ~12 MB as PNG): "auto" switches to JPEG."""
+    noise = np.random.default_rng(0).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
+    info = export_glb(tmp_path / "n.glb", anny_head, texture=noise)
+    g = gl.GLTF2().load_binary(str(info.path))
+    print(f"GLB with a noise 2048^2 texture: {info.size_bytes / 1e6:.2f} MB ({g.images[0].mimeType})")
+    assert g.images[0].mimeType == "image/jpeg" and info.size_bytes <= 10_000_000
+
+
 # --- external consumers (Node) ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def npm_dir() -> Path:
