@@ -268,6 +268,59 @@ inline int blend_block8(float a, float b, float c, float mx, float dy, float opa
     return t1[0] + t1[1] + t1[2] + t1[3] + t1[4] + t1[5] + t1[6] + t1[7];
 }
 
+inline bool any8(v8i m) {
+    return (m[0] | m[1] | m[2] | m[3] | m[4] | m[5] | m[6] | m[7]) != 0;
+}
+
+// One 8-pixel block of the backward blend for one Gaussian (float, DC channels): the same weight
+// evaluation as blend_block8 (so the same samples are valid), then the scalar backward's
+// operations lane-wise. L: 8 + DC lane accumulators (v_mean x/y, v_conic a/b/c, v_opacity,
+// |v_mean| x/y, v_color). Returns false when no pixel of the block takes this Gaussian.
+template <int DC>
+inline bool bwd_block8(float a, float b, float c, float mx, float dy, float opac, int xb, const float* col,
+                       int32_t kk, float* Tr, const int32_t* cnt, const float* vAe, const float* vC, float* buf,
+                       int np, v8f* L) {
+    const v8i live = load8(cnt) > kk;
+    if (!any8(live)) return false;
+    const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const v8f px = __builtin_convertvector(lane + xb, v8f) + 0.5f;
+    const v8f dx = mx - px;
+    const float cdy = c * dy * dy;
+    const v8f sigma = 0.5f * (a * dx * dx + cdy) + b * dx * dy;
+    const v8f vis = exp_neg8(sigma);
+    const v8f oa = opac * vis;
+    const v8f alpha = oa < float(kMaxAlpha) ? oa : v8f{} + float(kMaxAlpha);
+    const v8i valid = ~((sigma < 0.0f) | (alpha < float(kAlphaThreshold)));
+    const v8i ok = valid & live;
+    if (!any8(ok)) return false;
+    const v8f ra = 1.0f / (1.0f - alpha);
+    const v8f T0 = load8(Tr);
+    const v8f Tp = ok ? T0 * ra : T0;  // transmittance in front of this Gaussian
+    store8(Tr, Tp);
+    const v8f fac = ok ? alpha * Tp : v8f{};
+    v8f va = load8(vAe) * ra;
+    for (int d = 0; d < DC; ++d) {
+        const v8f vc = load8(vC + int64_t(d) * np);
+        const v8f bd = load8(buf + int64_t(d) * np);
+        va += (col[d] * Tp - bd * ra) * vc;
+        L[8 + d] += fac * vc;
+        store8(buf + int64_t(d) * np, bd + col[d] * fac);
+    }
+    const v8i g_ok = ok & (oa <= float(kMaxAlpha));
+    const v8f v_sigma = g_ok ? -opac * vis * va : v8f{};
+    const v8f gx = v_sigma * (a * dx + b * dy), gy = v_sigma * (b * dx + c * dy);
+    L[0] += gx;
+    L[1] += gy;
+    L[2] += 0.5f * v_sigma * dx * dx;
+    L[3] += v_sigma * dx * dy;
+    L[4] += 0.5f * v_sigma * dy * dy;
+    L[5] += g_ok ? vis * va : v8f{};
+    const v8i absmask = v8i{} + 0x7fffffff;
+    L[6] += (v8f)((v8i)gx & absmask);
+    L[7] += (v8f)((v8i)gy & absmask);
+    return true;
+}
+
 template <typename T, int DC>
 void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d, const T* conics,
                 const T* colors, const T* opacities, const T* backgrounds, const int64_t* tile_offsets,
@@ -402,6 +455,30 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
             const T* col = colors + id * D;
             const Footprint f = footprint(mx, my, a, b, c, opac, g.x0, g.y0, g.x1, g.y1);
             if (f.empty) continue;
+            T* s = slots.data() + k * SL;
+            if constexpr (std::is_same_v<T, float> && DC > 0) {
+                v8f Lv[8 + DC];
+                for (auto& v : Lv) v = v8f{};
+                bool any_ok = false;
+                for (int y = f.row0; y < f.row1; ++y) {
+                    int blk0, blk1;
+                    row_blocks(f, y, g.x0, x_end, &blk0, &blk1);
+                    const float dy = my - (float(y) + 0.5f);
+                    for (int blk = blk0; blk < blk1; ++blk) {
+                        const int base = (y - g.y0) * S + blk * kLanes;
+                        any_ok |= bwd_block8<DC>(a, b, c, mx, dy, opac, g.x0 + blk * kLanes, col, int32_t(kk),
+                                                 Tr.data() + base, cnt.data() + base, vAe.data() + base,
+                                                 vC.data() + base, buf.data() + base, NP, Lv);
+                    }
+                }
+                for (int j = 0; j < SL; ++j) {
+                    float sum = 0;
+                    if (any_ok)
+                        for (int i = 0; i < kLanes; ++i) sum += Lv[j][i];
+                    s[j] = sum;
+                }
+                continue;
+            }
             std::fill(lane.begin(), lane.end(), T(0));
             T* L = lane.data();
             int touched = 0;
@@ -445,7 +522,6 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                     }
                 }
             }
-            T* s = slots.data() + k * SL;
             for (int j = 0; j < SL; ++j) {
                 T sum = 0;
                 if (touched)
