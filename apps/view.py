@@ -1,0 +1,53 @@
+"""`avatar view`: the avatar in the browser (viser), with expression sliders and playback."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+
+@dataclass
+class View:
+    """Open the avatar in a browser: Gaussian splats when OUT/avatar exists, else the shaded head
+    mesh; 52 ARKit sliders, jaw/neck/eye pose, playback of OUT/tracking.npz (and of other people's
+    tracking files given with --reenact), screenshots and recordings. Without OUT: the default head."""
+
+    out: tyro.conf.Positional[Path | None] = None
+    """Output folder of `avatar reconstruct` / `avatar track` (optional)."""
+    model: Literal["anny", "flame"] = "anny"
+    """Head model when OUT has no avatar: the built-in AnnyHead or a FLAME .pkl (--model-path)."""
+    model_path: Path | None = None
+    """FLAME .pkl file; only with --model flame."""
+    reenact: tuple[Path, ...] = ()
+    """Other people's tracking.npz files to play on this avatar (cross-reenactment). Files typed in
+    the browser must lie inside OUT; these are allowed because you named them here."""
+    host: str = "127.0.0.1"
+    """Address to serve on. Anything but a loopback address exposes the viewer to your network."""
+    port: int = 8080
+    """Port (the next free one is used if it is taken)."""
+    save_dir: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
+    """Where screenshots/ and recordings/ go (default: OUT, else the current folder)."""
+    synthetic_gaussians: int = 0
+    """Show this many made-up Gaussians bound to the mesh instead of the mesh (tries the splat path)."""
+
+    def run(self) -> None:
+        from avatar.viewer import is_loopback, open_viewer
+
+        if not is_loopback(self.host):
+            print(f"avatar view: warning: serving on {self.host}; anyone who can reach it can see and drive "
+                  "the avatar. Use the default 127.0.0.1 (and an SSH tunnel) unless you mean to share it.",
+                  file=sys.stderr)  # fmt: skip
+        viewer = open_viewer(
+            self.out, model=self.model, model_path=self.model_path, reenact=self.reenact, host=self.host,
+            port=self.port, synthetic_gaussians=self.synthetic_gaussians, save_dir=self.save_dir,
+        )  # fmt: skip
+        print(f"avatar view: open {viewer.url} in a browser (Ctrl+C to stop)")
+        try:
+            while True:
+                time.sleep(1.0)
+        finally:
+            viewer.close()

@@ -1,0 +1,127 @@
+"""Gaussians bound to a head model's triangles, made up from the mesh alone: a stand-in for a
+trained Gaussian avatar so the splat path of the viewer (and its benchmark and browser test) runs
+without one.
+
+The binding follows GaussianAvatars (Qian et al. 2024): each Gaussian has a parent triangle with
+an orthonormal frame ``R_f`` (first edge, in-plane perpendicular, normal), a centroid ``c_f`` and
+a scale ``k_f`` (mean edge length); its local centre ``mu``, rotation ``q`` and scale ``s`` map to
+the world as ``mean = c_f + k_f R_f mu``, ``quat = quat(R_f) * q``, ``scale = k_f s``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["TriangleGaussians", "triangle_frames", "matrix_to_quat", "quat_multiply"]
+
+
+def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``vertices [V, 3]``, ``faces [F, 3]`` -> rotations ``[F, 3, 3]`` (columns: edge, in-plane
+    perpendicular, normal), centroids ``[F, 3]``, scales ``[F]`` (mean edge length)."""
+    tri = vertices[faces]  # [F, 3, 3]
+    e0 = tri[:, 1] - tri[:, 0]
+    e1 = tri[:, 2] - tri[:, 0]
+    x = e0 / e0.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n = torch.linalg.cross(e0, e1)
+    z = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    y = torch.linalg.cross(z, x)
+    rot = torch.stack([x, y, z], -1)
+    k = (e0.norm(dim=-1) + e1.norm(dim=-1) + (tri[:, 2] - tri[:, 1]).norm(dim=-1)) / 3.0
+    return rot, tri.mean(1), k
+
+
+def matrix_to_quat(m: Tensor) -> Tensor:
+    """``[..., 3, 3]`` rotation matrices -> ``[..., 4]`` unit quaternions (wxyz), branch-free."""
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    w = 0.5 * torch.sqrt((1 + m00 + m11 + m22).clamp_min(0))
+    x = 0.5 * torch.sqrt((1 + m00 - m11 - m22).clamp_min(0)) * torch.sign(m21 - m12)
+    y = 0.5 * torch.sqrt((1 - m00 + m11 - m22).clamp_min(0)) * torch.sign(m02 - m20)
+    z = 0.5 * torch.sqrt((1 - m00 - m11 + m22).clamp_min(0)) * torch.sign(m10 - m01)
+    q = torch.stack([w, x, y, z], -1)
+    return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product of ``[..., 4]`` wxyz quaternions (``a`` applied after ``b``)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        -1,
+    )
+
+
+class TriangleGaussians:
+    """``num`` flat Gaussians scattered over the rest mesh (area-weighted), coloured by a baked
+    head light so the shape reads in a screenshot, moved with the mesh by :meth:`deform`.
+
+    Args:
+        faces: ``[F, 3]`` triangles of the head model.
+        rest_vertices: ``[V, 3]`` the neutral mesh.
+        num: number of Gaussians.
+        vertex_rgb: ``[V, 3]`` base colour per vertex (e.g. skin, eye white).
+        seed: random seed (the layout is reproducible).
+    """
+
+    def __init__(self, faces: Tensor, rest_vertices: Tensor, num: int, vertex_rgb: np.ndarray, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        faces = faces.long()
+        verts = rest_vertices.detach().float()
+        rot, centre, k = triangle_frames(verts, faces)
+        tri = verts[faces]
+        area = 0.5 * torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1)
+        parent = torch.multinomial(area / area.sum(), num, replacement=True, generator=g)
+        u = torch.rand(num, 2, generator=g)
+        flip = u.sum(1) > 1
+        u[flip] = 1 - u[flip]
+        bary = torch.cat([1 - u.sum(1, keepdim=True), u], 1)  # [N, 3], uniform on the triangle
+        world = (bary[:, :, None] * tri[parent]).sum(1)
+        self.faces, self.parent, self.num = faces, parent, num
+        kp = k[parent]
+        self.local_means = (rot[parent].transpose(1, 2) @ (world - centre[parent])[:, :, None])[:, :, 0] / kp[:, None]
+        # Disc-like splats sized so that they cover the surface: radius ~ sqrt(area share).
+        radius = torch.sqrt(area.sum() / num / np.pi).item()
+        self.local_scales = torch.stack(
+            [torch.full((num,), radius), torch.full((num,), radius), torch.full((num,), radius * 0.2)], 1
+        ) / kp[:, None]
+        angle = torch.rand(num, generator=g) * np.pi  # random in-plane rotation about the normal
+        self.local_quats = torch.stack([torch.cos(angle / 2), 0 * angle, 0 * angle, torch.sin(angle / 2)], 1)
+        base = torch.as_tensor(vertex_rgb, dtype=torch.float32)[faces[parent]]
+        base = (bary[:, :, None] * base).sum(1)
+        normal = rot[parent][:, :, 2]
+        light = torch.tensor([0.3, 0.5, 0.8])
+        shade = 0.35 + 0.65 * (normal @ (light / light.norm())).clamp_min(0)
+        self.rgb = (base * shade[:, None]).clamp(0, 1)
+        self.opacities = torch.full((num,), 0.95)
+        self.rest_means = world
+        self._mu_rows = self.local_means.T.contiguous()
+
+    def deform(self, vertices: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``vertices [V, 3]`` (posed mesh) -> ``means [n, 3]``, ``quats [n, 4]`` (wxyz), ``scales [n, 3]``
+        of all Gaussians, or of those in ``index [n]``.
+
+        Per-face quantities are gathered once into contiguous rows (``[9, N]``, ...) and combined
+        element-wise: batched 3x3 matmuls and strided column ops are several times slower."""
+        with torch.no_grad():
+            rot, centre, k = triangle_frames(vertices.detach().float(), self.faces)
+            face_rows = torch.cat([rot.reshape(-1, 9), matrix_to_quat(rot), centre, k[:, None]], 1).T.contiguous()
+            parent = self.parent if index is None else self.parent[index]
+            g = face_rows[:, parent]  # [17, n]: R (row-major), quat, centroid, k
+            r, fq, c, kp = g[0:9], g[9:13], g[13:16], g[16]
+            mu = self._mu_rows if index is None else self._mu_rows[:, index]  # [3, n]
+            local_quats = self.local_quats if index is None else self.local_quats[index]
+            local_scales = self.local_scales if index is None else self.local_scales[index]
+            means = torch.empty(3, parent.shape[0])
+            for i in range(3):  # c_i + k * sum_j R_ij mu_j
+                torch.mul(r[3 * i], mu[0], out=means[i])
+                means[i].addcmul_(r[3 * i + 1], mu[1]).addcmul_(r[3 * i + 2], mu[2]).mul_(kp).add_(c[i])
+            quats = quat_multiply(fq.T, local_quats)
+            return means.T, quats, local_scales * kp[:, None]
