@@ -17,7 +17,6 @@ COMMANDS: dict[str, str] = {
     "show-model": "avatar_apps.show_model:ShowModel",
     "demo": "avatar_apps.demo:Demo",
     "view": "avatar_apps.view:View",
-    "view": "avatar_apps.view:View",
     "export": "avatar_apps.export:Export",
 }
 
