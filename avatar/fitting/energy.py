@@ -1,0 +1,85 @@
+"""Terms of the tracking energy: camera projection, robust losses, landmark subsets and weights.
+
+Landmark indices are MediaPipe FaceMesh's (468 mesh points + 10 iris points, see
+:mod:`avatar.perception.landmarks`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: The silhouette ring of MediaPipe's mesh (face oval). These points slide along the occluding
+#: contour as the head turns, so no single surface point matches them: low weight.
+FACE_OVAL = np.array([
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+    148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+])
+#: Points that expressions hardly move (forehead, nose bridge and tip, inner/outer eye corners,
+#: upper cheekbones): the rigid pose is solved on these, and expression is kept from moving them.
+STABLE = np.array([
+    151, 9, 8, 107, 336, 108, 337, 69, 299, 104, 333,  # forehead
+    168, 6, 197, 195, 5, 4, 1, 19, 2, 98, 327, 129, 358,  # nose bridge, tip, base
+    33, 133, 362, 263,  # eye corners
+    116, 345, 123, 352,  # cheekbones
+])
+#: Iris blocks: 468..472 the subject's right eye (centre first), 473..477 the left eye.
+IRIS = np.arange(468, 478)
+#: Outer eye corners (the inter-ocular distance used to normalise errors, as in bench_landmarks).
+EYE_OUTER = (33, 263)
+NUM_MESH = 468
+
+
+def landmark_weights(contour: float = 0.3, iris: float = 1.0, n: int = 478) -> np.ndarray:
+    """Per-landmark data weights ``[n]``: 1, the face oval ``contour``, the iris points ``iris``."""
+    w = np.ones(n, np.float32)
+    w[FACE_OVAL] = contour
+    w[IRIS[IRIS < n]] = iris
+    return w
+
+
+def interocular_px(landmarks: Tensor | np.ndarray):
+    """``[..., 478, >=2]`` -> ``[...]`` distance between the outer eye corners (pixels)."""
+    a, b = landmarks[..., EYE_OUTER[0], :2], landmarks[..., EYE_OUTER[1], :2]
+    d = a - b
+    return (d * d).sum(-1) ** 0.5
+
+
+def project_planes(points: Tensor, focal: Tensor, cx: float, cy: float) -> tuple[Tensor, Tensor, Tensor]:
+    """World points ``[N, 3, L]`` seen by the tracker's camera (at the origin, looking down world
+    -Z: ``viewmat = diag(1, -1, -1, 1)``) -> ``(u [N, L], v [N, L], depth [N, L])`` pixels / metres."""
+    x, y, z = points.unbind(1)
+    depth = -z
+    inv = focal / depth
+    return x * inv + cx, cy - y * inv, depth
+
+
+def camera_viewmat() -> np.ndarray:
+    """The tracker's world -> camera matrix (OpenCV): camera at the origin looking down world -Z."""
+    return np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def intrinsics_matrix(focal: float, width: int, height: int) -> np.ndarray:
+    """``K [3, 3]``: square pixels, principal point at the image centre (pixel centres at i + 0.5)."""
+    return np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def prior_focal(width: int, height: int, fov_deg: float) -> float:
+    """A focal length (pixels) for a field of view ``fov_deg`` across the image's longer side."""
+    return 0.5 * max(width, height) / math.tan(math.radians(fov_deg) / 2.0)
+
+
+def geman_mcclure(x2: Tensor, sigma: float) -> Tensor:
+    """Geman-McClure on squared residuals: ``sigma^2 x^2 / (x^2 + sigma^2)`` (~x^2 near 0, saturates
+    at sigma^2: a landmark far off costs a bounded amount)."""
+    s2 = sigma * sigma
+    return s2 * x2 / (x2 + s2)
+
+
+def charbonnier(x2: Tensor, sigma: float) -> Tensor:
+    """Pseudo-Huber on squared residuals: ``2 sigma^2 (sqrt(1 + x^2/sigma^2) - 1)`` (~x^2 near 0,
+    linear tails: convex, for the first, far-from-the-answer stage)."""
+    s2 = sigma * sigma
+    return 2.0 * s2 * (torch.sqrt(1.0 + x2 / s2) - 1.0)

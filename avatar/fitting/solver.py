@@ -1,0 +1,418 @@
+"""The staged, batched landmark solver: identity, expression, eyes, pose and focal length from
+478 MediaPipe landmarks per frame.
+
+Energy (residuals in units of each frame's inter-ocular distance, outer eye corners):
+
+    E = mean_frames [ sum_l w_l rho(|pi(x_l) - y_l| / iod) / sum_l w_l ]     2D landmarks, robust rho
+      + w_depth  * mean (z_mp - z_model)^2 (both centred, / iod)              MediaPipe z: weak depth cue
+      + w_rigid * |rigid part of the expression's displacement|^2 / IOD_m^2   no rigid-like expression
+      + w_expr_l1 * sum e + w_expr_l2 * sum e^2                               sparse, small expression
+      + w_eyes * |eyes|^2 + w_vergence * |eye_L - eye_R|^2                    gaze prior, conjugate eyes
+      + w_shape * |shape|^2 (once per clip)                                   identity near the real-size template
+      + w_focal * (log f - log f0)^2                                          focal prior
+      + temporal: w_smooth_* * |theta_t - theta_t-1|^2 / gap                  (videos only)
+
+Stages (each a few hundred batched Adam steps over all frames at once, learning rate on a cosine
+schedule; the expression is projected onto [0, 1] after every step for AnnyHead):
+
+1. rigid: ``global_orient``, ``transl`` per frame and the focal length, on the STABLE points with a
+   neutral face and the template identity (robust: Charbonnier). A nod is explained here, by pose.
+2. identity: one ``shape`` for the clip, with pose, expression and eyes of up to
+   ``identity_frames`` keyframes spread over the clip (focal still free when not given).
+3. frames: identity (and focal) fixed; every frame's pose, expression, eyes (and FLAME's jaw), all
+   landmarks, Geman-McClure, temporal smoothness.
+
+Decisions:
+- AnnyHead's jaw: the ARKit ``jawOpen``/``jawLeft``/``jawRight``/``jawForward`` blendshapes already
+  move the jaw, so the ``jaw`` joint stays 0 (fitting both is ambiguous). FLAME has no jaw
+  blendshapes: its ``jaw`` joint is fitted (prior ``w_jaw``).
+- Gaze: the eye joints (``eyes``, pitch and yaw per eye; roll fixed at 0) from the iris points. The
+  iris landmarks sit on the eyeball, which the eye joints rotate rigidly; the same parameter works
+  for FLAME. AnnyHead's ARKit ``eyeLook*`` blendshapes also move the eyeballs, so they are held at 0
+  (fitting both is ambiguous); ``tongueOut`` is held at 0 too (no landmark sees the tongue).
+- ``neck`` stays 0: from the face alone a neck bend is a head rotation plus a translation, so all
+  head motion goes to ``global_orient``/``transl``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from avatar.errors import AvatarError
+from avatar.fitting.energy import (
+    IRIS,
+    NUM_MESH,
+    STABLE,
+    charbonnier,
+    geman_mcclure,
+    interocular_px,
+    landmark_weights,
+    prior_focal,
+    project_planes,
+)
+from avatar.fitting.landmark_model import LandmarkModel
+from avatar.models.base import HeadModel
+
+__all__ = ["FitConfig", "FitResult", "fit_landmarks"]
+
+#: Expression channels held at 0 for AnnyHead (see the module docstring).
+FROZEN_ANNY = ("eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
+               "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "tongueOut")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Knobs of the landmark solver (weights are relative to the 2D term, whose residuals are in
+    inter-ocular distances)."""
+
+    rigid_steps: int = 80
+    identity_steps: int = 150
+    frame_steps: int = 150
+    identity_frames: int = 32  # keyframes used to solve the identity
+    focal_fov_deg: float = 40.0  # prior field of view across the longer image side
+    w_focal: float = 1e-4  # on (log f - log f0)^2
+    robust_sigma: float = 0.05  # IODs
+    robust_identity: str = "charbonnier"  # "charbonnier" (convex, linear tails) or "geman" (redescending)
+    robust_frames: str = "charbonnier"
+    contour_weight: float = 0.3
+    iris_weight: float = 1.0
+    w_depth: float = 0.02
+    w_rigid: float = 1.0
+    w_expr_l1: float = 2e-5
+    w_expr_l2: float = 1e-4
+    w_eyes: float = 1e-4
+    w_vergence: float = 1e-3
+    w_jaw: float = 1e-3
+    w_shape: float = 2e-4
+    w_smooth_rot: float = 0.05
+    w_smooth_transl: float = 0.05  # on translation / model IOD
+    w_smooth_expr: float = 1e-3
+    w_smooth_eyes: float = 1e-3
+    lr_rot: float = 0.02
+    lr_transl: float = 0.004  # metres (x, y); depth is log-parameterised with lr_depth
+    lr_depth: float = 0.02
+    lr_expr: float = 0.04
+    lr_eyes: float = 0.04
+    lr_shape: float = 0.03
+    lr_focal: float = 0.02
+    threads: int | None = None  # torch CPU threads while solving (None: leave as is)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Per solved frame (``M`` frames with landmarks) and per clip."""
+
+    expression: np.ndarray  # [M, E]
+    jaw: np.ndarray  # [M, 3]
+    neck: np.ndarray  # [M, 3]
+    eyes: np.ndarray  # [M, 2, 3]
+    global_orient: np.ndarray  # [M, 3]
+    transl: np.ndarray  # [M, 3]
+    shape: np.ndarray  # [S]
+    focal: float
+    residual_px: np.ndarray  # [M, 478] reprojection error per landmark (pixels)
+    iod_px: np.ndarray  # [M] detected inter-ocular distance (outer eye corners)
+    timings: dict = field(default_factory=dict)  # seconds per stage
+
+
+class _Adam:
+    """Adam over named parameter groups with per-group learning rates and a cosine decay."""
+
+    def __init__(self, groups: dict[str, tuple[Tensor, float]], steps: int) -> None:
+        self.opt = torch.optim.Adam([{"params": [t], "lr": lr, "name": k} for k, (t, lr) in groups.items()],
+                                    betas=(0.9, 0.99))
+        self.base = [g["lr"] for g in self.opt.param_groups]
+        self.steps = max(steps, 1)
+        self.k = 0
+
+    def step(self, loss: Tensor) -> None:
+        scale = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * self.k / self.steps))
+        for g, b in zip(self.opt.param_groups, self.base):
+            g["lr"] = b * scale
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.k += 1
+
+
+def _keyframes(m: int, k: int) -> np.ndarray:
+    if m <= k:
+        return np.arange(m)
+    return np.unique(np.round(np.linspace(0, m - 1, k)).astype(np.int64))
+
+
+class _Problem:
+    """Shared state of one solve: detections, weights, the landmark model, camera."""
+
+    def __init__(self, head: HeadModel, lmodel: LandmarkModel, landmarks: Tensor, image_size, cfg: FitConfig):
+        self.head, self.lm, self.cfg = head, lmodel, cfg
+        dtype = head.dtype
+        self.det = landmarks.to(dtype)  # [M, 478, 3]
+        self.W, self.H = image_size
+        self.cx, self.cy = self.W / 2.0, self.H / 2.0
+        self.iod = interocular_px(self.det).clamp_min(1.0)  # [M]
+        self.w = torch.as_tensor(landmark_weights(cfg.contour_weight, cfg.iris_weight), dtype=dtype)
+        self.stable = torch.as_tensor(STABLE)
+        self.bounded = head.name == "anny"
+        E = head.num_expressions
+        self.expr_mask = torch.ones(E, dtype=dtype)
+        if self.bounded:
+            for n in FROZEN_ANNY:
+                if n in head.expression_names:
+                    self.expr_mask[head.expression_names.index(n)] = 0.0
+        with torch.no_grad():
+            ident = lmodel.identity(torch.zeros(1, head.num_shape, dtype=dtype))
+            rest = ident["rest"]  # [3, L]
+            self.iod_m = float((rest[:, 33] - rest[:, 263]).norm())
+        mesh = torch.arange(NUM_MESH)
+        self.rigid_gram = lmodel.rigid_mode_gram(mesh) / (self.iod_m**2 * NUM_MESH)  # [E, E]
+        # MediaPipe z (mesh points), centred per frame, in IODs.
+        z = self.det[:, :NUM_MESH, 2]
+        self.z_mp = (z - z.mean(1, keepdim=True)) / self.iod[:, None]
+
+    def data(self, planes: Tensor, focal: Tensor, frames: Tensor | slice, subset: Tensor | None, robust: str) -> Tensor:
+        """Per-frame weighted robust 2D term (+ depth cue), ``[n]``."""
+        u, v, depth = project_planes(planes, focal, self.cx, self.cy)
+        det = self.det[frames]
+        iod = self.iod[frames][:, None]
+        w = self.w
+        if subset is not None:
+            u, v, depth, det, w = u[:, subset], v[:, subset], depth[:, subset], det[:, subset], w[subset]
+        r2 = ((u - det[..., 0]) ** 2 + (v - det[..., 1]) ** 2) / iod**2
+        rho = charbonnier(r2, self.cfg.robust_sigma) if robust == "charbonnier" else geman_mcclure(r2, self.cfg.robust_sigma)
+        e = (rho * w).sum(1) / w.sum()
+        if self.cfg.w_depth > 0 and subset is None:
+            d = depth[:, :NUM_MESH]
+            zm = (d - d.mean(1, keepdim=True)) * focal / d.mean(1, keepdim=True) / iod
+            e = e + self.cfg.w_depth * ((zm - self.z_mp[frames]) ** 2).mean(1)
+        return e
+
+    def expression(self, e: Tensor) -> Tensor:
+        return e * self.expr_mask
+
+    def regularisers(self, e: Tensor, eyes: Tensor | None, jaw: Tensor | None) -> Tensor:
+        c = self.cfg
+        r = c.w_expr_l2 * (e * e).sum(1)
+        if self.bounded:
+            r = r + c.w_expr_l1 * e.sum(1)
+        r = r + c.w_rigid * ((e @ self.rigid_gram) * e).sum(1)
+        if eyes is not None:
+            r = r + c.w_eyes * (eyes * eyes).sum((1, 2)) + c.w_vergence * ((eyes[:, 0] - eyes[:, 1]) ** 2).sum(1)
+        if jaw is not None:
+            r = r + c.w_jaw * (jaw * jaw).sum(1)
+        return r
+
+
+def _transl(xy: Tensor, logd: Tensor) -> Tensor:
+    return torch.cat([xy, -logd.exp()[:, None]], 1)
+
+
+def _eyes3(eyes2: Tensor) -> Tensor:
+    """``[n, 2, 2]`` (pitch, yaw) -> ``[n, 2, 3]`` axis-angle with zero roll."""
+    return torch.cat([eyes2, torch.zeros_like(eyes2[..., :1])], -1)
+
+
+def _smooth(x: Tensor, gap_w: Tensor) -> Tensor:
+    """Sum over consecutive solved frames of ``|x_t - x_t-1|^2 / gap`` -> scalar (divided by n)."""
+    if x.shape[0] < 2:
+        return x.sum() * 0.0
+    d = (x[1:] - x[:-1]).reshape(x.shape[0] - 1, -1)
+    return ((d * d).sum(1) * gap_w).sum() / x.shape[0]
+
+
+def fit_landmarks(
+    head: HeadModel,
+    landmarks: np.ndarray | Tensor,
+    image_size: tuple[int, int],
+    *,
+    frame_index: np.ndarray | None = None,
+    temporal: bool = True,
+    focal: float | None = None,
+    shape: np.ndarray | None = None,
+    config: FitConfig = FitConfig(),
+    landmark_model: LandmarkModel | None = None,
+) -> FitResult:
+    """Fit ``head`` to detected landmarks.
+
+    Args:
+        head: the head model (with a landmark embedding).
+        landmarks: ``[M, 478, 3]`` detections (x, y pixels; z MediaPipe's relative depth), only
+            frames where a face was found.
+        image_size: ``(W, H)`` pixels.
+        frame_index: ``[M]`` source frame numbers (temporal terms are weighted by 1/gap); default
+            ``0..M-1``.
+        temporal: smoothness between consecutive frames (a video); ``False`` for unrelated photos.
+        focal: focal length in pixels when known (then it is not estimated).
+        shape: ``[S]`` identity when known (e.g. from another clip of the person): then it is
+            kept fixed (stage 2 still refines the focal length when that is free).
+        config: weights, steps and learning rates.
+        landmark_model: a prebuilt :class:`LandmarkModel` for ``head`` (building one takes ~0.3 s).
+    Returns:
+        :class:`FitResult` (numpy arrays; ``neck`` is 0, and ``jaw`` is 0 for AnnyHead).
+    """
+    cfg = config
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _fit(head, landmarks, image_size, frame_index, temporal, focal, shape, cfg, landmark_model)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape, cfg, landmark_model) -> FitResult:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    det = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
+    if det.ndim != 3 or det.shape[1:] != (478, 3):
+        raise ValueError(f"landmarks must be [M, 478, 3], got {tuple(det.shape)}")
+    M = det.shape[0]
+    if M == 0:
+        raise AvatarError("no frame with a face to fit")
+    if not torch.isfinite(det).all():
+        raise ValueError("landmarks hold NaN/inf: pass only the frames where a face was found")
+    lm = landmark_model or LandmarkModel(head)
+    P = _Problem(head, lm, det, image_size, cfg)
+    dtype = head.dtype
+    fidx = np.arange(M) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
+    gaps = np.maximum(np.diff(fidx), 1).astype(np.float32)
+    gap_w = torch.as_tensor(1.0 / gaps, dtype=dtype)
+    E = head.num_expressions
+    fit_jaw = lm.jaw_joint is not None
+    f0 = prior_focal(*image_size, cfg.focal_fov_deg) if focal is None else float(focal)
+    log_f = torch.tensor(math.log(f0), dtype=dtype, requires_grad=focal is None)
+    log_f0 = math.log(f0)
+    if known_shape is not None:
+        shape = torch.as_tensor(np.asarray(known_shape), dtype=dtype).reshape(1, head.num_shape).clone()
+    else:
+        shape = torch.zeros(1, head.num_shape, dtype=dtype, requires_grad=True)
+    timings["setup"] = time.perf_counter() - t0
+
+    # ---- stage 1: rigid pose (+ focal) on the stable points, neutral face ----------------------
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        ident0 = lm.identity(shape)
+        rest_stable = ident0["rest"][:, P.stable]  # [3, S]
+        c_model = rest_stable.mean(1)  # centroid of the stable points (model frame)
+        c_img = det[:, STABLE, :2].mean(1)  # [M, 2]
+        d0 = f0 * P.iod_m / P.iod  # [M] depth from the inter-ocular distance
+        xc = (c_img[:, 0] - P.cx) * d0 / f0
+        yc = -(c_img[:, 1] - P.cy) * d0 / f0
+        # The stable centroid sits at (xc, yc, -d0): solve the root translation for that.
+        xy0 = torch.stack([xc - c_model[0], yc - c_model[1]], 1)
+        logd0 = torch.log(d0 + c_model[2])
+    rot = torch.zeros(M, 3, dtype=dtype, requires_grad=True)
+    xy = xy0.clone().to(dtype).requires_grad_(True)
+    logd = logd0.clone().to(dtype).requires_grad_(True)
+    groups = {"rot": (rot, cfg.lr_rot), "xy": (xy, cfg.lr_transl), "logd": (logd, cfg.lr_depth)}
+    if focal is None:
+        groups["focal"] = (log_f, cfg.lr_focal)
+    opt = _Adam(groups, cfg.rigid_steps)
+    zero_e = torch.zeros(M, E, dtype=dtype)
+    ident0 = {k: (v.detach() if torch.is_tensor(v) else [x.detach() for x in v]) for k, v in ident0.items()}
+    for _ in range(cfg.rigid_steps):
+        planes = lm.planes(ident0, zero_e, rot, _transl(xy, logd))
+        loss = P.data(planes, log_f.exp(), slice(None), P.stable, "charbonnier").mean()
+        loss = loss + cfg.w_focal * (log_f - log_f0) ** 2
+        loss = loss + _temporal(cfg, temporal, gap_w, rot, xy, logd, P.iod_m)
+        opt.step(loss)
+    timings["rigid"] = time.perf_counter() - t0
+
+    # ---- stage 2: identity on keyframes --------------------------------------------------------
+    t0 = time.perf_counter()
+    kf = torch.as_tensor(_keyframes(M, cfg.identity_frames))
+    K = len(kf)
+    rot_k = rot.detach()[kf].clone().requires_grad_(True)
+    xy_k = xy.detach()[kf].clone().requires_grad_(True)
+    logd_k = logd.detach()[kf].clone().requires_grad_(True)
+    e_k = torch.full((K, E), 0.05 if P.bounded else 0.0, dtype=dtype, requires_grad=True)
+    eyes_k = torch.zeros(K, 2, 2, dtype=dtype, requires_grad=True)
+    jaw_k = torch.zeros(K, 3, dtype=dtype, requires_grad=fit_jaw)
+    groups = {"rot": (rot_k, cfg.lr_rot), "xy": (xy_k, cfg.lr_transl), "logd": (logd_k, cfg.lr_depth),
+              "expr": (e_k, cfg.lr_expr), "eyes": (eyes_k, cfg.lr_eyes)}
+    if known_shape is None:
+        groups["shape"] = (shape, cfg.lr_shape)
+    if fit_jaw:
+        groups["jaw"] = (jaw_k, cfg.lr_eyes)
+    if focal is None:
+        groups["focal"] = (log_f, cfg.lr_focal)
+    opt = _Adam(groups, cfg.identity_steps)
+    for _ in range(cfg.identity_steps):
+        ident = lm.identity(shape)
+        e = P.expression(e_k)
+        planes = lm.planes(ident, e, rot_k, _transl(xy_k, logd_k), eyes=_eyes3(eyes_k), jaw=jaw_k if fit_jaw else None)
+        loss = (P.data(planes, log_f.exp(), kf, None, cfg.robust_identity) + P.regularisers(e, eyes_k, jaw_k if fit_jaw else None)).mean()
+        loss = loss + cfg.w_shape * (shape * shape).sum() + cfg.w_focal * (log_f - log_f0) ** 2
+        opt.step(loss)
+        if P.bounded:
+            with torch.no_grad():
+                e_k.clamp_(0.0, 1.0)
+    timings["identity"] = time.perf_counter() - t0
+
+    # ---- stage 3: every frame, identity and focal fixed ---------------------------------------
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        ident = lm.identity(shape)
+    ident = {k: (v.detach() if torch.is_tensor(v) else [x.detach() for x in v]) for k, v in ident.items()}
+    fk = log_f.detach().exp()
+    # Start from the rigid stage's pose, shifted by how the keyframes moved in stage 2, and the
+    # nearest keyframe's expression and gaze.
+    near = torch.as_tensor(np.abs(np.arange(M)[:, None] - kf.numpy()[None, :]).argmin(1))
+    with torch.no_grad():
+        rot_f = (rot.detach() + (rot_k.detach() - rot.detach()[kf])[near]).requires_grad_(True)
+        xy_f = (xy.detach() + (xy_k.detach() - xy.detach()[kf])[near]).requires_grad_(True)
+        logd_f = (logd.detach() + (logd_k.detach() - logd.detach()[kf])[near]).requires_grad_(True)
+        e_f = e_k.detach()[near].clone().requires_grad_(True)
+        eyes_f = eyes_k.detach()[near].clone().requires_grad_(True)
+        jaw_f = jaw_k.detach()[near].clone().requires_grad_(fit_jaw)
+    groups = {"rot": (rot_f, cfg.lr_rot), "xy": (xy_f, cfg.lr_transl), "logd": (logd_f, cfg.lr_depth),
+              "expr": (e_f, cfg.lr_expr), "eyes": (eyes_f, cfg.lr_eyes)}
+    if fit_jaw:
+        groups["jaw"] = (jaw_f, cfg.lr_eyes)
+    opt = _Adam(groups, cfg.frame_steps)
+    for _ in range(cfg.frame_steps):
+        e = P.expression(e_f)
+        planes = lm.planes(ident, e, rot_f, _transl(xy_f, logd_f), eyes=_eyes3(eyes_f), jaw=jaw_f if fit_jaw else None)
+        loss = (P.data(planes, fk, slice(None), None, cfg.robust_frames) + P.regularisers(e, eyes_f, jaw_f if fit_jaw else None)).mean()
+        loss = loss + _temporal(cfg, temporal, gap_w, rot_f, xy_f, logd_f, P.iod_m)
+        if temporal:
+            loss = loss + cfg.w_smooth_expr * _smooth(e, gap_w) + cfg.w_smooth_eyes * _smooth(eyes_f, gap_w)
+        opt.step(loss)
+        if P.bounded:
+            with torch.no_grad():
+                e_f.clamp_(0.0, 1.0)
+    timings["frames"] = time.perf_counter() - t0
+
+    with torch.no_grad():
+        e = P.expression(e_f)
+        tr = _transl(xy_f, logd_f)
+        eyes3 = _eyes3(eyes_f)
+        jaw = jaw_f if fit_jaw else torch.zeros(M, 3, dtype=dtype)
+        planes = lm.planes(ident, e, rot_f, tr, eyes=eyes3, jaw=jaw if fit_jaw else None)
+        u, v, _ = project_planes(planes, fk, P.cx, P.cy)
+        res = torch.sqrt((u - P.det[..., 0]) ** 2 + (v - P.det[..., 1]) ** 2)
+    return FitResult(
+        expression=e.numpy().astype(np.float32),
+        jaw=jaw.numpy().astype(np.float32),
+        neck=np.zeros((M, 3), np.float32),
+        eyes=eyes3.numpy().astype(np.float32),
+        global_orient=rot_f.detach().numpy().astype(np.float32),
+        transl=tr.numpy().astype(np.float32),
+        shape=shape.detach()[0].numpy().astype(np.float32),
+        focal=float(fk),
+        residual_px=res.numpy().astype(np.float32),
+        iod_px=P.iod.numpy().astype(np.float32),
+        timings=timings,
+    )
+
+
+def _temporal(cfg: FitConfig, temporal: bool, gap_w: Tensor, rot: Tensor, xy: Tensor, logd: Tensor, iod_m: float) -> Tensor:
+    if not temporal:
+        return rot.sum() * 0.0
+    tr = _transl(xy, logd) / iod_m
+    return cfg.w_smooth_rot * _smooth(rot, gap_w) + cfg.w_smooth_transl * _smooth(tr, gap_w)
