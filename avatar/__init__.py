@@ -24,6 +24,7 @@ _EXPORTS = {
     "FlameHead": "avatar.models.flame",
     "load_head_model": "avatar.models",
     "AvatarError": "avatar.errors",
+    "load_avatar": "avatar.representations",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,0 +1,250 @@
+"""Mesh-bound Gaussians (in the spirit of GaussianAvatars, Qian et al. 2024).
+
+Every Gaussian belongs to one triangle of the head mesh. Its centre, rotation and scale live in
+that triangle's frame (:func:`~avatar.representations.geometry.triangle_frames`):
+
+    mean_world  = origin_f + k_f * R_f @ offset            (offset in triangle units)
+    R_world     = R_f @ R(rot)                             (rot: local wxyz quaternion)
+    scale_world = k_f * exp(log_scale)
+
+with origin_f the centroid, R_f (edge, in-plane perpendicular, normal) and k_f = sqrt(2 area_f).
+So a Gaussian follows identity, expression, jaw, neck and eye motion, and grows or shrinks with
+its triangle. Opacity (a logit) and colour (SH coefficients, degree configurable) are learnable.
+
+Regions (``REGIONS``) control how far a Gaussian may go:
+    face   - the landmark-covered front of the face: offset regularised, scale limited.
+    free   - scalp, ears, neck: allowed to drift off the surface (hair, shoulders), weakly regularised.
+    eye    - eyeballs: offset and scale are clamped to the triangle, so irises rotate with the
+             eye and never smear across the lids.
+    mouth  - mouth interior (tongue and other closed inner parts): clamped like the eyes, so
+             nothing bridges the lips when the jaw opens.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from avatar.errors import AvatarError
+from avatar.representations.base import Representation, Splats
+from avatar.representations.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, triangle_frames
+
+REGIONS = ("face", "free", "eye", "mouth")
+FACE, FREE, EYE, MOUTH = range(4)
+SH_C0 = 0.28209479177387814
+# Limits for the clamped (eye, mouth) regions, in triangle units: in-plane offset, normal offset,
+# largest scale.
+_RIGID_INPLANE, _RIGID_NORMAL, _RIGID_SCALE = 0.6, 0.05, 0.5
+
+
+def rgb_to_sh_dc(rgb: Tensor) -> Tensor:
+    """RGB in [0, 1] -> the degree-0 SH coefficient that renders it (3DGS convention)."""
+    return (rgb - 0.5) / SH_C0
+
+
+def face_regions(head: Any, vertices: Tensor | None = None, face_radius: float = 0.012) -> Tensor:
+    """``[F]`` int64 region per triangle of a head model (see the module docstring).
+
+    eye: all corners skinned > 0.5 to an eye joint; mouth: triangles of the smaller connected
+    components that are not eyes (AnnyHead's tongue); face: main-component triangles whose
+    centroid lies within ``face_radius`` m of a face landmark (the 468-point mesh part), on the
+    neutral head; free: the rest.
+    """
+    from avatar.models.landmark_embedding import connected_components
+
+    faces = head.faces.cpu()
+    if vertices is None:
+        with torch.no_grad():
+            vertices = head().vertices[0]
+    v = vertices.detach().cpu().double()
+    weights = head.skin_weights.detach().cpu().double()
+    eye_joints = [i for i, n in enumerate(head.joint_names) if "eye" in n.lower()]
+    region = torch.full((faces.shape[0],), FREE, dtype=torch.long)
+    comp = torch.from_numpy(connected_components(faces.numpy(), v.shape[0]))
+    if eye_joints:
+        eye_v = weights[:, eye_joints].sum(1) > 0.5
+        is_eye = eye_v[faces].all(1)
+    else:
+        is_eye = torch.zeros(faces.shape[0], dtype=torch.bool)
+    in_small = (comp[faces] != 0).all(1)
+    if head.landmark_faces.numel():
+        lm = head.landmarks_from_vertices(v[None].to(head.dtype).to(head.device))[0].cpu().double()[:468]
+        cent = v[faces].mean(1)
+        near = torch.cdist(cent, lm).amin(1) < face_radius
+        region[near & (comp[faces[:, 0]] == 0)] = FACE
+    region[in_small & ~is_eye] = MOUTH
+    region[is_eye] = EYE
+    return region
+
+
+class MeshGaussians(Representation):
+    """Gaussians bound to the triangles of a head mesh. Build with :meth:`on_surface`.
+
+    >>> rep = MeshGaussians.on_surface(head, per_face=1, per_face_face=3)  # doctest: +SKIP
+    >>> splats = rep(head(expression=expr).vertices)                        # doctest: +SKIP
+    >>> splats.means.shape                                                   # [B, N, 3]
+    """
+
+    kind: ClassVar[str] = "mesh_gaussians"
+
+    def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, sh_degree: int = 0) -> None:
+        super().__init__()
+        if not 0 <= sh_degree <= 3:
+            raise AvatarError(f"sh_degree must be 0..3, got {sh_degree}")
+        n = int(face_id.shape[0])
+        self.max_sh_degree = int(sh_degree)
+        self.register_buffer("faces", faces.long().clone())
+        self.register_buffer("face_id", face_id.long().clone())
+        self.register_buffer("region", region.long().clone())
+        k = (sh_degree + 1) ** 2
+        self.offset = nn.Parameter(torch.zeros(n, 3))
+        self.rot = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1))
+        self.log_scale = nn.Parameter(torch.full((n, 3), math.log(0.3)))
+        self.opacity_logit = nn.Parameter(torch.full((n,), math.log(0.7 / 0.3)))
+        self.sh_dc = nn.Parameter(torch.zeros(n, 3))
+        self.sh_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def on_surface(
+        cls,
+        head: Any,
+        *,
+        per_face: int = 1,
+        per_face_face: int = 3,
+        sh_degree: int = 0,
+        vertices: Tensor | None = None,
+        seed: int = 0,
+    ) -> "MeshGaussians":
+        """Gaussians sampled on the surface: ``per_face`` per triangle, ``per_face_face`` on the
+        face region, flat (thin along the normal) and sized to tile their triangle."""
+        region_f = face_regions(head, vertices)
+        counts = torch.where(region_f == FACE, per_face_face, per_face)
+        face_id = torch.repeat_interleave(torch.arange(region_f.shape[0]), counts)
+        rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree)
+        g = torch.Generator().manual_seed(seed)
+        # Uniform barycentrics (square-root trick); the first sample of a triangle is its centroid.
+        r1, r2 = torch.rand(face_id.shape[0], generator=g), torch.rand(face_id.shape[0], generator=g)
+        s = r1.sqrt()
+        bary = torch.stack([1 - s, s * (1 - r2), s * r2], -1)
+        first = torch.ones_like(face_id, dtype=torch.bool)
+        first[1:] = face_id[1:] != face_id[:-1]
+        bary[first] = 1.0 / 3.0
+        if vertices is None:
+            with torch.no_grad():
+                vertices = head().vertices[0]
+        v = vertices.detach().cpu().float()[None]
+        origin, rot, k = triangle_frames(v, rep.faces)
+        corners = v[0][rep.faces[face_id]]  # [N, 3, 3]
+        p = (bary[..., None] * corners).sum(1)
+        local = ((p - origin[0, face_id])[:, None, :] @ rot[0, face_id]).squeeze(1) / k[0, face_id, None]
+        n_here = counts[face_id].float()
+        plane = 0.6 * torch.sqrt(1.0 / (2.0 * n_here))
+        with torch.no_grad():
+            rep.offset.copy_(local)
+            rep.log_scale.copy_(torch.stack([plane, plane, 0.3 * plane], -1).log())
+            rep.sh_dc.copy_(rgb_to_sh_dc(torch.tensor([0.8, 0.62, 0.52])).expand_as(rep.sh_dc))
+        return rep
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sh_degree": self.max_sh_degree, "num_gaussians": self.num_gaussians}
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "MeshGaussians":
+        rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]))
+        rep.load_state_dict(state)
+        return rep
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.face_id.shape[0])
+
+    # --- appearance ---------------------------------------------------------------------------
+    def set_colors(self, rgb: Tensor, where: Tensor | None = None) -> None:
+        """Set the base colour (degree-0 SH) of all Gaussians, or of those in mask ``where``."""
+        dc = rgb_to_sh_dc(rgb.to(self.sh_dc))
+        with torch.no_grad():
+            if where is None:
+                self.sh_dc.copy_(dc)
+            else:
+                self.sh_dc[where] = dc[where] if dc.shape[0] == self.num_gaussians else dc
+
+    def opacities(self) -> Tensor:
+        return torch.sigmoid(self.opacity_logit)
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def _local(self) -> tuple[Tensor, Tensor]:
+        """Effective offset and log-scale, with the eye/mouth clamps applied."""
+        rigid = (self.region == EYE) | (self.region == MOUTH)
+        lim = self.offset.new_tensor([_RIGID_INPLANE, _RIGID_INPLANE, _RIGID_NORMAL])
+        offset = torch.where(rigid[:, None], torch.maximum(torch.minimum(self.offset, lim), -lim), self.offset)
+        log_scale = torch.where(rigid[:, None], self.log_scale.clamp(max=math.log(_RIGID_SCALE)), self.log_scale)
+        return offset, log_scale
+
+    def forward(self, vertices: Tensor, sh_degree: int | None = None) -> Splats:
+        """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.
+
+        ``sh_degree``: evaluate up to this degree (default: all stored); 0 still uses SH."""
+        if vertices.dim() != 3 or vertices.shape[-1] != 3:
+            raise AvatarError(f"vertices must be [B, V, 3], got {list(vertices.shape)}")
+        origin, rot, k = triangle_frames(vertices, self.faces)
+        fid = self.face_id
+        o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
+        offset, log_scale = self._local()
+        means = o + s[..., None] * (r * offset[None, :, None, :]).sum(-1)
+        quats = quat_multiply(matrix_to_quat(rot)[:, fid], self.rot[None].expand(vertices.shape[0], -1, -1))
+        scales = torch.exp(log_scale)[None] * s[..., None]
+        deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
+        colors = torch.cat([self.sh_dc[:, None], self.sh_rest[:, : (deg + 1) ** 2 - 1]], 1)
+        return Splats(means, quats, scales, self.opacities(), colors, deg)
+
+    # --- regularisers -------------------------------------------------------------------------
+    def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0) -> dict[str, Tensor]:
+        """Scalar terms for the trainer to weight.
+
+        ``offset``: squared offset beyond ``offset_tolerance`` triangle units from the triangle's
+        centroid plane (the normal part counts fully: leaving the surface costs), weighted per
+        region (face 1, free 0.1 - hair and shoulders may drift, eye/mouth 10).
+        ``scale``: squared log-excess of the largest scale over ``scale_tolerance`` triangle units.
+        """
+        offset, log_scale = self._local()
+        w = self.offset.new_tensor([1.0, 0.1, 10.0, 10.0])[self.region]
+        inplane = torch.relu(offset[:, :2].norm(dim=-1) - offset_tolerance)
+        normal = offset[:, 2]
+        off = (w * (inplane**2 + normal**2)).mean()
+        sc = (torch.relu(log_scale.amax(-1) - math.log(scale_tolerance)) ** 2).mean()
+        return {"offset": off, "scale": sc}
+
+    # --- per-primitive protocol (densification) -------------------------------------------------
+    def primitive_parameters(self) -> dict[str, nn.Parameter]:
+        return {"offset": self.offset, "rot": self.rot, "log_scale": self.log_scale,
+                "opacity_logit": self.opacity_logit, "sh_dc": self.sh_dc, "sh_rest": self.sh_rest}  # fmt: skip
+
+    def primitive_buffers(self) -> dict[str, Tensor]:
+        return {"face_id": self.face_id, "region": self.region}
+
+    def set_primitives(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> None:
+        for name, value in params.items():
+            setattr(self, name, nn.Parameter(value.detach().contiguous()))
+        for name, value in buffers.items():
+            setattr(self, name, value.contiguous())
+
+    def split_values(self, idx: Tensor, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Each of Gaussians ``idx`` becomes ``n`` children sampled inside it (same triangle),
+        with scales divided by ``0.8 n`` (3DGS's rule)."""
+        offset, log_scale = self.offset[idx].detach(), self.log_scale[idx].detach()
+        r = quat_to_matrix(self.rot[idx].detach())
+        eps = torch.randn(n, *offset.shape, generator=generator).to(offset.device)  # CPU generator
+        delta = (r[None] @ (eps * log_scale.exp()[None])[..., None]).squeeze(-1)
+        out = {name: p[idx].detach().repeat(n, *([1] * (p.dim() - 1))) for name, p in self.primitive_parameters().items()}
+        out["offset"] = (offset[None] + delta).reshape(-1, 3)
+        out["log_scale"] = (log_scale - math.log(0.8 * n)).repeat(n, 1)
+        out.update({name: b[idx].repeat(n) for name, b in self.primitive_buffers().items()})
+        return out
+
+    def region_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.region.cpu().numpy(), minlength=len(REGIONS))
+        return {name: int(c) for name, c in zip(REGIONS, counts)}

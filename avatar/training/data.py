@@ -1,0 +1,193 @@
+"""Training data: the tracking file (``OUT/tracking.npz``), the frames of its source at training
+resolution, and a foreground matte per frame.
+
+The tracking contract is the fitting stage's (``avatar.fitting.load_tracking`` is used when it
+exists; :func:`read_tracking_npz` is a small reader of the same layout). Mattes come from
+``OUT/mattes.npz`` (``mattes [N, H, W]`` uint8 or float, any size; written by whoever knows
+better, e.g. a synthetic clip) or else from :class:`avatar.perception.matte.PersonMatte`.
+Decoded, resized frames and mattes are cached in ``OUT/cache/`` (atomic writes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from avatar.errors import AvatarError
+from avatar.utils.files import atomic_path
+
+PARAMS = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
+_REQUIRED = ("frame_index", "tracked", "expression", "jaw", "neck", "eyes", "global_orient", "transl",
+             "K", "viewmat", "shape", "model", "image_size", "source")  # fmt: skip
+
+
+def read_tracking_npz(path: str | Path) -> dict[str, Any]:
+    """Read a ``tracking.npz`` in the fitting stage's layout into a dict of numpy arrays / str."""
+    path = Path(path)
+    if not path.is_file():
+        raise AvatarError(f"{path}: no tracking file; run `avatar track INPUT -o {path.parent}` first")
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise AvatarError(f"{path}: not a tracking file (missing {', '.join(missing)})")
+    for k in ("model", "source"):
+        data[k] = str(data[k])
+    if "expression_names" in data:
+        data["expression_names"] = [str(x) for x in data["expression_names"]]
+    n = data["frame_index"].shape[0]
+    data.setdefault("interpolated", np.zeros(n, dtype=bool))
+    data["fps"] = float(data.get("fps", 30.0))
+    return data
+
+
+def load_tracking(path: str | Path) -> dict[str, Any]:
+    """The tracking as a dict (contract names). Uses the fitting stage's reader when installed."""
+    try:
+        from avatar.fitting import load_tracking as fitting_load  # type: ignore[attr-defined]
+    except ImportError:
+        return read_tracking_npz(path)
+    tr = fitting_load(path)
+    if isinstance(tr, dict):
+        out = dict(tr)
+    else:
+        out = {k: getattr(tr, k) for k in (*_REQUIRED, "interpolated", "fps", "expression_names", "landmarks")
+               if hasattr(tr, k)}  # fmt: skip
+    for k, v in list(out.items()):
+        if isinstance(v, Tensor):
+            out[k] = v.detach().cpu().numpy()
+    out["model"], out["source"] = str(out["model"]), str(out["source"])
+    out.setdefault("interpolated", np.zeros(len(out["frame_index"]), dtype=bool))
+    out["fps"] = float(out.get("fps") or 30.0)
+    return out
+
+
+@dataclass
+class Clip:
+    """Frames, mattes and per-frame parameters of one tracked clip, at training resolution.
+
+    Attributes:
+        images: ``[N, H, W, 3]`` uint8.  mattes: ``[N, H, W]`` uint8 (255 = foreground).
+        params: name -> ``[N, ...]`` float32 tensors (expression, jaw, neck, eyes, global_orient, transl).
+        Ks: ``[N, 3, 3]`` (scaled to the training size).  viewmat: ``[4, 4]``.
+        shape: ``[S]`` identity.  train_ids / test_ids: row indices (test = the last ``holdout``).
+    """
+
+    images: np.ndarray
+    mattes: np.ndarray
+    params: dict[str, Tensor]
+    Ks: Tensor
+    viewmat: Tensor
+    shape: Tensor
+    model: str
+    fps: float
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    source: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+    def target(self, rows: np.ndarray | list[int], background: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(composited ground truth [B, H, W, 3], matte [B, H, W, 1])`` as float on ``device``."""
+        img = torch.from_numpy(self.images[rows]).to(device).float() / 255.0
+        m = torch.from_numpy(self.mattes[rows]).to(device).float()[..., None] / 255.0
+        return img * m + background.to(device) * (1.0 - m), m
+
+
+def split_holdout(n: int, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """Train rows and the last ``ceil(holdout * n)`` rows (at least 1 when n > 1) held out."""
+    n_test = 0 if holdout <= 0 or n < 2 else max(1, math.ceil(holdout * n))
+    return np.arange(n - n_test), np.arange(n - n_test, n)
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    import cv2
+
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_frames: int | None = None,
+              progress: bool = True) -> Clip:  # fmt: skip
+    """Read ``out_dir/tracking.npz`` and the frames of its source (see the module docstring)."""
+    from avatar.io.video import FrameReader
+
+    out_dir = Path(out_dir)
+    tr = load_tracking(out_dir / "tracking.npz")
+    usable = np.asarray(tr["tracked"], bool) | np.asarray(tr["interpolated"], bool)
+    rows = np.nonzero(usable)[0]
+    if max_frames is not None:
+        rows = rows[:max_frames]
+    if rows.size < 2:
+        raise AvatarError(f"{out_dir}/tracking.npz has {rows.size} usable frames; training needs at least 2")
+    W0, H0 = (int(x) for x in tr["image_size"])
+    s = resolution / max(W0, H0)
+    W, H = max(1, round(W0 * s)), max(1, round(H0 * s))
+    frame_index = np.asarray(tr["frame_index"], np.int64)[rows]
+    cache = out_dir / "cache" / f"frames_{W}x{H}_{len(rows)}.npz"
+    images = mattes = None
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                if np.array_equal(z["frame_index"], frame_index):
+                    images, mattes = z["images"], z["mattes"]
+        except (OSError, ValueError, KeyError):
+            images = None  # unreadable cache: rebuild it
+    if images is None:
+        source = Path(tr["source"])
+        if not source.is_absolute() and not source.exists():
+            source = out_dir / source
+        wanted = {int(f): i for i, f in enumerate(frame_index)}
+        images = np.zeros((len(rows), H, W, 3), np.uint8)
+        found = np.zeros(len(rows), bool)
+        with FrameReader(source, dtype="uint8") as reader:
+            last = int(frame_index.max())
+            for k, frame in enumerate(reader):
+                if k in wanted:
+                    images[wanted[k]] = _resize(frame, W, H)
+                    found[wanted[k]] = True
+                if k >= last:
+                    break
+        if not found.all():
+            raise AvatarError(f"{source}: frames {frame_index[~found][:5].tolist()}... named by the tracking are missing")
+        mattes = _mattes(out_dir, tr, rows, images, progress)
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, images=images, mattes=mattes, frame_index=frame_index)
+    params = {k: torch.as_tensor(np.asarray(tr[k], np.float32)[rows]) for k in PARAMS}
+    Ks = torch.as_tensor(np.asarray(tr["K"], np.float32)[rows]).clone()
+    Ks[:, 0, :] *= W / W0
+    Ks[:, 1, :] *= H / H0
+    train_ids, test_ids = split_holdout(len(rows), holdout)
+    return Clip(images, mattes, params, Ks, torch.as_tensor(np.asarray(tr["viewmat"], np.float32)),
+                torch.as_tensor(np.asarray(tr["shape"], np.float32)), tr["model"], float(tr["fps"]),
+                train_ids, test_ids, str(tr["source"]))  # fmt: skip
+
+
+def _mattes(out_dir: Path, tr: dict, rows: np.ndarray, images: np.ndarray, progress: bool) -> np.ndarray:
+    n, H, W = images.shape[:3]
+    given = out_dir / "mattes.npz"
+    if given.is_file():
+        with np.load(given) as z:
+            m = z["mattes"]
+        if m.shape[0] != len(tr["frame_index"]):
+            raise AvatarError(f"{given}: {m.shape[0]} mattes for {len(tr['frame_index'])} tracked frames")
+        m = m[rows]
+        m = (m * 255.0).round().astype(np.uint8) if m.dtype != np.uint8 else m
+        return np.stack([_resize(x, W, H) for x in m])
+    from tqdm import tqdm
+
+    from avatar.perception.matte import PersonMatte
+
+    matte = PersonMatte()
+    out = np.zeros((n, H, W), np.uint8)
+    for i in tqdm(range(n), desc="matte", disable=not progress, leave=False):
+        out[i] = np.clip(np.rint(matte(images[i]) * 255.0), 0, 255).astype(np.uint8)
+    return out

@@ -1,0 +1,325 @@
+"""``train(OUT, config)``: fit a representation to a tracked clip, with checkpoints and resume.
+
+Loop (per step): pick ``batch_size`` training frames (a seeded generator whose state is
+checkpointed), pose the head with the tracked (optionally refined) parameters, draw the
+representation over the fixed background, loss = (1-l) L1 + l D-SSIM against the matted frame
+composited on the same background, + offset/scale regularisers (+ an L2 pull on the tracking
+refinements); Adam; then the densify/prune strategy.
+
+Files (all written atomically):
+    OUT/checkpoints/step_NNNNNNN.pt   every ``checkpoint_every`` steps and at the end (last
+                                      ``keep_checkpoints`` kept); a rerun resumes from the newest
+    OUT/avatar/                       the bundle (see :mod:`avatar.representations.bundle`)
+    OUT/report.json                   held-out masked PSNR/SSIM (initial and final), timings
+    OUT/eval.mp4                      held-out frames: ground truth | render | error
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from avatar.errors import AvatarError
+from avatar.representations import MeshGaussians, Representation, render_splats, save_avatar
+from avatar.training.config import TrainConfig
+from avatar.training.data import PARAMS, Clip, load_clip
+from avatar.training.losses import masked_metrics, photometric_loss
+from avatar.training.strategy import DensifyStrategy
+from avatar.utils.files import atomic_path, atomic_write
+
+CHECKPOINT_FORMAT = 1
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AvatarError("device='cuda' but no CUDA device is available; use device=cpu (or the fast-cpu preset)")
+    return torch.device(name)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+def list_checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads (older ones are tried if the newest does not)."""
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - an unreadable file is skipped, never trusted
+            continue
+        if isinstance(ck, dict) and ck.get("format") == CHECKPOINT_FORMAT:
+            return path, ck
+    return None
+
+
+def _save_checkpoint(folder: Path, state: dict[str, Any], keep: int) -> Path:
+    path = folder / f"step_{state['step']:07d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _frame_params(clip: Clip, rows: Tensor | np.ndarray, device: torch.device, deltas: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    out = {k: clip.params[k][rows_t].to(device) for k in PARAMS}
+    if deltas:
+        out = {k: v + deltas[k][rows_t.to(device)] for k, v in out.items()}
+    return out
+
+
+def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
+    return head(shape=shape[None], **params).vertices
+
+
+@torch.no_grad()
+def init_colors_from_frames(rep: MeshGaussians, head: Any, clip: Clip, shape: Tensor, rows: np.ndarray) -> int:
+    """Base colour of each Gaussian = mean of the frame colours at its projection over ``rows``
+    where it is visible (depth within 5 mm of the mesh's z-buffer) and in the matte. Gaussians
+    never seen get the mean seen colour. Returns how many were seen."""
+    from avatar.render.mesh import rasterize_triangles
+
+    device = rep.offset.device
+    W, H = clip.size
+    acc = torch.zeros(rep.num_gaussians, 3, dtype=torch.float64)
+    cnt = torch.zeros(rep.num_gaussians, dtype=torch.float64)
+    vm = clip.viewmat.double().cpu()
+    faces = head.faces.cpu().numpy()
+    for r in rows:
+        verts = _vertices(head, shape, _frame_params(clip, [r], device, None))
+        means = rep(verts).means[0].double().cpu()
+        cam = means @ vm[:3, :3].T + vm[:3, 3]
+        uv = cam @ clip.Ks[r].double().T
+        px = (uv[:, :2] / uv[:, 2:].clamp_min(1e-6)).floor().long()
+        inside = (cam[:, 2] > 0) & (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H)
+        frags = rasterize_triangles(verts[0].double().cpu().numpy(), faces, vm.numpy(), clip.Ks[r].double().numpy(), W, H)
+        depth = torch.from_numpy(frags.depth)
+        x, y = px[:, 0].clamp(0, W - 1), px[:, 1].clamp(0, H - 1)
+        vis = inside & (cam[:, 2] <= depth[y, x] + 0.005) & (torch.from_numpy(clip.mattes[r])[y, x] > 127)
+        img = torch.from_numpy(clip.images[r]).double() / 255.0
+        acc[vis] += img[y[vis], x[vis]]
+        cnt[vis] += 1
+    seen = cnt > 0
+    if not seen.any():
+        return 0
+    rgb = torch.empty(rep.num_gaussians, 3, dtype=torch.float64)
+    rgb[seen] = acc[seen] / cnt[seen, None]
+    rgb[~seen] = rgb[seen].mean(0)
+    rep.set_colors(rgb.float().to(device))
+    return int(seen.sum())
+
+
+@torch.no_grad()
+def evaluate(
+    rep: Representation, head: Any, clip: Clip, rows: np.ndarray, shape: Tensor, background: Tensor,
+    deltas: dict[str, Tensor] | None = None, sh_degree: int | None = None, keep_images: bool = False,
+    options: Any = None,
+) -> tuple[dict[str, Any], list[np.ndarray]]:  # fmt: skip
+    """Masked PSNR/SSIM of ``rows`` (pooled over the frames, and per frame) and, with
+    ``keep_images``, side-by-side frames GT | render | error (|error| x 4, grey)."""
+    device = background.device
+    preds, gts, masks, panels, per_frame = [], [], [], [], []
+    for r in rows:
+        verts = _vertices(head, shape, _frame_params(clip, [r], device, deltas))
+        rgb, _, _ = render_splats(rep(verts, sh_degree=sh_degree), clip.viewmat.to(device), clip.Ks[r].to(device),
+                                  *clip.size, background, options)  # fmt: skip
+        gt, m = clip.target([r], background, device)
+        pred = rgb.clamp(0, 1)
+        preds.append(pred), gts.append(gt), masks.append(m)
+        per_frame.append(masked_metrics(pred, gt, m)["psnr"])
+        if keep_images:
+            err = ((pred - gt).abs().mean(-1, keepdim=True) * 4).clamp(0, 1).expand_as(pred)
+            panels.append((torch.cat([gt, pred, err], 2)[0].cpu().numpy() * 255).round().astype(np.uint8))
+    metrics = masked_metrics(torch.cat(preds), torch.cat(gts), torch.cat(masks)) if preds else {}
+    metrics["psnr_per_frame"] = per_frame
+    metrics["frames"] = [int(r) for r in rows]
+    return metrics, panels
+
+
+# --- training ------------------------------------------------------------------------------------
+def train(
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the avatar in ``out_dir``; returns the report written to ``report.json``.
+
+    ``on_step(step, losses)`` is called after each completed step (after any checkpoint of that
+    step), e.g. to stop a run early from a test by raising ``KeyboardInterrupt``.
+    """
+    out_dir = Path(out_dir)
+    device = pick_device(config.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, config.torch_threads))
+    try:
+        return _train(out_dir, config, device, progress, on_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: bool,
+           on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:  # fmt: skip
+    from tqdm import tqdm
+
+    from avatar.models import load_head_model
+    from avatar.render import RasterOptions
+
+    t_start = time.perf_counter()
+    raster = RasterOptions(num_threads=config.raster_threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    clip = load_clip(out_dir, config.resolution, config.holdout, config.max_frames, progress=progress)
+    head = load_head_model(clip.model).to(device)
+    shape = clip.shape.to(device)
+    bg = torch.tensor(config.background, dtype=torch.float32, device=device)
+    ck_dir = out_dir / "checkpoints"
+    resumed = latest_checkpoint(ck_dir)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    if resumed is not None:
+        ck_path, ck = resumed
+        rep = MeshGaussians.from_state(ck["rep_config"], ck["rep_state"]).to(device)
+        start, init_metrics = int(ck["step"]), ck["init_metrics"]
+        gen.set_state(ck["generator"])
+    else:
+        with torch.no_grad():
+            neutral = head(shape=shape[None]).vertices[0]
+        rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
+                                       sh_degree=config.sh_degree, vertices=neutral, seed=config.seed).to(device)  # fmt: skip
+        color_rows = clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.color_init_frames, len(clip.train_ids))).round().astype(int)]
+        init_colors_from_frames(rep, head, clip, shape, np.unique(color_rows))
+        start = 0
+        init_metrics, _ = evaluate(rep, head, clip, clip.test_ids, shape, bg, sh_degree=0, options=raster)
+
+    deltas: dict[str, Tensor] = {}
+    if config.refine_tracking:
+        deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in PARAMS}
+    lrs = {"offset": config.lr_offset, "rot": config.lr_rot, "log_scale": config.lr_scale,
+           "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest}  # fmt: skip
+    groups = [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.primitive_parameters().items()]
+    groups += [{"params": [d], "lr": config.lr_tracking, "name": f"track.{k}"} for k, d in deltas.items()]
+    optimizer = torch.optim.Adam(groups, eps=1e-15)
+    strategy = DensifyStrategy(config.strategy, config.steps)
+    if resumed is not None:
+        for k, d in deltas.items():
+            if k in ck.get("deltas", {}):
+                d.data.copy_(ck["deltas"][k])
+        optimizer.load_state_dict(ck["optimizer"])
+        strategy.load_state_dict(ck["strategy"])
+
+    # Tracked vertices never change without refinement: pose them once.
+    fixed_verts = None
+    if not config.refine_tracking:
+        with torch.no_grad():
+            fixed_verts = torch.cat([_vertices(head, shape, _frame_params(clip, c, device, None))
+                                     for c in np.array_split(np.arange(len(clip.Ks)), max(1, len(clip.Ks) // 64))])  # fmt: skip
+
+    def checkpoint(step: int) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": step, "config": config.to_dict(),
+            "rep_config": rep.config(), "rep_state": {k: v.detach().cpu() for k, v in rep.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "strategy": strategy.state_dict(),
+            "deltas": {k: d.detach().cpu() for k, d in deltas.items()}, "generator": gen.get_state(),
+            "init_metrics": init_metrics,
+        }  # fmt: skip
+        _save_checkpoint(ck_dir, state, config.keep_checkpoints)
+
+    W, H = clip.size
+    n_train = len(clip.train_ids)
+    losses_hist: list[float] = []
+    bar = tqdm(total=config.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
+    t_loop = time.perf_counter()
+    for step in range(start, config.steps):
+        for g in optimizer.param_groups:
+            if g["name"] == "offset":
+                g["lr"] = config.lr_offset * config.lr_offset_final_fraction ** (step / max(1, config.steps))
+        sh_active = min(config.sh_degree, step // max(1, config.sh_increase_every))
+        rows = clip.train_ids[torch.randint(n_train, (config.batch_size,), generator=gen).numpy()]
+        if fixed_verts is not None:
+            verts = fixed_verts[torch.as_tensor(rows, device=device)]
+        else:
+            verts = _vertices(head, shape, _frame_params(clip, rows, device, deltas))
+        splats = rep(verts, sh_degree=sh_active)
+        pred, _, metas = render_splats(splats, clip.viewmat.to(device), clip.Ks[rows].to(device), W, H, bg, raster)
+        gt, _ = clip.target(rows, bg, device)
+        loss, parts = photometric_loss(pred, gt, config.lambda_dssim)
+        reg = rep.regularization_terms(config.offset_tolerance, config.scale_tolerance)
+        loss = loss + config.w_offset * reg["offset"] + config.w_scale * reg["scale"]
+        if deltas:
+            rows_t = torch.as_tensor(rows, device=device)
+            loss = loss + config.w_tracking * sum((d[rows_t] ** 2).mean() for d in deltas.values())
+        strategy.step_pre_backward(metas)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # The strategy reads the screen-space gradients, then may replace the primitives.
+        info = strategy.step_post_backward(rep, optimizer, metas, step + 1, gen)
+        losses_hist.append(float(loss.detach()))
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses_hist[-1]:.4f}", l1=f"{parts['l1']:.4f}", n=rep.num_gaussians, refresh=False)
+        if info and progress:
+            bar.write(f"step {done}: densify {info}")
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            checkpoint(done)
+        if on_step is not None:
+            on_step(done, {"loss": losses_hist[-1], **parts})
+    bar.close()
+    if start == config.steps and not list_checkpoints(ck_dir):
+        checkpoint(config.steps)
+    t_train = time.perf_counter() - t_loop
+
+    # --- export + evaluation ---------------------------------------------------------------------
+    perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if deltas else 0)).cpu() for k in PARAMS}
+    final, panels = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
+    train_rows = clip.train_ids[np.linspace(0, n_train - 1, min(n_train, 16)).round().astype(int)]
+    train_metrics, _ = evaluate(rep, head, clip, np.unique(train_rows), shape, bg, deltas=deltas or None, options=raster)
+    report = {
+        "steps": config.steps,
+        "resumed_from": start if resumed is not None else None,
+        "device": str(device),
+        "num_gaussians": rep.num_gaussians,
+        "regions": rep.region_counts(),
+        "image_size": [W, H],
+        "frames": {"train": int(n_train), "held_out": int(len(clip.test_ids)), "held_out_rows": [int(r) for r in clip.test_ids]},
+        "held_out": {k: final[k] for k in ("psnr", "ssim", "pixels", "psnr_per_frame") if k in final},
+        "held_out_initial": {k: init_metrics[k] for k in ("psnr", "ssim") if k in init_metrics},
+        "train_sample": {k: train_metrics[k] for k in ("psnr", "ssim") if k in train_metrics},
+        "lpips": None,
+        "lpips_note": "LPIPS not computed: its network weights are not available offline.",
+        "metric_note": "PSNR/SSIM over foreground pixels (matte > 0.5); both images composited on the training background.",
+        "loss_first_100": float(np.mean(losses_hist[:100])) if losses_hist else None,
+        "loss_last_100": float(np.mean(losses_hist[-100:])) if losses_hist else None,
+        "seconds_train_loop": round(t_train, 2),
+        "seconds_total": None,
+        "densify": strategy.history,
+        "config": config.to_dict(),
+    }
+    save_avatar(out_dir / "avatar", rep, model=clip.model, shape=clip.shape,
+                extra={"train_config": config.to_dict(), "image_size": [W, H], "fps": clip.fps,
+                       "viewmat": clip.viewmat.tolist(), "K": clip.Ks[0].tolist(), "background": list(config.background),
+                       "held_out": report["held_out"], "source": clip.source},
+                performance=perf)  # fmt: skip
+    if config.eval_video and panels:
+        from avatar.io.video import VideoWriter
+
+        with VideoWriter(out_dir / "eval.mp4", fps=clip.fps or 25.0) as w:
+            for p in panels:
+                w.write(p)
+    report["seconds_total"] = round(time.perf_counter() - t_start, 2)
+    with atomic_write(out_dir / "report.json", "w") as f:
+        json.dump(report, f, indent=1)
+    return report
