@@ -228,6 +228,32 @@ inline TileBuf tile_buf(int tile) {
     return b;
 }
 
+// Blocks [blk0[r], blk1[r]) (x relative to x0) that the footprint's columns overlap in each of
+// its rows r = y - row0, y in [row0, row1): the same formula as Footprint::cols, evaluated for all
+// rows at once (a loop the compiler vectorises) instead of one serial sqrt and divisions per row.
+inline void footprint_blocks(const Footprint& f, int x0, int x_end, int* blk0, int* blk1) {
+    const int nr = f.row1 - f.row0;
+    if (f.full) {
+        for (int r = 0; r < nr; ++r) { blk0[r] = 0; blk1[r] = (x_end - x0) / kLanes; }
+        return;
+    }
+    const double lo_x = x0, hi_x = x_end;
+#pragma omp simd
+    for (int r = 0; r < nr; ++r) {
+        const double dy = f.my - (double(f.row0 + r) + 0.5);
+        const double disc = f.b * f.b * dy * dy - f.a * (f.c * dy * dy - f.t);
+        const double sq = std::sqrt(std::max(disc, 0.0));
+        const double lo = (-f.b * dy - sq) / f.a, hi = (-f.b * dy + sq) / f.a;  // dx = mx - px
+        // Clamp in floating point first, so huge or non-finite spans convert to int safely.
+        const double c0 = std::min(std::max(std::ceil(f.mx - hi - 0.5) - 1.0, lo_x), hi_x);
+        const double c1 = std::min(std::max(std::floor(f.mx - lo - 0.5) + 2.0, lo_x), hi_x);
+        const int i0 = int(c0) - x0, i1 = int(c1) - x0;
+        const bool empty = !(disc >= 0) || i1 <= i0;
+        blk0[r] = empty ? 0 : i0 / kLanes;
+        blk1[r] = empty ? 0 : (i1 + kLanes - 1) / kLanes;
+    }
+}
+
 // Blocks [blk0, blk1) of a row that the footprint's columns [c0, c1) overlap (x relative to x0).
 inline void row_blocks(const Footprint& f, int y, int x0, int x_end, int* blk0, int* blk1) {
     int c0, c1;
@@ -332,7 +358,7 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
         const TileGeom g = tile_geom(t, tile, W, H);
         const int S = tb.stride, NP = tb.npix;
         std::vector<T> Tr(NP, T(1)), acc(int64_t(NP) * D, T(0));
-        std::vector<int32_t> cnt(NP, 0), done(NP, 1);
+        std::vector<int32_t> cnt(NP, 0), done(NP, 1), rb0(tb.rows), rb1(tb.rows);
         for (int y = 0; y < g.h(); ++y)
             for (int x = 0; x < g.w(); ++x) done[y * S + x] = 0;
         int alive = g.w() * g.h();
@@ -349,9 +375,9 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
             const int32_t kk1 = int32_t(k - start + 1);
             const Footprint f = footprint(mx, my, a, b, c, opac, g.x0, g.y0, g.x1, g.y1);
             if (f.empty) continue;
+            footprint_blocks(f, g.x0, x_end, rb0.data(), rb1.data());
             for (int y = f.row0; y < f.row1; ++y) {
-                int blk0, blk1;
-                row_blocks(f, y, g.x0, x_end, &blk0, &blk1);
+                const int blk0 = rb0[y - f.row0], blk1 = rb1[y - f.row0];
                 const T dy = my - (T(y) + T(0.5));
                 for (int blk = blk0; blk < blk1; ++blk) {
                     const int base = (y - g.y0) * S + blk * kLanes;
@@ -425,7 +451,7 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
         // Per pixel: running T, T_final * (v_alpha - <background, v_render>), v_render, buffer.
         std::vector<T> Tr(NP, T(1)), Tfin(NP, T(1)), vAe(NP, T(0)), vC(int64_t(NP) * D, T(0)),
             buf(int64_t(NP) * D, T(0));
-        std::vector<int32_t> cnt(NP, 0);
+        std::vector<int32_t> cnt(NP, 0), rb0(tb.rows), rb1(tb.rows);
         const T* bg = backgrounds ? backgrounds + int64_t(g.cam) * D : nullptr;
         int max_cnt = 0;
         for (int y = g.y0; y < g.y1; ++y) {
@@ -460,9 +486,9 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                 v8f Lv[8 + DC];
                 for (auto& v : Lv) v = v8f{};
                 bool any_ok = false;
+                footprint_blocks(f, g.x0, x_end, rb0.data(), rb1.data());
                 for (int y = f.row0; y < f.row1; ++y) {
-                    int blk0, blk1;
-                    row_blocks(f, y, g.x0, x_end, &blk0, &blk1);
+                    const int blk0 = rb0[y - f.row0], blk1 = rb1[y - f.row0];
                     const float dy = my - (float(y) + 0.5f);
                     for (int blk = blk0; blk < blk1; ++blk) {
                         const int base = (y - g.y0) * S + blk * kLanes;
