@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "landmarks": "avatar_apps.landmarks:Landmarks",
     "show-model": "avatar_apps.show_model:ShowModel",
     "demo": "avatar_apps.demo:Demo",
+    "track": "avatar_apps.track:Track",
     "view": "avatar_apps.view:View",
     "export": "avatar_apps.export:Export",
 }

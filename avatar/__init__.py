@@ -24,6 +24,8 @@ _EXPORTS = {
     "FlameHead": "avatar.models.flame",
     "load_head_model": "avatar.models",
     "AvatarError": "avatar.errors",
+    "track": "avatar.fitting",
+    "load_tracking": "avatar.fitting",
     "load_avatar": "avatar.representations",
 }
 

@@ -71,8 +71,9 @@ class FitConfig:
     inter-ocular distances)."""
 
     rigid_steps: int = 80
-    identity_steps: int = 150
-    frame_steps: int = 150
+    identity_steps: int = 200
+    frame_steps: int = 300
+    frame_solver: str = "adam"  # "lbfgs" or "adam" for stage 3
     identity_frames: int = 32  # keyframes used to solve the identity
     focal_fov_deg: float = 40.0  # prior field of view across the longer image side
     w_focal: float = 1e-4  # on (log f - log f0)^2
@@ -83,10 +84,10 @@ class FitConfig:
     iris_weight: float = 1.0
     w_depth: float = 0.02
     w_rigid: float = 1.0
-    w_expr_l1: float = 2e-5
-    w_expr_l2: float = 1e-4
-    w_eyes: float = 1e-4
-    w_vergence: float = 1e-3
+    w_expr_l1: float = 1e-6
+    w_expr_l2: float = 3e-6
+    w_eyes: float = 1e-5
+    w_vergence: float = 1e-4
     w_jaw: float = 1e-3
     w_shape: float = 2e-4
     w_smooth_rot: float = 0.05
@@ -140,6 +141,23 @@ class _Adam:
         self.k += 1
 
 
+def _lbfgs(loss_fn, params: list[Tensor], steps: int) -> None:
+    """Full-batch L-BFGS (strong-Wolfe line search) over all frames at once; ``steps`` counts
+    function evaluations. Frames are independent but for the temporal terms, so the quasi-Newton
+    curvature is nearly block-diagonal and converges far faster than Adam on the ill-conditioned
+    expression basis."""
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, max_eval=steps, history_size=20,
+                            tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
 def _keyframes(m: int, k: int) -> np.ndarray:
     if m <= k:
         return np.arange(m)
@@ -169,8 +187,9 @@ class _Problem:
             ident = lmodel.identity(torch.zeros(1, head.num_shape, dtype=dtype))
             rest = ident["rest"]  # [3, L]
             self.iod_m = float((rest[:, 33] - rest[:, 263]).norm())
-        mesh = torch.arange(NUM_MESH)
-        self.rigid_gram = lmodel.rigid_mode_gram(mesh) / (self.iod_m**2 * NUM_MESH)  # [E, E]
+        # Rigid-like expression modes, measured on the stable points (jawOpen moves the whole lower
+        # face, which over all points looks partly like a translation; the stable points stay put).
+        self.rigid_gram = lmodel.rigid_mode_gram(self.stable) / (self.iod_m**2 * len(self.stable))  # [E, E]
         # MediaPipe z (mesh points), centred per frame, in IODs.
         z = self.det[:, :NUM_MESH, 2]
         self.z_mp = (z - z.mean(1, keepdim=True)) / self.iod[:, None]
@@ -370,22 +389,32 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
         e_f = e_k.detach()[near].clone().requires_grad_(True)
         eyes_f = eyes_k.detach()[near].clone().requires_grad_(True)
         jaw_f = jaw_k.detach()[near].clone().requires_grad_(fit_jaw)
-    groups = {"rot": (rot_f, cfg.lr_rot), "xy": (xy_f, cfg.lr_transl), "logd": (logd_f, cfg.lr_depth),
-              "expr": (e_f, cfg.lr_expr), "eyes": (eyes_f, cfg.lr_eyes)}
-    if fit_jaw:
-        groups["jaw"] = (jaw_f, cfg.lr_eyes)
-    opt = _Adam(groups, cfg.frame_steps)
-    for _ in range(cfg.frame_steps):
-        e = P.expression(e_f)
+    def frames_loss() -> Tensor:
+        e = P.expression(e_f.clamp(0.0, 1.0) if P.bounded else e_f)
         planes = lm.planes(ident, e, rot_f, _transl(xy_f, logd_f), eyes=_eyes3(eyes_f), jaw=jaw_f if fit_jaw else None)
         loss = (P.data(planes, fk, slice(None), None, cfg.robust_frames) + P.regularisers(e, eyes_f, jaw_f if fit_jaw else None)).mean()
         loss = loss + _temporal(cfg, temporal, gap_w, rot_f, xy_f, logd_f, P.iod_m)
         if temporal:
             loss = loss + cfg.w_smooth_expr * _smooth(e, gap_w) + cfg.w_smooth_eyes * _smooth(eyes_f, gap_w)
-        opt.step(loss)
-        if P.bounded:
-            with torch.no_grad():
-                e_f.clamp_(0.0, 1.0)
+        return loss
+
+    params = [rot_f, xy_f, logd_f, e_f, eyes_f] + ([jaw_f] if fit_jaw else [])
+    if cfg.frame_solver == "lbfgs":
+        _lbfgs(frames_loss, params, cfg.frame_steps)
+    else:
+        groups = {"rot": (rot_f, cfg.lr_rot), "xy": (xy_f, cfg.lr_transl), "logd": (logd_f, cfg.lr_depth),
+                  "expr": (e_f, cfg.lr_expr), "eyes": (eyes_f, cfg.lr_eyes)}
+        if fit_jaw:
+            groups["jaw"] = (jaw_f, cfg.lr_eyes)
+        opt = _Adam(groups, cfg.frame_steps)
+        for _ in range(cfg.frame_steps):
+            opt.step(frames_loss())
+            if P.bounded:
+                with torch.no_grad():
+                    e_f.clamp_(0.0, 1.0)
+    if P.bounded:
+        with torch.no_grad():
+            e_f.clamp_(0.0, 1.0)
     timings["frames"] = time.perf_counter() - t0
 
     with torch.no_grad():

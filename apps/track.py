@@ -1,0 +1,48 @@
+"""`avatar track INPUT -o OUT`: identity, ARKit-52 expression, gaze, head pose and camera per frame."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from avatar.errors import AvatarError
+
+
+@dataclass
+class Track:
+    """Track one person's head in a video, a folder of photos of them, or one photo. Writes
+    OUT/tracking.npz (per-frame parameters + camera), OUT/tracking.json (summary) and OUT/overlay.mp4."""
+
+    input: tyro.conf.Positional[Path]
+    """Video file (mp4/mov/avi/webm...), folder of photos of one person, or one photo."""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("tracking_out")
+    """Output folder (created)."""
+    stride: int = 1
+    """Use every n-th frame."""
+    limit: int | None = None
+    """Stop after this many frames (after stride)."""
+    focal: float | None = None
+    """Focal length in pixels, when known (else estimated from a prior and the landmarks)."""
+    model: Literal["anny", "flame"] = "anny"
+    """Head model: the built-in AnnyHead (CC0) or a FLAME .pkl given with --model-path."""
+    model_path: Path | None = None
+    """FLAME .pkl file; only with --model flame."""
+    threads: int = 2
+    """CPU threads for the landmark models."""
+    overlay: bool = True
+    """Write OUT/overlay.mp4 (the fitted head as a wireframe over the frames); --no-overlay skips it."""
+
+    def run(self) -> None:
+        from avatar.fitting.track import track_clip
+
+        if self.stride < 1:
+            raise AvatarError(f"--stride must be >= 1 (got {self.stride})")
+        if self.focal is not None and not self.focal > 0:
+            raise AvatarError(f"--focal must be > 0 pixels (got {self.focal})")
+        _, s = track_clip(self.input, self.output, model=self.model, model_path=self.model_path, stride=self.stride,
+                          limit=self.limit, focal=self.focal, threads=self.threads, overlay=self.overlay, progress=True)
+        print(f"{self.output / 'tracking.npz'}: {s['frames']} frames, {s['frames_tracked']} tracked, "
+              f"{s['frames_interpolated']} interpolated; reprojection median {s['reprojection_px_median']:.2f} px "
+              f"({s['reprojection_pct_iod_median']:.2f}% of the inter-ocular distance); {s['fps']:.1f} fps")

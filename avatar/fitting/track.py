@@ -1,0 +1,303 @@
+"""The tracking pipeline: frames -> landmarks -> fit -> ``tracking.npz`` (+ summary, overlay)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from avatar.errors import AvatarError
+from avatar.fitting.energy import camera_viewmat, intrinsics_matrix
+from avatar.fitting.solver import FitConfig, fit_landmarks
+from avatar.fitting.tracking import Tracking, save_tracking
+from avatar.models.base import HeadModel
+
+__all__ = ["track", "track_clip", "fill_gaps", "summarise", "draw_overlay"]
+
+
+def fill_gaps(values: np.ndarray, tracked: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fill untracked frames of ``values [N, ...]`` (rows of tracked frames are set): linear
+    interpolation between the tracked neighbours (held constant before the first and after the
+    last). Returns ``(filled, interpolated [N] bool)``; ``interpolated`` marks frames inside an
+    interior gap of at most ``max_gap`` frames (longer gaps are filled too, but not flagged, so
+    they read as untracked)."""
+    n = len(tracked)
+    idx = np.nonzero(tracked)[0]
+    out = values.copy()
+    interp = np.zeros(n, bool)
+    if len(idx) == 0 or len(idx) == n:
+        return out, interp
+    flat = values.reshape(n, -1)
+    missing = np.nonzero(~tracked)[0]
+    filled = np.stack([np.interp(missing, idx, flat[idx, k]) for k in range(flat.shape[1])], 1)
+    out.reshape(n, -1)[missing] = filled
+    # gap lengths: runs of untracked frames strictly between two tracked frames
+    for a, b in zip(idx[:-1], idx[1:]):
+        if 1 < b - a <= max_gap + 1:
+            interp[a + 1 : b] = True
+    return out, interp
+
+
+def _head(model: str, model_path: str | Path | None, head: HeadModel | None) -> HeadModel:
+    if head is not None:
+        return head
+    from avatar.models import load_head_model
+
+    return load_head_model(model, None if model_path is None else str(model_path))
+
+
+def track_clip(
+    source: str | Path,
+    output: str | Path | None = None,
+    *,
+    model: str = "anny",
+    model_path: str | Path | None = None,
+    head: HeadModel | None = None,
+    stride: int = 1,
+    limit: int | None = None,
+    focal: float | None = None,
+    threads: int = 2,
+    overlay: bool = True,
+    max_gap: int | None = None,
+    fps: float | None = None,
+    config: FitConfig = FitConfig(),
+    progress: bool = True,
+    on_frame: Callable[[int], None] | None = None,
+) -> tuple[Tracking, dict]:
+    """:func:`track`, also returning the summary dict written to ``tracking.json``."""
+    from tqdm import tqdm
+
+    from avatar.io import FrameReader
+    from avatar.perception import FaceTracker
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    reader = FrameReader(source, stride=stride, limit=limit, dtype="uint8")
+    info = reader.info
+    video = info.kind == "video"
+    clip_fps = float(reader.fps) if reader.fps else float(fps or 25.0)
+    t0 = time.perf_counter()
+    head = _head(model, model_path, head)
+    timings["load_model"] = time.perf_counter() - t0
+
+    # ---- perception (streamed: frames are never all held in memory) --------------------------
+    tracker = FaceTracker(num_threads=threads, detector="auto", static_images=not video)
+    lms, found = [], []
+    t_decode = t_detect = 0.0
+    it = iter(reader)
+    bar = tqdm(total=len(reader) or None, unit="frame", desc="landmarks", delay=2.0, disable=not progress)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            frame = next(it)
+        except StopIteration:
+            break
+        t1 = time.perf_counter()
+        face = tracker.process(frame)
+        t2 = time.perf_counter()
+        t_decode += t1 - t0
+        t_detect += t2 - t1
+        lms.append(face.landmarks)
+        found.append(face.found)
+        bar.update(1)
+        if on_frame is not None:
+            on_frame(len(found))
+    bar.close()
+    timings["decode"], timings["landmarks"] = t_decode, t_detect
+    n = len(found)
+    if n == 0:
+        raise AvatarError(f"{source}: no frames to track (check --limit/--stride).")
+    found_arr = np.array(found, bool)
+    landmarks = np.stack(lms).astype(np.float32)
+    if not found_arr.any():
+        raise AvatarError(f"{source}: no face found in any of the {n} frame(s); the tracker needs a visible face "
+                          "(frontal to profile, not too small).")
+
+    # ---- fit -------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    frame_index = np.arange(n, dtype=np.int64) * stride
+    sel = np.nonzero(found_arr)[0]
+    W, H = info.width, info.height
+    res = fit_landmarks(head, landmarks[sel], (W, H), frame_index=frame_index[sel], temporal=video,
+                        focal=focal, config=config)
+    timings["fit"] = time.perf_counter() - t0
+    timings.update({f"fit_{k}": v for k, v in res.timings.items()})
+
+    max_gap = max_gap if max_gap is not None else (max(1, int(round(0.5 * clip_fps))) if video else 0)
+
+    def full(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((n, *x.shape[1:]), np.float32)
+        out[sel] = x
+        filled, _ = fill_gaps(out, found_arr, max_gap)
+        return filled
+
+    _, interpolated = fill_gaps(np.zeros((n, 1), np.float32), found_arr, max_gap)
+    K = intrinsics_matrix(res.focal, W, H).astype(np.float32)
+    tracking = Tracking(
+        frame_index=frame_index,
+        tracked=found_arr,
+        interpolated=interpolated,
+        landmarks=landmarks,
+        expression=full(res.expression),
+        jaw=full(res.jaw),
+        neck=full(res.neck),
+        eyes=full(res.eyes),
+        global_orient=full(res.global_orient),
+        transl=full(res.transl),
+        K=np.repeat(K[None], n, 0),
+        viewmat=camera_viewmat().astype(np.float32),
+        shape=res.shape.astype(np.float32),
+        model=head.name,
+        expression_names=np.array(head.expression_names),
+        image_size=np.array([W, H], np.int64),
+        fps=clip_fps,
+        source=str(info.path),
+    )
+    summary = summarise(tracking, res.residual_px, res.iod_px)
+    summary["kind"] = info.kind
+    summary["focal_px"] = res.focal
+    summary["focal_given"] = focal is not None
+    timings_total = time.perf_counter() - t_start
+    summary["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    # fps of the tracking itself: decode + landmarks + fit (the model load and files excluded).
+    work = timings["decode"] + timings["landmarks"] + timings["fit"]
+    summary["fps"] = n / work if work > 0 else None
+
+    if output is not None:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        save_tracking(tracking, out / "tracking.npz")
+        if overlay:
+            draw_overlay(tracking, head, source, out, stride=stride, limit=limit, progress=progress)
+        timings["write"] = time.perf_counter() - t0
+        summary["timings_s"]["write_and_overlay"] = round(timings["write"], 4)
+        summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
+        from avatar.utils.files import atomic_write
+
+        with atomic_write(out / "tracking.json", "w") as fh:
+            json.dump(summary, fh, indent=2)
+    else:
+        summary["timings_s"]["total"] = round(timings_total, 4)
+    return tracking, summary
+
+
+def track(
+    source: str | Path,
+    output: str | Path | None = None,
+    *,
+    model: str = "anny",
+    model_path: str | Path | None = None,
+    head: HeadModel | None = None,
+    stride: int = 1,
+    limit: int | None = None,
+    focal: float | None = None,
+    threads: int = 2,
+    overlay: bool = True,
+    config: FitConfig = FitConfig(),
+    progress: bool = False,
+) -> Tracking:
+    """Track one person's head through a video, a folder of photos (one identity, an expression
+    per photo) or a single photo.
+
+    Args:
+        source: video file, image folder, or image.
+        output: folder for ``tracking.npz``, ``tracking.json`` and ``overlay.mp4``; ``None`` writes nothing.
+        model, model_path: head model (``"anny"``, or ``"flame"`` with its .pkl); or pass ``head``.
+        stride, limit: use every n-th frame; stop after ``limit`` frames.
+        focal: focal length in pixels when known (else estimated from a prior + the landmarks).
+        threads: CPU threads for the landmark models.
+        overlay: write ``overlay.mp4`` (wireframe over the frames) when ``output`` is given.
+        config: solver knobs (:class:`~avatar.fitting.solver.FitConfig`).
+    Raises:
+        AvatarError: unreadable input, empty folder, or no face in any frame.
+
+    >>> tr = avatar.track("clip.mp4", "out/")   # doctest: +SKIP
+    """
+    return track_clip(source, output, model=model, model_path=model_path, head=head, stride=stride, limit=limit,
+                      focal=focal, threads=threads, overlay=overlay, config=config, progress=progress)[0]
+
+
+def summarise(tracking: Tracking, residual_px: np.ndarray, iod_px: np.ndarray) -> dict:
+    """The ``tracking.json`` figures. Reprojection error of a frame = mean over its 478 landmarks of
+    the 2D distance (pixels) between the detection and the fitted model's landmark; ``_pct_iod``
+    divides it by that frame's detected inter-ocular distance (outer eye corners 33-263)."""
+    per_frame = residual_px.mean(1)
+    pct = 100.0 * per_frame / np.maximum(iod_px, 1e-6)
+    return dict(
+        source=tracking.source,
+        model=tracking.model,
+        image_size=[int(x) for x in tracking.image_size],
+        frames=tracking.num_frames,
+        frames_tracked=int(tracking.tracked.sum()),
+        frames_interpolated=int(tracking.interpolated.sum()),
+        reprojection_px_mean=float(per_frame.mean()),
+        reprojection_px_median=float(np.median(per_frame)),
+        reprojection_pct_iod_mean=float(pct.mean()),
+        reprojection_pct_iod_median=float(np.median(pct)),
+        reprojection_pct_iod_max=float(pct.max()),
+        fps_clip=tracking.fps,
+    )
+
+
+# --- overlay ------------------------------------------------------------------------------------
+def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """World ``[..., 3]`` -> pixels ``[..., 2]`` with the tracker's camera (viewmat diag(1,-1,-1,1))."""
+    d = -points[..., 2]
+    u = K[0, 0] * points[..., 0] / d + K[0, 2]
+    v = K[1, 1] * -points[..., 1] / d + K[1, 2]
+    return np.stack([u, v], -1)
+
+
+def draw_overlay(
+    tracking: Tracking, head: HeadModel, source, out: Path, *, stride: int = 1, limit: int | None = None,
+    progress: bool = True, chunk: int = 32,
+) -> Path:
+    """``out/overlay.mp4`` (and ``overlay.png`` for a single image): the fitted head as a wireframe
+    of its camera-facing triangles over each frame, detected landmarks as dots."""
+    import cv2
+    from tqdm import tqdm
+
+    from avatar.io import FrameReader, VideoWriter, write_image
+
+    reader = FrameReader(source, stride=stride, limit=limit, dtype="uint8")
+    faces = head.faces.cpu().numpy()
+    n = tracking.num_frames
+    single = reader.info.kind == "image"
+    path = out / "overlay.mp4"
+    bar = tqdm(total=n, unit="frame", desc="overlay", delay=2.0, disable=not progress)
+    with VideoWriter(path, fps=tracking.fps or 25.0) as writer:
+        verts = None
+        for i, frame in enumerate(reader):
+            if i >= n:
+                break
+            if i % chunk == 0:
+                sl = slice(i, min(i + chunk, n))
+                with torch.no_grad():
+                    verts = head(**tracking.head_params(frames=sl)).vertices.numpy()
+            img = np.ascontiguousarray(frame[..., :3]).copy()
+            if tracking.tracked[i] or tracking.interpolated[i]:
+                uv = _project(verts[i % chunk], tracking.K[i])
+                tri = uv[faces]  # [F, 3, 2]
+                e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+                # Image y points down, so triangles facing the camera turn clockwise on screen.
+                front = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0
+                pts = np.round(tri[front] * 4).astype(np.int32)  # 2 bits of sub-pixel precision
+                color = (90, 200, 255) if tracking.tracked[i] else (255, 170, 60)
+                cv2.polylines(img, list(pts), True, color, 1, cv2.LINE_AA, shift=2)
+            if tracking.tracked[i]:
+                for x, y in tracking.landmarks[i, :, :2]:
+                    cv2.circle(img, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
+            else:
+                label = "no face (interpolated)" if tracking.interpolated[i] else "no face"
+                cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 0, 0), 2)
+            writer.write(img)
+            if single:
+                write_image(out / "overlay.png", img)
+            bar.update(1)
+    bar.close()
+    return path
