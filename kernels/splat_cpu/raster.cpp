@@ -141,6 +141,18 @@ inline Footprint footprint(T mx, T my, T a, T b, T c, T opac, int x0, int y0, in
     return f;
 }
 
+// Tile lists visit Gaussians in depth order, i.e. scattered in memory: fetch the parameters of
+// the entry kPrefetch places ahead so they are in cache when its turn comes.
+constexpr int kPrefetch = 8;
+template <typename T>
+inline void prefetch_gaussian(int64_t id, int D, const T* means2d, const T* conics, const T* colors,
+                              const T* opacities) {
+    __builtin_prefetch(means2d + 2 * id);
+    __builtin_prefetch(conics + 3 * id);
+    __builtin_prefetch(colors + id * D);
+    __builtin_prefetch(opacities + id);
+}
+
 struct TileGeom {
     int cam, x0, y0, x1, y1;  // pixel box [x0, x1) x [y0, y1)
     int w() const { return x1 - x0; }
@@ -269,6 +281,10 @@ template <int DC>
 inline int blend_block8(float a, float b, float c, float mx, float dy, float opac, int xb, int D,
                         const float* col, int32_t kk1, float* Tr, int32_t* done, int32_t* cnt, float* acc,
                         int np) {
+    const v8i dn = load8(done);
+    if (!((dn[0] == 0) | (dn[1] == 0) | (dn[2] == 0) | (dn[3] == 0) | (dn[4] == 0) | (dn[5] == 0) |
+          (dn[6] == 0) | (dn[7] == 0)))
+        return 0;  // every pixel of the block has finished (or is outside the image)
     const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
     const v8f px = __builtin_convertvector(lane + xb, v8f) + 0.5f;
     const v8f dx = mx - px;
@@ -278,13 +294,13 @@ inline int blend_block8(float a, float b, float c, float mx, float dy, float opa
     const v8f oa = opac * vis;
     const v8f alpha = oa < float(kMaxAlpha) ? oa : v8f{} + float(kMaxAlpha);
     const v8i valid = ~((sigma < 0.0f) | (alpha < float(kAlphaThreshold)));
-    const v8i ok = valid & (load8(done) == 0);
+    const v8i ok = valid & (dn == 0);
     if (!(ok[0] | ok[1] | ok[2] | ok[3] | ok[4] | ok[5] | ok[6] | ok[7])) return 0;
     const v8f Tp = load8(Tr);
     const v8f next_T = Tp * (1.0f - alpha);
     const v8i term = ok & (next_T <= float(kTransmittanceMin));
     const v8i contrib = ok & ~term;
-    store8(done, load8(done) | (term & 1));
+    store8(done, dn | (term & 1));
     const v8f w = contrib ? alpha * Tp : v8f{};
     const int nd = DC > 0 ? DC : D;
     for (int d = 0; d < nd; ++d) store8(acc + int64_t(d) * np, load8(acc + int64_t(d) * np) + w * col[d]);
@@ -365,6 +381,8 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
         const int x_end = g.x0 + S;  // padded lanes are evaluated but dead
         const int64_t start = tile_offsets[t], end = tile_offsets[t + 1];
         for (int64_t k = start; k < end && alive > 0; ++k) {
+            if (k + kPrefetch < end)
+                prefetch_gaussian<T>(flat_ids[k + kPrefetch], D, means2d, conics, colors, opacities);
             const int64_t id = flat_ids[k];
             const T mx = means2d[2 * id], my = means2d[2 * id + 1];
             const T a = conics[3 * id], b = conics[3 * id + 1], c = conics[3 * id + 2];
@@ -474,6 +492,8 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
         std::vector<T> lane(int64_t(8 + D) * kLanes);
         for (int kk = max_cnt - 1; kk >= 0; --kk) {
             const int64_t k = start + kk;
+            if (kk >= kPrefetch)
+                prefetch_gaussian<T>(flat_ids[k - kPrefetch], D, means2d, conics, colors, opacities);
             const int64_t id = flat_ids[k];
             const T mx = means2d[2 * id], my = means2d[2 * id + 1];
             const T a = conics[3 * id], b = conics[3 * id + 1], c = conics[3 * id + 2];
