@@ -172,27 +172,74 @@ inline TileGeom tile_geom(int64_t t, int tile, int W, int H) {
 }
 
 // ---------------------------------------------------------------- binning
+//
+// Work is split into (camera, chunk of Gaussians) items so one camera also uses every thread.
+// bin_count counts each item's intersections per tile; bin_fill gives each item its own cursor
+// into every tile (the tile's offset plus the counts of the items before it), so a tile's list
+// comes out in item order, i.e. by flat id, whatever the thread count. Each entry is written as a
+// (depth, id) sort key; a tile's keys are then sorted and the ids extracted: front to back, ties
+// broken by id, deterministic.
+
+constexpr int64_t kBinChunk = 4096;
+
+inline int64_t bin_chunks(int N) { return std::max<int64_t>(1, (int64_t(N) + kBinChunk - 1) / kBinChunk); }
+
+// Per-item tile counts [C * chunks][tiles_per_cam], kept from bin_count for bin_fill (one binning at
+// a time per process: the ctypes calls of one rasterize() run back to back).
+inline std::vector<int64_t>& bin_scratch() {
+    static thread_local std::vector<int64_t> counts;
+    return counts;
+}
 
 template <typename T>
 int64_t bin_count(int C, int N, const T* means2d, const int32_t* radii, int W, int H, int tile,
                   int64_t* tile_offsets, int n_threads) {
     const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
     const int64_t tiles_per_cam = int64_t(tiles_x) * tiles_y;
-    // Each camera counts into its own slice of tile_offsets[1:], so cameras run in parallel.
-    std::fill(tile_offsets, tile_offsets + C * tiles_per_cam + 1, 0);
-    parallel_for(C, n_threads, [&](int64_t cam) {
-        int64_t* counts = tile_offsets + 1 + cam * tiles_per_cam;
-        for (int64_t n = 0; n < N; ++n) {
+    const int64_t chunks = bin_chunks(N), items = int64_t(C) * chunks;
+    std::vector<int64_t>& counts = bin_scratch();
+    counts.assign(items * tiles_per_cam, 0);
+    parallel_for(items, n_threads, [&](int64_t item) {
+        const int64_t cam = item / chunks, n0 = (item % chunks) * kBinChunk;
+        const int64_t n1 = std::min<int64_t>(N, n0 + kBinChunk);
+        int64_t* cnt = counts.data() + item * tiles_per_cam;
+        for (int64_t n = n0; n < n1; ++n) {
             const int64_t g = cam * N + n;
             const int rx = radii[2 * g], ry = radii[2 * g + 1];
             if (rx <= 0 || ry <= 0) continue;
             const TileRect r = tile_rect(means2d[2 * g], means2d[2 * g + 1], rx, ry, tile, tiles_x, tiles_y);
             for (int y = r.y0; y < r.y1; ++y)
-                for (int x = r.x0; x < r.x1; ++x) ++counts[int64_t(y) * tiles_x + x];
+                for (int x = r.x0; x < r.x1; ++x) ++cnt[int64_t(y) * tiles_x + x];
         }
     });
-    for (int64_t i = 1; i <= C * tiles_per_cam; ++i) tile_offsets[i] += tile_offsets[i - 1];
-    return tile_offsets[C * tiles_per_cam];
+    // tile_offsets[t] = intersections before tile t (cameras in order); counts become each item's
+    // start position inside the tile.
+    int64_t total = 0;
+    for (int64_t cam = 0; cam < C; ++cam) {
+        for (int64_t t = 0; t < tiles_per_cam; ++t) {
+            tile_offsets[cam * tiles_per_cam + t] = total;
+            for (int64_t ch = 0; ch < chunks; ++ch) {
+                int64_t& c = counts[(cam * chunks + ch) * tiles_per_cam + t];
+                const int64_t n = c;
+                c = total;
+                total += n;
+            }
+        }
+    }
+    tile_offsets[C * tiles_per_cam] = total;
+    return total;
+}
+
+// Sort key of a depth: unsigned integers ordered like the values (negative depths included).
+inline uint32_t depth_key(float d) {
+    uint32_t u;
+    std::memcpy(&u, &d, sizeof(u));
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline uint64_t depth_key(double d) {
+    uint64_t u;
+    std::memcpy(&u, &d, sizeof(u));
+    return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
 template <typename T>
@@ -200,22 +247,45 @@ void bin_fill(int C, int N, const T* means2d, const int32_t* radii, const T* dep
               int tile, const int64_t* tile_offsets, int32_t* flat_ids, int n_threads) {
     const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
     const int64_t tiles_per_cam = int64_t(tiles_x) * tiles_y;
-    parallel_for(C, n_threads, [&](int64_t cam) {
-        std::vector<int64_t> cursor(tile_offsets + cam * tiles_per_cam, tile_offsets + (cam + 1) * tiles_per_cam);
-        for (int64_t n = 0; n < N; ++n) {
+    const int64_t chunks = bin_chunks(N), items = int64_t(C) * chunks;
+    const int64_t n_isect = tile_offsets[C * tiles_per_cam];
+    std::vector<int64_t>& counts = bin_scratch();
+    if (counts.size() != size_t(items * tiles_per_cam)) {  // not preceded by its bin_count: redo it
+        std::vector<int64_t> offsets(C * tiles_per_cam + 1);
+        bin_count(C, N, means2d, radii, W, H, tile, offsets.data(), n_threads);
+    }
+    // float: one 64-bit key (depth << 32 | id); double: the depth key with the id beside it.
+    using DKey = decltype(depth_key(T(0)));
+    constexpr bool kPacked = sizeof(DKey) == 4;
+    std::vector<uint64_t> keys(kPacked ? n_isect : 0);
+    std::vector<std::pair<uint64_t, int32_t>> pairs(kPacked ? 0 : n_isect);
+    parallel_for(items, n_threads, [&](int64_t item) {
+        const int64_t cam = item / chunks, n0 = (item % chunks) * kBinChunk;
+        const int64_t n1 = std::min<int64_t>(N, n0 + kBinChunk);
+        int64_t* cursor = counts.data() + item * tiles_per_cam;
+        for (int64_t n = n0; n < n1; ++n) {
             const int64_t g = cam * N + n;
             const int rx = radii[2 * g], ry = radii[2 * g + 1];
             if (rx <= 0 || ry <= 0) continue;
             const TileRect r = tile_rect(means2d[2 * g], means2d[2 * g + 1], rx, ry, tile, tiles_x, tiles_y);
+            const DKey dk = depth_key(depths[g]);
             for (int y = r.y0; y < r.y1; ++y)
-                for (int x = r.x0; x < r.x1; ++x) flat_ids[cursor[int64_t(y) * tiles_x + x]++] = int32_t(g);
+                for (int x = r.x0; x < r.x1; ++x) {
+                    const int64_t pos = cursor[int64_t(y) * tiles_x + x]++;
+                    if constexpr (kPacked) keys[pos] = (uint64_t(dk) << 32) | uint32_t(g);
+                    else pairs[pos] = {uint64_t(dk), int32_t(g)};
+                }
         }
     });
-    // Front to back within each tile; ties broken by id so the order is deterministic.
     parallel_for(C * tiles_per_cam, n_threads, [&](int64_t t) {
-        std::sort(flat_ids + tile_offsets[t], flat_ids + tile_offsets[t + 1], [&](int32_t i, int32_t j) {
-            return depths[i] < depths[j] || (depths[i] == depths[j] && i < j);
-        });
+        const int64_t b = tile_offsets[t], e = tile_offsets[t + 1];
+        if constexpr (kPacked) {
+            std::sort(keys.data() + b, keys.data() + e);
+            for (int64_t k = b; k < e; ++k) flat_ids[k] = int32_t(uint32_t(keys[k]));
+        } else {
+            std::sort(pairs.data() + b, pairs.data() + e);
+            for (int64_t k = b; k < e; ++k) flat_ids[k] = pairs[k].second;
+        }
     });
 }
 
