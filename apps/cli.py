@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "track": "avatar_apps.track:Track",
     "view": "avatar_apps.view:View",
     "export": "avatar_apps.export:Export",
+    "train": "avatar_apps.train:Train",
+    "render": "avatar_apps.render:Render",
 }
 
 

@@ -62,6 +62,8 @@ def load_tracking(path: str | Path) -> dict[str, Any]:
         if isinstance(v, Tensor):
             out[k] = v.detach().cpu().numpy()
     out["model"], out["source"] = str(out["model"]), str(out["source"])
+    if "expression_names" in out:
+        out["expression_names"] = [str(x) for x in np.asarray(out["expression_names"]).reshape(-1)]
     out.setdefault("interpolated", np.zeros(len(out["frame_index"]), dtype=bool))
     out["fps"] = float(out.get("fps") or 30.0)
     return out

@@ -1,0 +1,51 @@
+"""`avatar train OUT`: fit a Gaussian head avatar to OUT/tracking.npz and the frames of its source."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+
+@dataclass
+class Train:
+    """Train the avatar in OUT (resumes from OUT/checkpoints when a run was interrupted).
+    Writes OUT/avatar/ (the bundle), OUT/report.json (held-out PSNR/SSIM) and OUT/eval.mp4."""
+
+    out: Annotated[Path, tyro.conf.Positional]
+    """Output folder holding tracking.npz (from `avatar track INPUT -o OUT`)."""
+    preset: Literal["fast-cpu", "default", "quality-gpu"] = "fast-cpu"
+    """Named settings: fast-cpu (256^2, minutes on a CPU), default (512^2), quality-gpu (CUDA + gsplat)."""
+    steps: int | None = None
+    """Training steps (overrides the preset)."""
+    resolution: int | None = None
+    """Long side of the training images in pixels (overrides the preset)."""
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    """Where to train (overrides the preset; auto = CUDA when present)."""
+    set: tuple[str, ...] = ()
+    """Any other setting as KEY=VALUE (strategy.KEY=VALUE for densification), e.g. sh_degree=2 refine_tracking=true."""
+    restart: bool = False
+    """Ignore existing checkpoints and start over (they are deleted)."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def run(self) -> None:
+        import json
+        import shutil
+
+        from avatar.training import override, preset, train
+
+        cfg = preset(self.preset)
+        extra = [f"{k}={v}" for k, v in (("steps", self.steps), ("resolution", self.resolution), ("device", self.device))
+                 if v is not None]  # fmt: skip
+        cfg = override(cfg, [*extra, *self.set])
+        if self.restart:
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        report = train(self.out, cfg, progress=not self.quiet)
+        held, init = report["held_out"], report["held_out_initial"]
+        print(json.dumps({"held_out_psnr": round(held.get("psnr", float("nan")), 3),
+                          "held_out_ssim": round(held.get("ssim", float("nan")), 4),
+                          "initial_psnr": round(init.get("psnr", float("nan")), 3),
+                          "gaussians": report["num_gaussians"], "seconds": report["seconds_total"]}))  # fmt: skip
+        print(f"wrote {self.out / 'avatar'}, {self.out / 'report.json'}" + (f", {self.out / 'eval.mp4'}" if cfg.eval_video else ""))
