@@ -103,6 +103,56 @@ class LandmarkModel:
             heads=[joints[j][:, None] for j in self.groups],  # [3, 1]
         )
 
+    def identity_tables(self, phenotype_step: float = 0.1) -> None:
+        """Precompute :meth:`identity_fast`: the identity's effect as a piecewise-linear function
+        ``f(s) = f(0) + sum_i relu(s_i) P_i + relu(-s_i) N_i`` from one batched model evaluation.
+        Exact for linear identity spaces (FLAME) and AnnyHead's local targets (a ReLU pair per
+        target, range [-1, 1]); AnnyHead's 6 phenotypes (products of hat functions) are linearised
+        by one-sided differences of ``phenotype_step``."""
+        S = self.head.num_shape
+        dtype, device = self.D.dtype, self.D.device
+        step = torch.ones(S, dtype=dtype, device=device)
+        if self.head.name == "anny":
+            step[:6] = phenotype_step
+        shapes = torch.cat([torch.zeros(1, S, dtype=dtype, device=device), torch.diag(step), -torch.diag(step)])
+        with torch.no_grad():
+            out = self.identity_batch(shapes)  # [2S+1, X]
+        f0 = out[:1]
+        self._id0 = f0
+        self._id_pos = (out[1 : S + 1] - f0) / step[:, None]
+        self._id_neg = (out[S + 1 :] - f0) / step[:, None]
+
+    def identity_batch(self, shape: Tensor) -> Tensor:
+        """``[B, S]`` -> flat ``[B, X]``: rest landmarks, group rest points and joint heads."""
+        out = self.model(shape=shape)
+        r, joints = out.vertices, out.joints
+        parts = [(self.A @ r).transpose(1, 2).reshape(len(r), -1)]
+        parts += [(Ag @ r).transpose(1, 2).reshape(len(r), -1) for Ag in self.group_A]
+        parts += [joints[:, j] for j in self.groups]
+        return torch.cat(parts, 1)
+
+    def identity_fast(self, shape: Tensor) -> dict[str, Tensor]:
+        """:meth:`identity` from the tables of :meth:`identity_tables` (two small matmuls)."""
+        if not hasattr(self, "_id0"):
+            self.identity_tables()
+        flat = (self._id0 + torch.relu(shape) @ self._id_pos + torch.relu(-shape) @ self._id_neg)[0]
+        return self._unflatten(flat)
+
+    def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        L = self.num_landmarks
+        k = 3 * L
+        rest = flat[:k].view(3, L)
+        group_rest = []
+        for idx in self.group_index:
+            n = len(idx)
+            group_rest.append(flat[k : k + 3 * n].view(3, n))
+            k += 3 * n
+        heads = []
+        for _ in self.groups:
+            heads.append(flat[k : k + 3].view(3, 1))
+            k += 3
+        return dict(rest=rest, group_rest=group_rest, heads=heads)
+
     # --- per frame -------------------------------------------------------------------------------
     def __call__(
         self,

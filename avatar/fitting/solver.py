@@ -73,7 +73,8 @@ class FitConfig:
     rigid_steps: int = 80
     identity_steps: int = 200
     frame_steps: int = 300
-    frame_solver: str = "adam"  # "lbfgs" or "adam" for stage 3
+    frame_solver: str = "lm"  # stage 3: "lm" (batched Levenberg-Marquardt), "adam" or "lbfgs"
+    frame_iterations: int = 12  # LM iterations
     identity_frames: int = 32  # keyframes used to solve the identity
     focal_fov_deg: float = 40.0  # prior field of view across the longer image side
     w_focal: float = 1e-4  # on (log f - log f0)^2
@@ -83,7 +84,7 @@ class FitConfig:
     contour_weight: float = 0.3
     iris_weight: float = 1.0
     w_depth: float = 0.02
-    w_rigid: float = 1.0
+    w_rigid: float = 0.1
     w_expr_l1: float = 1e-6
     w_expr_l2: float = 3e-6
     w_eyes: float = 1e-5
@@ -362,7 +363,7 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
         groups["focal"] = (log_f, cfg.lr_focal)
     opt = _Adam(groups, cfg.identity_steps)
     for _ in range(cfg.identity_steps):
-        ident = lm.identity(shape)
+        ident = lm.identity_fast(shape)
         e = P.expression(e_k)
         planes = lm.planes(ident, e, rot_k, _transl(xy_k, logd_k), eyes=_eyes3(eyes_k), jaw=jaw_k if fit_jaw else None)
         loss = (P.data(planes, log_f.exp(), kf, None, cfg.robust_identity) + P.regularisers(e, eyes_k, jaw_k if fit_jaw else None)).mean()
@@ -399,7 +400,13 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
         return loss
 
     params = [rot_f, xy_f, logd_f, e_f, eyes_f] + ([jaw_f] if fit_jaw else [])
-    if cfg.frame_solver == "lbfgs":
+    if cfg.frame_solver == "lm":
+        theta = _frames_lm(P, lm, ident, fk, cfg, temporal, gap_w, rot_f, xy_f, logd_f, e_f, eyes_f, jaw_f if fit_jaw else None)
+        with torch.no_grad():
+            rot_f, xy_f, logd_f, e_f, eyes_f, jf = _unpack(theta, E, fit_jaw)
+            if fit_jaw:
+                jaw_f = jf
+    elif cfg.frame_solver == "lbfgs":
         _lbfgs(frames_loss, params, cfg.frame_steps)
     else:
         groups = {"rot": (rot_f, cfg.lr_rot), "xy": (xy_f, cfg.lr_transl), "logd": (logd_f, cfg.lr_depth),
@@ -445,3 +452,158 @@ def _temporal(cfg: FitConfig, temporal: bool, gap_w: Tensor, rot: Tensor, xy: Te
         return rot.sum() * 0.0
     tr = _transl(xy, logd) / iod_m
     return cfg.w_smooth_rot * _smooth(rot, gap_w) + cfg.w_smooth_transl * _smooth(tr, gap_w)
+
+
+def _unpack(theta: Tensor, E: int, fit_jaw: bool):
+    """Flat per-frame parameters ``[N, 6 + E + 4 (+ 3)]`` -> rot, xy, logd, expression, eyes (pitch, yaw), jaw."""
+    rot, xy, logd = theta[:, :3], theta[:, 3:5], theta[:, 5]
+    e = theta[:, 6 : 6 + E]
+    eyes = theta[:, 6 + E : 10 + E].reshape(-1, 2, 2)
+    jaw = theta[:, 10 + E : 13 + E] if fit_jaw else None
+    return rot, xy, logd, e, eyes, jaw
+
+
+def _frames_lm(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConfig, temporal: bool, gap_w: Tensor,
+               rot, xy, logd, e, eyes, jaw) -> Tensor:
+    """Stage 3 by batched Levenberg-Marquardt (:mod:`avatar.fitting.gauss_newton`)."""
+    from avatar.fitting.gauss_newton import levenberg_marquardt
+
+    E = e.shape[1]
+    fit_jaw = jaw is not None
+    parts = [rot, xy, logd[:, None], e, eyes.reshape(-1, 4)] + ([jaw] if fit_jaw else [])
+    theta0 = torch.cat([x.detach() for x in parts], 1)
+    n, p = theta0.shape
+    dtype = theta0.dtype
+    wl = P.w / P.w.sum()
+
+    def planes(th: Tensor) -> Tensor:
+        r, q, d, ex, ey, j = _unpack(th, E, fit_jaw)
+        return lm.planes(ident, P.expression(ex), r, _transl(q, d), eyes=_eyes3(ey), jaw=j)
+
+    def per_frame(th: Tensor) -> Tensor:
+        r, q, d, ex, ey, j = _unpack(th, E, fit_jaw)
+        ex = P.expression(ex)
+        pl = lm.planes(ident, ex, r, _transl(q, d), eyes=_eyes3(ey), jaw=j)
+        return P.data(pl, fk, slice(None), None, cfg.robust_frames) + P.regularisers(ex, ey, j)
+
+    def coupled(th: Tensor) -> Tensor:
+        if not temporal:
+            return th.sum() * 0.0
+        r, q, d, ex, ey, _ = _unpack(th, E, fit_jaw)
+        t = _temporal(cfg, True, gap_w, r, q, d, P.iod_m)
+        t = t + cfg.w_smooth_expr * _smooth(P.expression(ex), gap_w) + cfg.w_smooth_eyes * _smooth(ey, gap_w)
+        return t * n
+
+    def data_hessian(th: Tensor) -> Tensor:
+        return _data_hessian(P, lm, ident, fk, cfg, th, E, fit_jaw, wl)
+
+    # Hessians of the regularisers (constant), plus the temporal terms' diagonal (block Jacobi).
+    Hp = torch.zeros(n, p, p, dtype=dtype)
+    ie = slice(6, 6 + E)
+    mask = P.expr_mask
+    Hp[:, ie, ie] += 2.0 * cfg.w_expr_l2 * torch.diag(mask) + 2.0 * cfg.w_rigid * (P.rigid_gram * mask[:, None] * mask[None])
+    iy = torch.arange(6 + E, 10 + E)
+    Hp[:, iy, iy] += 2.0 * cfg.w_eyes
+    for a in range(2):  # vergence: w |eye0 - eye1|^2 per (pitch, yaw)
+        i0, i1 = 6 + E + a, 6 + E + 2 + a
+        Hp[:, i0, i0] += 2 * cfg.w_vergence
+        Hp[:, i1, i1] += 2 * cfg.w_vergence
+        Hp[:, i0, i1] -= 2 * cfg.w_vergence
+        Hp[:, i1, i0] -= 2 * cfg.w_vergence
+    if fit_jaw:
+        ij = torch.arange(10 + E, 13 + E)
+        Hp[:, ij, ij] += 2.0 * cfg.w_jaw
+    if temporal and n > 1:
+        nb = torch.zeros(n, dtype=dtype)
+        nb[1:] += gap_w
+        nb[:-1] += gap_w
+        dz2 = (logd.detach().exp() ** 2)
+        diag = torch.zeros(n, p, dtype=dtype)
+        diag[:, :3] = 2 * cfg.w_smooth_rot
+        diag[:, 3:5] = 2 * cfg.w_smooth_transl / P.iod_m**2
+        diag[:, 5] = 2 * cfg.w_smooth_transl * dz2 / P.iod_m**2
+        diag[:, ie] = 2 * cfg.w_smooth_expr * mask
+        diag[:, 6 + E : 10 + E] = 2 * cfg.w_smooth_eyes
+        Hp += torch.diag_embed(diag * nb[:, None])
+    active = torch.ones(p, dtype=torch.bool)
+    active[6 : 6 + E] = mask > 0
+    lower = upper = None
+    if P.bounded:
+        lower = torch.full((p,), -torch.inf, dtype=dtype)
+        upper = torch.full((p,), torch.inf, dtype=dtype)
+        lower[ie], upper[ie] = 0.0, 1.0
+    return levenberg_marquardt(theta0, per_frame, coupled, data_hessian, Hp, active, lower, upper,
+                               iterations=cfg.frame_iterations)
+
+
+def _rotation_derivatives(aa: Tensor, h: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """``R(aa) [n, 3, 3]`` and ``dR/daa_i [n, 3, 3, 3]`` (i first) by central differences."""
+    from avatar.models.rotations import axis_angle_to_matrix
+
+    n = aa.shape[0]
+    eye = torch.eye(3, dtype=aa.dtype) * h
+    pert = torch.cat([aa[:, None] + eye[None], aa[:, None] - eye[None]], 1)  # [n, 6, 3]
+    R = axis_angle_to_matrix(torch.cat([aa[:, None], pert], 1))  # [n, 7, 3, 3]
+    return R[:, 0], (R[:, 1:4] - R[:, 4:7]) / (2 * h)
+
+
+def _data_hessian(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConfig, th: Tensor, E: int,
+                  fit_jaw: bool, wl: Tensor) -> Tensor:
+    """Gauss-Newton Hessian ``[n, p, p]`` of the landmark term, from an analytic Jacobian of the
+    projected landmarks (expression columns ignore the small eye/jaw-joint corrections; exact
+    gradients are used for the step, so this only affects the convergence rate)."""
+    r, q, d, ex, ey, j = _unpack(th, E, fit_jaw)
+    ex = P.expression(ex)
+    n, p = th.shape
+    L = lm.num_landmarks
+    local = lm.planes(ident, ex, r, _transl(q, d), eyes=_eyes3(ey), jaw=j, local=True)  # [n, 3, L]
+    G, dG = _rotation_derivatives(r)
+    x = G @ local  # [n, 3, L] (world minus transl)
+    t = _transl(q, d)
+    X = x + t[:, :, None]
+    depth = -X[:, 2]
+    f = fk
+    # projection Jacobian rows: du/dX, du/dZ; dv/dY, dv/dZ
+    du_dx, du_dz = f / depth, f * X[:, 0] / depth**2
+    dv_dy, dv_dz = -f / depth, -f * X[:, 1] / depth**2
+    # Rows of the projection Jacobian pulled back through G: a_u . G d (an [n, 3, L] weight per row),
+    # so the expression block is three multiply-adds over [n, L, E] (never [n, 3, L, p]).
+    zero = torch.zeros_like(du_dx)
+    a_u = torch.stack([du_dx, zero, du_dz], 1)  # [n, 3(c), L]
+    a_v = torch.stack([zero, dv_dy, dv_dz], 1)
+    wu = torch.einsum("ncl,ncd->ndl", a_u, G)
+    wv = torch.einsum("ncl,ncd->ndl", a_v, G)
+    Dt = (lm.D.view(E, 3, L) * P.expr_mask[:, None, None]).permute(1, 2, 0)  # [3, L, E]
+    J = torch.zeros(n, 2, L, p, dtype=th.dtype)
+    for row, w in ((0, wu), (1, wv)):
+        je = w[:, 0, :, None] * Dt[0]
+        je = je + w[:, 1, :, None] * Dt[1]
+        je = je + w[:, 2, :, None] * Dt[2]
+        J[:, row, :, 6 : 6 + E] = je
+    dx_rot = torch.einsum("nicd,ndl->ncli", dG, local)  # [n, 3, L, 3]
+    for row, a in ((0, a_u), (1, a_v)):
+        J[:, row, :, :3] = (a[..., None] * dx_rot).sum(1)
+        J[:, row, :, 3] = a[:, 0]
+        J[:, row, :, 4] = a[:, 1]
+        J[:, row, :, 5] = a[:, 2] * t[:, 2:3]
+    groups = [(_eyes3(ey)[:, 0], 6 + E, 2), (_eyes3(ey)[:, 1], 8 + E, 2)]
+    if fit_jaw:
+        groups.append((j, 10 + E, 3))
+    for k, (aa, start, m) in enumerate(groups):
+        idx = lm.group_index[k]
+        pg = ident["group_rest"][k][None] + (ex @ lm.group_D[k]).view(n, 3, -1)
+        qg = pg - lm.group_a[k].T[None] * ident["heads"][k]
+        _, dR = _rotation_derivatives(aa)
+        dx = torch.einsum("ncd,nidl->ncli", G, torch.einsum("nicd,ndl->nicl", dR[:, :m], qg))  # [n, 3, Lg, m]
+        for row, a in ((0, a_u), (1, a_v)):
+            J[:, row, idx, start : start + m] = (a[:, :, idx, None] * dx).sum(1)
+    u = X[:, 0] * f / depth + P.cx
+    v = P.cy - X[:, 1] * f / depth
+    iod2 = (P.iod**2)[:, None]
+    r2 = ((u - P.det[..., 0]) ** 2 + (v - P.det[..., 1]) ** 2) / iod2
+    s2 = cfg.robust_sigma**2
+    rho1 = 1.0 / torch.sqrt(1.0 + r2 / s2) if cfg.robust_frames == "charbonnier" else s2 * s2 / (r2 + s2) ** 2
+    c = (2.0 * wl[None] * rho1 / iod2)  # [n, L]
+    J = J.view(n, 2 * L, p)
+    cw = torch.cat([c, c], 1)[:, :, None]
+    return J.transpose(1, 2) @ (cw * J)
