@@ -319,20 +319,32 @@ inline void footprint_blocks(const Footprint& f, int x0, int x_end, int* blk0, i
         for (int r = 0; r < nr; ++r) { blk0[r] = 0; blk1[r] = (x_end - x0) / kLanes; }
         return;
     }
+    // disc = b^2 dy^2 - a (c dy^2 - t) = a t - det dy^2 (det = ac - b^2 > 0 here, computed once:
+    // no cancellation per row); dx = mx - px in [(-b dy - sqrt(disc)) / a, (-b dy + sqrt(disc)) / a].
+    const double at = f.a * f.t, det = f.a * f.c - f.b * f.b, ia = 1.0 / f.a, bia = f.b * ia;
+    const double mxh = f.mx - 0.5, y0c = f.my - (double(f.row0) + 0.5);
     const double lo_x = x0, hi_x = x_end;
+    double c0s[64], c1s[64];
+    for (int r0 = 0; r0 < nr; r0 += 64) {
+        const int m = std::min(64, nr - r0);
 #pragma omp simd
-    for (int r = 0; r < nr; ++r) {
-        const double dy = f.my - (double(f.row0 + r) + 0.5);
-        const double disc = f.b * f.b * dy * dy - f.a * (f.c * dy * dy - f.t);
-        const double sq = std::sqrt(std::max(disc, 0.0));
-        const double lo = (-f.b * dy - sq) / f.a, hi = (-f.b * dy + sq) / f.a;  // dx = mx - px
-        // Clamp in floating point first, so huge or non-finite spans convert to int safely.
-        const double c0 = std::min(std::max(std::ceil(f.mx - hi - 0.5) - 1.0, lo_x), hi_x);
-        const double c1 = std::min(std::max(std::floor(f.mx - lo - 0.5) + 2.0, lo_x), hi_x);
-        const int i0 = int(c0) - x0, i1 = int(c1) - x0;
-        const bool empty = !(disc >= 0) || i1 <= i0;
-        blk0[r] = empty ? 0 : i0 / kLanes;
-        blk1[r] = empty ? 0 : (i1 + kLanes - 1) / kLanes;
+        for (int r = 0; r < m; ++r) {
+            const double dy = y0c - double(r0 + r);
+            const double disc = at - det * dy * dy;
+            const double hw = std::sqrt(std::max(disc, 0.0)) * ia;  // half-width of the span
+            const double ctr = mxh + bia * dy;                       // px - 0.5 at the span centre
+            // Clamp in floating point first, so huge or non-finite spans convert to int safely.
+            const double c0 = std::min(std::max(std::ceil(ctr - hw) - 1.0, lo_x), hi_x);
+            const double c1 = std::min(std::max(std::floor(ctr + hw) + 2.0, lo_x), hi_x);
+            c0s[r] = disc >= 0 ? c0 : lo_x;
+            c1s[r] = disc >= 0 ? c1 : lo_x;
+        }
+        for (int r = 0; r < m; ++r) {
+            const int i0 = int(c0s[r]) - x0, i1 = int(c1s[r]) - x0;
+            const bool empty = i1 <= i0;
+            blk0[r0 + r] = empty ? 0 : i0 / kLanes;
+            blk1[r0 + r] = empty ? 0 : (i1 + kLanes - 1) / kLanes;
+        }
     }
 }
 
