@@ -357,6 +357,51 @@ inline void row_blocks(const Footprint& f, int y, int x0, int x_end, int* blk0, 
     *blk1 = (c1 - x0 + kLanes - 1) / kLanes;
 }
 
+// alpha of one Gaussian at an 8-pixel block, 0 where the sample is not valid (sigma < 0 or
+// alpha < 1/255). Forward and backward evaluate weights with exactly these operations.
+inline void weight8(float a, float b, float c, float mx, float dy, float opac, int xb, v8f* vis_out,
+                    v8f* alpha_out) {
+    const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const v8f px = __builtin_convertvector(lane + xb, v8f) + 0.5f;
+    const v8f dx = mx - px;
+    const float cdy = c * dy * dy;
+    const v8f sigma = 0.5f * (a * dx * dx + cdy) + b * dx * dy;
+    const v8f vis = exp_neg8(sigma);
+    const v8f oa = opac * vis;
+    const v8f alpha = oa < float(kMaxAlpha) ? oa : v8f{} + float(kMaxAlpha);
+    const v8i valid = ~((sigma < 0.0f) | (alpha < float(kAlphaThreshold)));
+    *vis_out = vis;
+    *alpha_out = valid ? alpha : v8f{};
+}
+
+inline bool all_done8(const int32_t* done) {
+    const v8i dn = load8(done);
+    return !((dn[0] == 0) | (dn[1] == 0) | (dn[2] == 0) | (dn[3] == 0) | (dn[4] == 0) | (dn[5] == 0) |
+             (dn[6] == 0) | (dn[7] == 0));
+}
+
+// The blend update of one 8-pixel block given its alphas (0 = not valid). Returns how many pixels
+// terminated. done: -1/1 = finished or dead, 0 = live. acc is channel-major with stride np.
+template <int DC>
+inline int blend_alpha8(v8f alpha, int D, const float* col, int32_t kk1, float* Tr, int32_t* done, int32_t* cnt,
+                        float* acc, int np) {
+    const v8i dn = load8(done);
+    const v8i ok = (alpha != 0.0f) & (dn == 0);
+    if (!(ok[0] | ok[1] | ok[2] | ok[3] | ok[4] | ok[5] | ok[6] | ok[7])) return 0;
+    const v8f Tp = load8(Tr);
+    const v8f next_T = Tp * (1.0f - alpha);
+    const v8i term = ok & (next_T <= float(kTransmittanceMin));
+    const v8i contrib = ok & ~term;
+    store8(done, dn | (term & 1));
+    const v8f w = contrib ? alpha * Tp : v8f{};
+    const int nd = DC > 0 ? DC : D;
+    for (int d = 0; d < nd; ++d) store8(acc + int64_t(d) * np, load8(acc + int64_t(d) * np) + w * col[d]);
+    store8(Tr, contrib ? next_T : Tp);
+    store8(cnt, contrib ? v8i{} + kk1 : load8(cnt));
+    const v8i t1 = term & 1;
+    return t1[0] + t1[1] + t1[2] + t1[3] + t1[4] + t1[5] + t1[6] + t1[7];
+}
+
 // One 8-pixel block of the forward blend for one Gaussian (float). Returns how many pixels
 // terminated. done: -1/1 = finished or dead, 0 = live. acc is channel-major with stride np.
 template <int DC>
@@ -456,7 +501,8 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
         const TileGeom g = tile_geom(t, tile, W, H);
         const int S = tb.stride, NP = tb.npix;
         std::vector<T> Tr(NP, T(1)), acc(int64_t(NP) * D, T(0));
-        std::vector<int32_t> cnt(NP, 0), done(NP, 1), rb0(tb.rows), rb1(tb.rows);
+        std::vector<int32_t> cnt(NP, 0), done(NP, 1), rb0(tb.rows), rb1(tb.rows), bbuf(NP / kLanes);
+        std::vector<v8f> abuf(NP / kLanes);
         for (int y = 0; y < g.h(); ++y)
             for (int x = 0; x < g.w(); ++x) done[y * S + x] = 0;
         int alive = g.w() * g.h();
@@ -476,6 +522,28 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
             const Footprint f = footprint(mx, my, a, b, c, opac, g.x0, g.y0, g.x1, g.y1);
             if (f.empty) continue;
             footprint_blocks(f, g.x0, x_end, rb0.data(), rb1.data());
+            if constexpr (std::is_same_v<T, float>) {
+                // Two passes: the alphas of every live block first (independent work that
+                // pipelines), then the blend updates.
+                int nb = 0;
+                for (int y = f.row0; y < f.row1; ++y) {
+                    const int blk0 = rb0[y - f.row0], blk1 = rb1[y - f.row0];
+                    const float dy = my - (float(y) + 0.5f);
+                    for (int blk = blk0; blk < blk1; ++blk) {
+                        const int base = (y - g.y0) * S + blk * kLanes;
+                        if (all_done8(done.data() + base)) continue;
+                        v8f vis;
+                        weight8(a, b, c, mx, dy, opac, g.x0 + blk * kLanes, &vis, &abuf[nb]);
+                        bbuf[nb++] = base;
+                    }
+                }
+                for (int j = 0; j < nb; ++j) {
+                    const int base = bbuf[j];
+                    alive -= blend_alpha8<DC>(abuf[j], D, DC > 0 ? col : colp, kk1, Tr.data() + base,
+                                              done.data() + base, cnt.data() + base, acc.data() + base, NP);
+                }
+                continue;
+            }
             for (int y = f.row0; y < f.row1; ++y) {
                 const int blk0 = rb0[y - f.row0], blk1 = rb1[y - f.row0];
                 const T dy = my - (T(y) + T(0.5));
