@@ -37,7 +37,7 @@ def main() -> None:
         out = args.work / video.stem
         t0 = time.perf_counter()
         if not (out / "tracking.npz").is_file():
-            from avatar.fitting import track
+            from avatar.fitting.track import track  # (`avatar.fitting.track` may resolve to the submodule)
 
             track(video, out, limit=args.limit, overlay=False)
         t_track = time.perf_counter() - t0

@@ -108,3 +108,14 @@ def test_config_overrides():
         override(cfg, ["steps=many"])
     with pytest.raises(AvatarError, match="unknown preset"):
         preset("turbo")
+
+
+def test_tracking_refinement_runs_and_stays_small(clip_dir, tmp_path):
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    report = train(out, tiny(steps=12, refine_tracking=True, lr_tracking=1e-3, checkpoint_every=100,
+                             strategy=StrategyConfig(enabled=False)), progress=False)  # fmt: skip
+    av = load_avatar(out)
+    tracked = np.load(out / "tracking.npz")
+    delta = (av.performance["expression"].numpy() - tracked["expression"])
+    assert report["steps"] == 12 and 0 < np.abs(delta[:10]).max() < 0.05  # training rows refined a little
+    assert np.abs(delta[10:]).max() == 0  # held-out rows untouched
