@@ -446,22 +446,15 @@ inline bool any8(v8i m) {
 // operations lane-wise. L: 8 + DC lane accumulators (v_mean x/y, v_conic a/b/c, v_opacity,
 // |v_mean| x/y, v_color). Returns false when no pixel of the block takes this Gaussian.
 template <int DC>
-inline bool bwd_block8(float a, float b, float c, float mx, float dy, float opac, int xb, const float* col,
-                       int32_t kk, float* Tr, const int32_t* cnt, const float* vAe, const float* vC, float* buf,
-                       int np, v8f* L) {
-    const v8i live = load8(cnt) > kk;
-    if (!any8(live)) return false;
+inline bool bwd_block8(float a, float b, float c, float mx, float dy, float opac, int xb, v8f vis, v8f alpha,
+                       const float* col, int32_t kk, float* Tr, const int32_t* cnt, const float* vAe,
+                       const float* vC, float* buf, int np, v8f* L) {
+    const v8i ok = (alpha != 0.0f) & (load8(cnt) > kk);
+    if (!any8(ok)) return false;
     const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
     const v8f px = __builtin_convertvector(lane + xb, v8f) + 0.5f;
-    const v8f dx = mx - px;
-    const float cdy = c * dy * dy;
-    const v8f sigma = 0.5f * (a * dx * dx + cdy) + b * dx * dy;
-    const v8f vis = exp_neg8(sigma);
+    const v8f dx = mx - px;  // as in weight8
     const v8f oa = opac * vis;
-    const v8f alpha = oa < float(kMaxAlpha) ? oa : v8f{} + float(kMaxAlpha);
-    const v8i valid = ~((sigma < 0.0f) | (alpha < float(kAlphaThreshold)));
-    const v8i ok = valid & live;
-    if (!any8(ok)) return false;
     const v8f ra = 1.0f / (1.0f - alpha);
     const v8f T0 = load8(Tr);
     const v8f Tp = ok ? T0 * ra : T0;  // transmittance in front of this Gaussian
@@ -619,7 +612,9 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
         // Per pixel: running T, T_final * (v_alpha - <background, v_render>), v_render, buffer.
         std::vector<T> Tr(NP, T(1)), Tfin(NP, T(1)), vAe(NP, T(0)), vC(int64_t(NP) * D, T(0)),
             buf(int64_t(NP) * D, T(0));
-        std::vector<int32_t> cnt(NP, 0), rb0(tb.rows), rb1(tb.rows);
+        std::vector<int32_t> cnt(NP, 0), rb0(tb.rows), rb1(tb.rows), bbuf(NP / kLanes), xbuf(NP / kLanes);
+        std::vector<v8f> abuf(NP / kLanes), vbuf(NP / kLanes);
+        std::vector<float> dybuf(NP / kLanes);
         const T* bg = backgrounds ? backgrounds + int64_t(g.cam) * D : nullptr;
         int max_cnt = 0;
         for (int y = g.y0; y < g.y1; ++y) {
@@ -657,15 +652,26 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                 for (auto& v : Lv) v = v8f{};
                 bool any_ok = false;
                 footprint_blocks(f, g.x0, x_end, rb0.data(), rb1.data());
+                // Two passes, as in the forward: weights of the blocks with a pixel that still
+                // takes this Gaussian, then the gradient updates.
+                int nb = 0;
                 for (int y = f.row0; y < f.row1; ++y) {
                     const int blk0 = rb0[y - f.row0], blk1 = rb1[y - f.row0];
                     const float dy = my - (float(y) + 0.5f);
                     for (int blk = blk0; blk < blk1; ++blk) {
                         const int base = (y - g.y0) * S + blk * kLanes;
-                        any_ok |= bwd_block8<DC>(a, b, c, mx, dy, opac, g.x0 + blk * kLanes, col, int32_t(kk),
-                                                 Tr.data() + base, cnt.data() + base, vAe.data() + base,
-                                                 vC.data() + base, buf.data() + base, NP, Lv);
+                        if (!any8(load8(cnt.data() + base) > int32_t(kk))) continue;
+                        weight8(a, b, c, mx, dy, opac, g.x0 + blk * kLanes, &vbuf[nb], &abuf[nb]);
+                        bbuf[nb] = base;
+                        xbuf[nb] = g.x0 + blk * kLanes;
+                        dybuf[nb++] = dy;
                     }
+                }
+                for (int j = 0; j < nb; ++j) {
+                    const int base = bbuf[j];
+                    any_ok |= bwd_block8<DC>(a, b, c, mx, dybuf[j], opac, xbuf[j], vbuf[j], abuf[j], col,
+                                             int32_t(kk), Tr.data() + base, cnt.data() + base, vAe.data() + base,
+                                             vC.data() + base, buf.data() + base, NP, Lv);
                 }
                 for (int j = 0; j < SL; ++j) {
                     float sum = 0;
