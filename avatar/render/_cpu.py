@@ -173,14 +173,16 @@ class _RasterizeToPixels(torch.autograd.Function):
         dt = colors.dtype
         render = torch.empty(C, height, width, D, dtype=dt)
         trans = torch.empty(C, height, width, dtype=dt)
+        alpha = torch.empty(C, height, width, 1, dtype=dt)  # 1 - trans, written by the kernel
         last = torch.empty(C, height, width, dtype=torch.int32)
         getattr(lib, f"splat_raster_fwd_{_sfx(dt)}")(
             C, N, D, width, height, tile_size, _ptr(means2d), _ptr(conics), _ptr(colors), _ptr(opacities),
-            _ptr(bg), _ptr(offsets), _ptr(flat_ids), _ptr(render), _ptr(trans), _ptr(last), n_threads,
+            _ptr(bg), _ptr(offsets), _ptr(flat_ids), _ptr(render), _ptr(trans), _ptr(alpha), _ptr(last),
+            n_threads,
         )  # fmt: skip
         ctx.save_for_backward(means2d, conics, colors, opacities, bg, offsets, flat_ids, trans, last)
         ctx.args = (width, height, tile_size, absgrad, n_threads)
-        return render, (1.0 - trans).unsqueeze(-1)
+        return render, alpha
 
     @staticmethod
     def backward(ctx: Any, v_render: Tensor, v_alpha: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]

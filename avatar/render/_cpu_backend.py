@@ -122,7 +122,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn = getattr(lib, f"splat_bin_fill_{sfx}")
         fn.argtypes, fn.restype = [i32, i32, p, p, p, i32, i32, i32, p, p, i32], None
         fn = getattr(lib, f"splat_raster_fwd_{sfx}")
-        fn.argtypes, fn.restype = [i32] * 6 + [p] * 10 + [i32], None
+        fn.argtypes, fn.restype = [i32] * 6 + [p] * 11 + [i32], None
         fn = getattr(lib, f"splat_raster_bwd_{sfx}")
         fn.argtypes, fn.restype = [i32] * 6 + [p] * 16 + [i32], None
         fn = getattr(lib, f"splat_project_fwd_{sfx}")

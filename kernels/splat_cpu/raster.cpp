@@ -6,7 +6,7 @@
 //   colors    [C, N, D]
 //   opacities [C, N]
 //   radii     [C, N, 2]   int32 box half-sizes in pixels; 0 means culled
-//   render    [C, H, W, D], transmittance [C, H, W], last [C, H, W] (number of list entries a
+//   render    [C, H, W, D], transmittance [C, H, W], alpha = 1 - transmittance, last [C, H, W] (number of list entries a
 //   pixel walked through up to its last contributing Gaussian, needed by the backward pass).
 //
 // Blending (the same as gsplat's rasterize_to_pixels): pixel centre p = (x + .5, y + .5),
@@ -486,7 +486,7 @@ inline bool bwd_block8(float a, float b, float c, float mx, float dy, float opac
 template <typename T, int DC>
 void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d, const T* conics,
                 const T* colors, const T* opacities, const T* backgrounds, const int64_t* tile_offsets,
-                const int32_t* flat_ids, T* render, T* transmittance, int32_t* last, int n_threads) {
+                const int32_t* flat_ids, T* render, T* transmittance, T* alpha, int32_t* last, int n_threads) {
     const int D = DC > 0 ? DC : Drt;
     const int64_t n_tiles = int64_t(C) * ((W + tile - 1) / tile) * ((H + tile - 1) / tile);
     const TileBuf tb = tile_buf(tile);
@@ -582,6 +582,7 @@ void raster_fwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                 for (int d = 0; d < D; ++d)
                     render[pix * D + d] = acc[int64_t(d) * NP + p] + (bg ? Tr[p] * bg[d] : T(0));
                 transmittance[pix] = Tr[p];
+                alpha[pix] = T(1) - Tr[p];
                 last[pix] = cnt[p];
             }
         }
@@ -759,12 +760,12 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
 template <typename T>
 void raster_fwd_dispatch(int C, int N, int D, int W, int H, int tile, const T* m, const T* q, const T* col,
                          const T* op, const T* bg, const int64_t* off, const int32_t* ids, T* r, T* tr,
-                         int32_t* last, int nt) {
+                         T* al, int32_t* last, int nt) {
     switch (D) {
-        case 1: return raster_fwd<T, 1>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, last, nt);
-        case 3: return raster_fwd<T, 3>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, last, nt);
-        case 4: return raster_fwd<T, 4>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, last, nt);
-        default: return raster_fwd<T, 0>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, last, nt);
+        case 1: return raster_fwd<T, 1>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, al, last, nt);
+        case 3: return raster_fwd<T, 3>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, al, last, nt);
+        case 4: return raster_fwd<T, 4>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, al, last, nt);
+        default: return raster_fwd<T, 0>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, r, tr, al, last, nt);
     }
 }
 
@@ -799,8 +800,9 @@ void raster_bwd_dispatch(int C, int N, int D, int W, int H, int tile, const T* m
     extern "C" void splat_raster_fwd_##SUFFIX(int C, int N, int D, int W, int H, int tile, const T* m,    \
                                               const T* q, const T* col, const T* op, const T* bg,         \
                                               const int64_t* off, const int32_t* ids, T* render, T* tr,   \
-                                              int32_t* last, int nt) {                                    \
-        splat::raster_fwd_dispatch<T>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, render, tr, last, nt); \
+                                              T* alpha, int32_t* last, int nt) {                          \
+        splat::raster_fwd_dispatch<T>(C, N, D, W, H, tile, m, q, col, op, bg, off, ids, render, tr, alpha,  \
+                                      last, nt);                                                           \
     }                                                                                                      \
     extern "C" void splat_raster_bwd_##SUFFIX(int C, int N, int D, int W, int H, int tile, const T* m,    \
                                               const T* q, const T* col, const T* op, const T* bg,         \
