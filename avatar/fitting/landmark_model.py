@@ -135,7 +135,12 @@ class LandmarkModel:
         """:meth:`identity` from the tables of :meth:`identity_tables` (two small matmuls)."""
         if not hasattr(self, "_id0"):
             self.identity_tables()
-        flat = (self._id0 + torch.relu(shape) @ self._id_pos + torch.relu(-shape) @ self._id_neg)[0]
+        # The ReLU pair written with a one-sided gradient at exactly 0 (torch.relu has none there,
+        # which would pin a zero-initialised identity).
+        zero = torch.zeros_like(shape)
+        pos = torch.where(shape >= 0, shape, zero)
+        neg = torch.where(shape < 0, -shape, zero)
+        flat = (self._id0 + pos @ self._id_pos + neg @ self._id_neg)[0]
         return self._unflatten(flat)
 
     def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:

@@ -85,8 +85,8 @@ class FitConfig:
     iris_weight: float = 1.0
     w_depth: float = 0.02
     w_rigid: float = 0.1
-    w_expr_l1: float = 1e-6
-    w_expr_l2: float = 3e-6
+    w_expr_l1: float = 1e-5
+    w_expr_l2: float = 1e-4
     w_eyes: float = 1e-5
     w_vergence: float = 1e-4
     w_jaw: float = 1e-3
