@@ -13,14 +13,15 @@ from avatar.errors import AvatarError
 # name -> "module:Class". Modules are imported when the CLI starts (tyro needs the classes for
 # --help); keep their top-level imports light.
 COMMANDS: dict[str, str] = {
-    "landmarks": "avatar_apps.landmarks:Landmarks",
-    "show-model": "avatar_apps.show_model:ShowModel",
     "demo": "avatar_apps.demo:Demo",
+    "reconstruct": "avatar_apps.reconstruct:Reconstruct",
     "track": "avatar_apps.track:Track",
-    "view": "avatar_apps.view:View",
-    "export": "avatar_apps.export:Export",
     "train": "avatar_apps.train:Train",
     "render": "avatar_apps.render:Render",
+    "export": "avatar_apps.export:Export",
+    "view": "avatar_apps.view:View",
+    "landmarks": "avatar_apps.landmarks:Landmarks",
+    "show-model": "avatar_apps.show_model:ShowModel",
 }
 
 

@@ -56,69 +56,85 @@ def load_model(cfg: Export):
 
 
 # ---------------------------------------------------------------------------------------------
-# PROVISIONAL: the tracker's tracking.npz and the trained avatar's folder do not exist yet. These
-# readers assume the layout below; adjust them (only them) when those stages land.
-#   tracking.npz: shape [S] or [1, S]; per frame [N, ...]: expression, jaw, neck, eyes [N, 2, 3],
-#                 global_orient, transl; fps (scalar); optional viewmats [N, 4, 4], Ks [N, 3, 3].
-#   avatar/gaussians.npz: means, quats (wxyz), scales (linear), opacities [0, 1], sh_dc[, sh_rest].
+# What earlier stages left in OUT: OUT/tracking.npz (avatar.fitting.load_tracking) and the
+# trained bundle OUT/avatar/ (avatar.representations.load_avatar).
 # ---------------------------------------------------------------------------------------------
 _PER_FRAME = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
+BAKE_FRAMES = 12  # frames read from the source for texture baking (frontal first, then spread)
 
 
-def read_tracking(path: Path) -> dict[str, np.ndarray] | None:
-    """The tracked parameters, or ``None`` when the folder has no tracking yet."""
+def read_tracking(path: Path):
+    """The clip's :class:`~avatar.fitting.tracking.Tracking`, or ``None`` when OUT has none yet."""
     if not path.exists():
         return None
-    try:
-        with np.load(path) as data:
-            tracking = {k: np.asarray(data[k]) for k in data.files}
-    except (OSError, ValueError) as e:
-        raise AvatarError(f"{path} is unreadable ({e}); re-run `avatar track`") from e
-    counts = {len(tracking[k]) for k in _PER_FRAME if k in tracking}
-    if len(counts) != 1:
-        raise AvatarError(f"{path}: per-frame arrays disagree on the frame count ({sorted(counts)}); re-run `avatar track`")
-    return tracking
+    from avatar.fitting import load_tracking
+
+    return load_tracking(path)
 
 
-def _frame_params(tracking: dict[str, np.ndarray], index: slice | int) -> dict[str, np.ndarray]:
-    out = {k: tracking[k][index] for k in _PER_FRAME if k in tracking}
-    if isinstance(index, int):
+def _frame_params(tracking, index: slice | int | np.ndarray) -> dict[str, np.ndarray]:
+    out = {k: np.asarray(getattr(tracking, k))[index] for k in _PER_FRAME}
+    if isinstance(index, (int, np.integer)):
         out = {k: v[None] for k, v in out.items()}
     return out
 
 
-def _shape(tracking: dict[str, np.ndarray] | None) -> np.ndarray | None:
-    if tracking is None or "shape" not in tracking:
-        return None
-    return tracking["shape"].reshape(1, -1)
+def _shape(tracking) -> np.ndarray | None:
+    return None if tracking is None else np.asarray(tracking.shape, dtype=np.float32).reshape(1, -1)
 
 
-def _baked_texture(head, tracking: dict[str, np.ndarray], out: Path, size: int) -> np.ndarray | None:
-    """Bake from OUT/frames/ when the tracking has cameras and the frames are cached; else None."""
-    from PIL import Image
+def _bake_selection(tracking, count: int) -> np.ndarray:
+    """Rows of ``tracking`` to bake from: tracked frames, the most frontal first, then frames
+    spread over the range of head yaw, so the sides of the head get a view too."""
+    rows = np.nonzero(np.asarray(tracking.tracked))[0]
+    if rows.size <= count:
+        return rows
+    yaw = np.asarray(tracking.global_orient)[rows, 1]
+    order = np.argsort(yaw)
+    picks = {int(rows[np.argmin(np.abs(yaw))])}
+    picks.update(int(rows[order[i]]) for i in np.linspace(0, rows.size - 1, count - 1).round().astype(int))
+    return np.array(sorted(picks))
 
+
+def _baked_texture(head, tracking, size: int) -> np.ndarray | None:
+    """Project a few of the source frames onto the UV atlas; ``None`` (default texture) when the
+    source is not readable any more."""
+    from avatar.errors import AvatarError as _Err
     from avatar.export.texture import bake_texture_from_frames
+    from avatar.io.video import FrameReader
 
-    frames_dir = out / "frames"
-    files = sorted(p for p in frames_dir.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if frames_dir.is_dir() else []
-    n = len(tracking["expression"]) if "expression" in tracking else 0
-    if "viewmats" not in tracking or "Ks" not in tracking or len(files) != n or n == 0:
-        print("no cached frames with cameras: using the default texture")
+    rows = _bake_selection(tracking, BAKE_FRAMES)
+    if rows.size == 0:
         return None
-    frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    bake = bake_texture_from_frames(head, frames, tracking["viewmats"], tracking["Ks"], _frame_params(tracking, slice(None)),
-                                    size, shape=_shape(tracking))
+    wanted = {int(tracking.frame_index[r]): int(r) for r in rows}
+    frames: dict[int, np.ndarray] = {}
+    try:
+        with FrameReader(tracking.source, dtype="uint8") as reader:
+            for i, frame in enumerate(reader):
+                if i in wanted:
+                    frames[wanted[i]] = frame
+                if len(frames) == len(wanted) or i > max(wanted):
+                    break
+    except _Err as e:
+        print(f"cannot read the source frames ({e}); using the default texture")
+        return None
+    got = np.array(sorted(frames))
+    if got.size == 0:
+        return None
+    viewmats = np.repeat(np.asarray(tracking.viewmat)[None], got.size, 0)
+    bake = bake_texture_from_frames(head, [frames[r] for r in got], viewmats, np.asarray(tracking.K)[got],
+                                    _frame_params(tracking, got), size, shape=_shape(tracking))  # fmt: skip
     return bake.image
 
 
-def export_glb_cli(cfg: Export, head, tracking: dict[str, np.ndarray] | None, dest: Path) -> Path:
+def export_glb_cli(cfg: Export, head, tracking, dest: Path) -> Path:
     from avatar.export.gltf import GltfAnimation, export_glb
 
     animation = texture = None
     if tracking is not None:
         if cfg.animation:
-            animation = GltfAnimation(fps=float(tracking.get("fps", 30.0)), **_frame_params(tracking, slice(None)))
-        texture = _baked_texture(head, tracking, cfg.out, cfg.texture_size)
+            animation = GltfAnimation(fps=float(tracking.fps or 30.0), **_frame_params(tracking, slice(None)))
+        texture = _baked_texture(head, tracking, cfg.texture_size)
     info = export_glb(dest / "head.glb", head, shape=_shape(tracking), texture=texture, animation=animation,
                       texture_size=cfg.texture_size)
     print(f"{info.num_vertices} vertices, {len(info.target_names)} morph targets, {head.num_joints} joints, "
@@ -126,41 +142,55 @@ def export_glb_cli(cfg: Export, head, tracking: dict[str, np.ndarray] | None, de
     return info.path
 
 
-def export_obj_cli(cfg: Export, head, tracking: dict[str, np.ndarray] | None, dest: Path) -> Path:
+def export_obj_cli(cfg: Export, head, tracking, dest: Path) -> Path:
     from avatar.export.obj import export_obj
 
     params: dict[str, np.ndarray] = {}
     if cfg.frame is not None:
         if tracking is None:
             raise AvatarError(f"--frame {cfg.frame} needs {cfg.out / 'tracking.npz'}; run `avatar track` first")
-        n = len(next(iter(_frame_params(tracking, slice(None)).values())))
+        n = tracking.num_frames
         if not 0 <= cfg.frame < n:
             raise AvatarError(f"--frame {cfg.frame} is out of range: the tracking has frames 0..{n - 1}")
         params = _frame_params(tracking, cfg.frame)
     shape = _shape(tracking)
     if shape is not None:
         params["shape"] = shape
-    texture = _baked_texture(head, tracking, cfg.out, cfg.texture_size) if tracking is not None else None
+    texture = _baked_texture(head, tracking, cfg.texture_size) if tracking is not None else None
     name = "head.obj" if cfg.frame is None else f"head_frame{cfg.frame:05d}.obj"
     return export_obj(dest / name, head, params=params, texture=texture, texture_size=cfg.texture_size).obj
 
 
 def export_ply(out: Path, dest: Path, frame: int | None) -> Path:
-    from avatar.export.ply import write_gaussians_ply
+    """The trained Gaussians in the INRIA 3DGS layout, posed at the neutral expression (head at
+    the origin, +Y up) or at tracked frame ``frame`` (in the tracking's world frame)."""
+    import torch
 
-    src = out / "avatar" / "gaussians.npz"
-    if not src.exists():
-        raise AvatarError(f"--format ply needs a trained avatar ({src} not found); run `avatar train {out}` first")
+    from avatar.export.ply import write_gaussians_ply
+    from avatar.representations import load_avatar
+
+    if not (out / "avatar" / "avatar.json").exists():
+        raise AvatarError(f"--format ply needs a trained avatar ({out / 'avatar'} is missing or unfinished); "
+                          f"run `avatar train {out}` first")  # fmt: skip
+    av = load_avatar(out / "avatar")
+    params: dict[str, torch.Tensor] = {}
+    name = "gaussians.ply"
     if frame is not None:
-        raise AvatarError("--frame with --format ply needs the avatar representation's posing, which is not available yet")
-    with np.load(src) as g:
-        keys = ("means", "quats", "scales", "opacities", "sh_dc")
-        missing = [k for k in keys if k not in g.files]
-        if missing:
-            raise AvatarError(f"{src} lacks {', '.join(missing)}; re-run `avatar train`")
-        arrays = {k: g[k] for k in keys}
-        arrays["sh_rest"] = g["sh_rest"] if "sh_rest" in g.files else None
-    path = dest / "gaussians.ply"
-    n = write_gaussians_ply(path, **arrays)
+        tracking = read_tracking(out / "tracking.npz")
+        if tracking is None:
+            raise AvatarError(f"--frame {frame} needs {out / 'tracking.npz'}; run `avatar track` first")
+        if not 0 <= frame < tracking.num_frames:
+            raise AvatarError(f"--frame {frame} is out of range: the tracking has frames 0..{tracking.num_frames - 1}")
+        params = {k: torch.as_tensor(v) for k, v in _frame_params(tracking, frame).items()}
+        name = f"gaussians_frame{frame:05d}.ply"
+    with torch.no_grad():
+        splats = av.splats(params)
+    colors = splats.colors.cpu().numpy()
+    path = dest / name
+    n = write_gaussians_ply(
+        path, means=splats.means[0].cpu().numpy(), quats=splats.quats[0].cpu().numpy(),
+        scales=splats.scales[0].cpu().numpy(), opacities=splats.opacities.cpu().numpy(),
+        sh_dc=colors[:, 0], sh_rest=colors[:, 1:] if colors.shape[1] > 1 else None,
+    )  # fmt: skip
     print(f"{n} Gaussians")
     return path

@@ -62,12 +62,35 @@ def test_cli_glb_without_tracking(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "0 animation frames" in capsys.readouterr().out
 
 
+def _write_tracking(folder: Path, n: int, source: Path, rng: np.random.Generator) -> None:
+    """A tracking.npz in the tracker's layout (avatar.fitting.save_tracking)."""
+    from avatar.fitting.tracking import Tracking, save_tracking
+    from avatar.models.anny_head import ARKIT_52
+
+    K = np.array([[600.0, 0, 128], [0, 600.0, 128], [0, 0, 1]])
+    tr = Tracking(
+        frame_index=np.arange(n), tracked=np.ones(n, bool), interpolated=np.zeros(n, bool),
+        landmarks=np.zeros((n, 478, 3), np.float32), expression=rng.uniform(0, 1, (n, 52)).astype(np.float32),
+        jaw=rng.normal(0, 0.1, (n, 3)).astype(np.float32), neck=np.zeros((n, 3), np.float32),
+        eyes=np.zeros((n, 2, 3), np.float32), global_orient=np.zeros((n, 3), np.float32),
+        transl=np.tile(np.array([0.0, -0.12, -0.8], np.float32), (n, 1)), K=np.tile(K, (n, 1, 1)),
+        viewmat=np.diag([1.0, -1.0, -1.0, 1.0]), shape=np.zeros(145, np.float32), model="anny",
+        expression_names=np.array(ARKIT_52), image_size=np.array([256, 256]), fps=25.0, source=str(source),
+    )  # fmt: skip
+    save_tracking(tr, folder / "tracking.npz")
+
+
 def test_cli_glb_with_tracking(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """A tracking.npz in the provisional layout turns into a GLB animation."""
+    """A tracking.npz turns into a GLB animation; the texture is baked from the source frames."""
+    from avatar.io.video import VideoWriter
+
     rng = np.random.default_rng(5)
     n = 4
-    np.savez(tmp_path / "tracking.npz", expression=rng.uniform(0, 1, (n, 52)), jaw=rng.normal(0, 0.1, (n, 3)),
-             neck=np.zeros((n, 3)), eyes=np.zeros((n, 2, 3)), global_orient=np.zeros((n, 3)), transl=np.zeros((n, 3)), fps=25.0)
+    source = tmp_path / "clip.mp4"
+    with VideoWriter(source, fps=25.0) as w:
+        for _ in range(n):
+            w.write(np.full((256, 256, 3), 180, np.uint8))
+    _write_tracking(tmp_path, n, source, rng)
     assert main(["export", str(tmp_path), "--texture-size", "64"]) == 0
     assert f"{n} animation frames" in capsys.readouterr().out
     assert main(["export", str(tmp_path), "--texture-size", "64", "--no-animation"]) == 0
@@ -86,12 +109,19 @@ def test_cli_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert not (tmp_path / "exports").exists() or not any((tmp_path / "exports").iterdir())
 
 
-def test_cli_ply_from_provisional_avatar(tmp_path: Path) -> None:
+def test_cli_ply_from_trained_bundle(tmp_path: Path, anny_head) -> None:
+    """`--format ply` writes the bundle's Gaussians (neutral, and posed at a tracked frame)."""
     plyfile = pytest.importorskip("plyfile")
-    rng = np.random.default_rng(2)
-    n = 300
-    (tmp_path / "avatar").mkdir()
-    np.savez(tmp_path / "avatar" / "gaussians.npz", means=rng.normal(0, 0.1, (n, 3)), quats=np.tile([1.0, 0, 0, 0], (n, 1)),
-             scales=np.full((n, 3), 0.003), opacities=np.full(n, 0.5), sh_dc=rng.normal(0, 1, (n, 3)))
+    from avatar.representations import save_avatar
+    from avatar.representations.mesh_gaussians import MeshGaussians
+
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    save_avatar(tmp_path / "avatar", rep, model="anny", shape=torch.zeros(anny_head.num_shape))
     assert main(["export", str(tmp_path), "--format", "ply"]) == 0
-    assert plyfile.PlyData.read(str(tmp_path / "exports" / "gaussians.ply"))["vertex"].count == n
+    ply = plyfile.PlyData.read(str(tmp_path / "exports" / "gaussians.ply"))["vertex"]
+    assert ply.count == rep.num_gaussians
+    _write_tracking(tmp_path, 3, tmp_path / "missing.mp4", np.random.default_rng(1))
+    assert main(["export", str(tmp_path), "--format", "ply", "--frame", "1"]) == 0
+    posed = plyfile.PlyData.read(str(tmp_path / "exports" / "gaussians_frame00001.ply"))["vertex"]
+    assert posed.count == ply.count
+    assert np.abs(np.asarray(posed["z"]) - np.asarray(ply["z"])).mean() > 0.5  # moved to the tracked place

@@ -94,7 +94,7 @@ def test_show_model_cli(tmp_path, anny_head, capsys):
 def test_demo_cli(tmp_path, anny_head):
     from avatar_apps.cli import main
 
-    assert main(["demo", "-o", str(tmp_path), "--size", "48"]) == 0
+    assert main(["demo", "-o", str(tmp_path), "--size", "48", "--no-reconstruct"]) == 0
     for name in ("head.png", "expressions.png", "turntable.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert Image.open(tmp_path / "expressions.png").size == (4 * 48, 2 * 48)

@@ -128,8 +128,8 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
     rows = np.nonzero(usable)[0]
     if max_frames is not None:
         rows = rows[:max_frames]
-    if rows.size < 2:
-        raise AvatarError(f"{out_dir}/tracking.npz has {rows.size} usable frames; training needs at least 2")
+    if rows.size < 1:
+        raise AvatarError(f"{out_dir}/tracking.npz has no usable (tracked) frame; nothing to train on")
     W0, H0 = (int(x) for x in tr["image_size"])
     s = resolution / max(W0, H0)
     W, H = max(1, round(W0 * s)), max(1, round(H0 * s))

@@ -182,6 +182,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     raster = RasterOptions(num_threads=config.raster_threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     clip = load_clip(out_dir, config.resolution, config.holdout, config.max_frames, progress=progress)
+    # A single photo has nothing to hold out: it is evaluated on its training frame (the report says so).
+    eval_ids = clip.test_ids if len(clip.test_ids) else clip.train_ids
     head = load_head_model(clip.model).to(device)
     shape = clip.shape.to(device)
     bg = torch.tensor(config.background, dtype=torch.float32, device=device)
@@ -202,7 +204,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         color_rows = clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.color_init_frames, len(clip.train_ids))).round().astype(int)]
         init_colors_from_frames(rep, head, clip, shape, np.unique(color_rows))
         start = 0
-        init_metrics, _ = evaluate(rep, head, clip, clip.test_ids, shape, bg, sh_degree=0, options=raster)
+        init_metrics, _ = evaluate(rep, head, clip, eval_ids, shape, bg, sh_degree=0, options=raster)
 
     deltas: dict[str, Tensor] = {}
     if config.refine_tracking:
@@ -284,7 +286,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
 
     # --- export + evaluation ---------------------------------------------------------------------
     perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if deltas else 0)).cpu() for k in PARAMS}
-    final, panels = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
+    final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
     train_rows = clip.train_ids[np.linspace(0, n_train - 1, min(n_train, 16)).round().astype(int)]
     train_metrics, _ = evaluate(rep, head, clip, np.unique(train_rows), shape, bg, deltas=deltas or None, options=raster)
     report = {
@@ -297,6 +299,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         "frames": {"train": int(n_train), "held_out": int(len(clip.test_ids)), "held_out_rows": [int(r) for r in clip.test_ids]},
         "held_out": {k: final[k] for k in ("psnr", "ssim", "pixels", "psnr_per_frame") if k in final},
         "held_out_initial": {k: init_metrics[k] for k in ("psnr", "ssim") if k in init_metrics},
+        "held_out_note": None if len(clip.test_ids) else "one usable frame: nothing held out; 'held_out' is measured on the training frame",
         "train_sample": {k: train_metrics[k] for k in ("psnr", "ssim") if k in train_metrics},
         "lpips": None,
         "lpips_note": "LPIPS not computed: its network weights are not available offline.",
