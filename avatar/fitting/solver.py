@@ -70,12 +70,13 @@ class FitConfig:
     """Knobs of the landmark solver (weights are relative to the 2D term, whose residuals are in
     inter-ocular distances)."""
 
-    rigid_steps: int = 80
-    identity_steps: int = 200
+    rigid_steps: int = 0  # Adam steps after the per-frame PnP (0: PnP only; the focal is refined in stage 2)
+    identity_steps: int = 120
     frame_steps: int = 300
     frame_solver: str = "lm"  # stage 3: "lm" (batched Levenberg-Marquardt), "adam" or "lbfgs"
-    frame_iterations: int = 12  # LM iterations
-    identity_frames: int = 32  # keyframes used to solve the identity
+    frame_iterations: int = 10  # LM iterations
+    hessian_stride: int = 3  # LM Hessian from every n-th landmark (+ iris); the gradient uses all
+    identity_frames: int = 16  # keyframes used to solve the identity
     focal_fov_deg: float = 40.0  # prior field of view across the longer image side
     w_focal: float = 1e-4  # on (log f - log f0)^2
     robust_sigma: float = 0.05  # IODs
@@ -123,23 +124,35 @@ class FitResult:
 
 
 class _Adam:
-    """Adam over named parameter groups with per-group learning rates and a cosine decay."""
+    """Adam (Kingma & Ba) over named parameter groups with per-group learning rates and a cosine
+    decay. Written out (a few lines) rather than ``torch.optim.Adam``, whose first construction
+    imports torch._dynamo: seconds per process, more than the whole fit of a short clip."""
 
-    def __init__(self, groups: dict[str, tuple[Tensor, float]], steps: int) -> None:
-        self.opt = torch.optim.Adam([{"params": [t], "lr": lr, "name": k} for k, (t, lr) in groups.items()],
-                                    betas=(0.9, 0.99))
-        self.base = [g["lr"] for g in self.opt.param_groups]
+    def __init__(self, groups: dict[str, tuple[Tensor, float]], steps: int, betas=(0.9, 0.99), eps: float = 1e-8) -> None:
+        self.params = [t for t, _ in groups.values()]
+        self.lrs = [lr for _, lr in groups.values()]
+        self.m = [torch.zeros_like(t) for t in self.params]
+        self.v = [torch.zeros_like(t) for t in self.params]
+        self.b1, self.b2 = betas
+        self.eps = eps
         self.steps = max(steps, 1)
         self.k = 0
 
     def step(self, loss: Tensor) -> None:
-        scale = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * self.k / self.steps))
-        for g, b in zip(self.opt.param_groups, self.base):
-            g["lr"] = b * scale
-        self.opt.zero_grad(set_to_none=True)
+        for t in self.params:
+            t.grad = None
         loss.backward()
-        self.opt.step()
         self.k += 1
+        scale = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * (self.k - 1) / self.steps))
+        c1, c2 = 1.0 - self.b1**self.k, 1.0 - self.b2**self.k
+        with torch.no_grad():
+            for t, lr, m, v in zip(self.params, self.lrs, self.m, self.v):
+                if t.grad is None:
+                    continue
+                g = t.grad
+                m.mul_(self.b1).add_(g, alpha=1.0 - self.b1)
+                v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+                t.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr * scale / c1)
 
 
 def _lbfgs(loss_fn, params: list[Tensor], steps: int) -> None:
@@ -228,6 +241,31 @@ class _Problem:
         return r
 
 
+def _pnp(model_pts: np.ndarray, image_pts: np.ndarray, focal: float, cx: float, cy: float):
+    """Per-frame rigid pose of ``model_pts [S, 3]`` (model frame) from ``image_pts [M, S, 2]``:
+    ``(global_orient [M, 3], transl [M, 3], ok [M])`` in the tracker's world frame, or ``None``
+    without OpenCV. The camera maps world -> camera by F = diag(1, -1, -1), so a camera-frame pose
+    (R_c, t_c) is G = F R_c, t = F t_c."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv is a dependency (perception)
+        return None
+    K = np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], np.float64)
+    F = np.diag([1.0, -1.0, -1.0])
+    obj = np.ascontiguousarray(model_pts, np.float64)
+    M = image_pts.shape[0]
+    rots, trans, ok = np.zeros((M, 3)), np.zeros((M, 3)), np.zeros(M, bool)
+    for i in range(M):
+        good, rvec, tvec = cv2.solvePnP(obj, np.ascontiguousarray(image_pts[i], np.float64), K, None,
+                                        flags=cv2.SOLVEPNP_SQPNP)
+        if not good or tvec[2, 0] <= 0:
+            continue
+        Rc, _ = cv2.Rodrigues(rvec)
+        aa, _ = cv2.Rodrigues(F @ Rc)
+        rots[i], trans[i], ok[i] = aa[:, 0], F @ tvec[:, 0], True
+    return rots, trans, ok
+
+
 def _transl(xy: Tensor, logd: Tensor) -> Tensor:
     return torch.cat([xy, -logd.exp()[:, None]], 1)
 
@@ -313,7 +351,8 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
         shape = torch.zeros(1, head.num_shape, dtype=dtype, requires_grad=True)
     timings["setup"] = time.perf_counter() - t0
 
-    # ---- stage 1: rigid pose (+ focal) on the stable points, neutral face ----------------------
+    # ---- stage 1: rigid pose on the stable points, neutral face: PnP per frame (OpenCV's SQPnP, the
+    # focal at its prior), then optionally `rigid_steps` batched Adam steps (with the focal free). ---
     t0 = time.perf_counter()
     with torch.no_grad():
         ident0 = lm.identity(shape)
@@ -326,13 +365,20 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
         # The stable centroid sits at (xc, yc, -d0): solve the root translation for that.
         xy0 = torch.stack([xc - c_model[0], yc - c_model[1]], 1)
         logd0 = torch.log(d0 + c_model[2])
-    rot = torch.zeros(M, 3, dtype=dtype, requires_grad=True)
+    rot0 = torch.zeros(M, 3, dtype=dtype)
+    pnp = _pnp(rest_stable.T.numpy(), det[:, STABLE, :2].numpy(), f0, P.cx, P.cy)
+    if pnp is not None:
+        ok = torch.as_tensor(pnp[2])
+        rot0[ok] = torch.as_tensor(pnp[0], dtype=dtype)[ok]
+        xy0[ok] = torch.as_tensor(pnp[1][:, :2], dtype=dtype)[ok]
+        logd0[ok] = torch.log(torch.as_tensor(-pnp[1][:, 2], dtype=dtype)[ok])
+    rot = rot0.clone().requires_grad_(True)
     xy = xy0.clone().to(dtype).requires_grad_(True)
     logd = logd0.clone().to(dtype).requires_grad_(True)
     groups = {"rot": (rot, cfg.lr_rot), "xy": (xy, cfg.lr_transl), "logd": (logd, cfg.lr_depth)}
     if focal is None:
         groups["focal"] = (log_f, cfg.lr_focal)
-    opt = _Adam(groups, cfg.rigid_steps)
+    opt = _Adam(groups, cfg.rigid_steps) if cfg.rigid_steps > 0 else None
     zero_e = torch.zeros(M, E, dtype=dtype)
     ident0 = {k: (v.detach() if torch.is_tensor(v) else [x.detach() for x in v]) for k, v in ident0.items()}
     for _ in range(cfg.rigid_steps):
@@ -555,55 +601,79 @@ def _data_hessian(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitC
     r, q, d, ex, ey, j = _unpack(th, E, fit_jaw)
     ex = P.expression(ex)
     n, p = th.shape
-    L = lm.num_landmarks
-    local = lm.planes(ident, ex, r, _transl(q, d), eyes=_eyes3(ey), jaw=j, local=True)  # [n, 3, L]
+    sub = _hessian_subset(lm, cfg.hessian_stride)  # landmarks used for the (approximate) Hessian
+    L = len(sub)
+    local = lm.planes(ident, ex, r, _transl(q, d), eyes=_eyes3(ey), jaw=j, local=True)[:, :, sub]  # [n, 3, L]
     G, dG = _rotation_derivatives(r)
-    x = G @ local  # [n, 3, L] (world minus transl)
+    x = G @ local
     t = _transl(q, d)
     X = x + t[:, :, None]
     depth = -X[:, 2]
     f = fk
-    # projection Jacobian rows: du/dX, du/dZ; dv/dY, dv/dZ
     du_dx, du_dz = f / depth, f * X[:, 0] / depth**2
     dv_dy, dv_dz = -f / depth, -f * X[:, 1] / depth**2
-    # Rows of the projection Jacobian pulled back through G: a_u . G d (an [n, 3, L] weight per row),
-    # so the expression block is three multiply-adds over [n, L, E] (never [n, 3, L, p]).
     zero = torch.zeros_like(du_dx)
     a_u = torch.stack([du_dx, zero, du_dz], 1)  # [n, 3(c), L]
     a_v = torch.stack([zero, dv_dy, dv_dz], 1)
     wu = torch.einsum("ncl,ncd->ndl", a_u, G)
     wv = torch.einsum("ncl,ncd->ndl", a_v, G)
-    Dt = (lm.D.view(E, 3, L) * P.expr_mask[:, None, None]).permute(1, 2, 0)  # [3, L, E]
-    J = torch.zeros(n, 2, L, p, dtype=th.dtype)
-    for row, w in ((0, wu), (1, wv)):
-        je = w[:, 0, :, None] * Dt[0]
-        je = je + w[:, 1, :, None] * Dt[1]
-        je = je + w[:, 2, :, None] * Dt[2]
-        J[:, row, :, 6 : 6 + E] = je
-    dx_rot = torch.einsum("nicd,ndl->ncli", dG, local)  # [n, 3, L, 3]
-    for row, a in ((0, a_u), (1, a_v)):
-        J[:, row, :, :3] = (a[..., None] * dx_rot).sum(1)
-        J[:, row, :, 3] = a[:, 0]
-        J[:, row, :, 4] = a[:, 1]
-        J[:, row, :, 5] = a[:, 2] * t[:, 2:3]
-    groups = [(_eyes3(ey)[:, 0], 6 + E, 2), (_eyes3(ey)[:, 1], 8 + E, 2)]
-    if fit_jaw:
-        groups.append((j, 10 + E, 3))
-    for k, (aa, start, m) in enumerate(groups):
-        idx = lm.group_index[k]
-        pg = ident["group_rest"][k][None] + (ex @ lm.group_D[k]).view(n, 3, -1)
-        qg = pg - lm.group_a[k].T[None] * ident["heads"][k]
-        _, dR = _rotation_derivatives(aa)
-        dx = torch.einsum("ncd,nidl->ncli", G, torch.einsum("nicd,ndl->nicl", dR[:, :m], qg))  # [n, 3, Lg, m]
-        for row, a in ((0, a_u), (1, a_v)):
-            J[:, row, idx, start : start + m] = (a[:, :, idx, None] * dx).sum(1)
+    act = torch.nonzero(P.expr_mask > 0).flatten()
+    Dt = lm.D.view(E, 3, lm.num_landmarks)[act][:, :, sub]  # [Ea, 3, L]
+    dx_rot = torch.einsum("nicd,ndl->nicl", dG, local)  # [n, 3(i), 3(c), L]
+    rows = []
+    for a, w in ((a_u, wu), (a_v, wv)):
+        je = w[:, None, 0] * Dt[None, :, 0]
+        je = je + w[:, None, 1] * Dt[None, :, 1]
+        je = je + w[:, None, 2] * Dt[None, :, 2]  # [n, Ea, L]
+        jr = (a[:, None] * dx_rot).sum(2)  # [n, 3, L]
+        jt = torch.stack([a[:, 0], a[:, 1], a[:, 2] * t[:, 2:3]], 1)  # [n, 3, L]
+        jg = torch.zeros(n, p - 6 - E, L, dtype=th.dtype)  # eyes (and jaw)
+        groups = [(_eyes3(ey)[:, 0], 0, 2), (_eyes3(ey)[:, 1], 2, 2)]
+        if fit_jaw:
+            groups.append((j, 4, 3))
+        for k, (aa, start, m) in enumerate(groups):
+            gi, pos = _group_in_subset(lm, k, sub)
+            if len(gi) == 0:
+                continue
+            pg = ident["group_rest"][k][None] + (ex @ lm.group_D[k]).view(n, 3, -1)
+            qg = (pg - lm.group_a[k].T[None] * ident["heads"][k])[:, :, gi]
+            _, dR = _rotation_derivatives(aa)
+            dx = torch.einsum("ncd,nidl->nicl", G, torch.einsum("nicd,ndl->nicl", dR[:, :m], qg))  # [n, m, 3, Lg]
+            jg[:, start : start + m, pos] = (a[:, None, :, pos] * dx).sum(2)
+        full_e = torch.zeros(n, E, L, dtype=th.dtype)
+        full_e[:, act] = je
+        rows.append(torch.cat([jr, jt, full_e, jg], 1))  # [n, p, L]
     u = X[:, 0] * f / depth + P.cx
     v = P.cy - X[:, 1] * f / depth
     iod2 = (P.iod**2)[:, None]
-    r2 = ((u - P.det[..., 0]) ** 2 + (v - P.det[..., 1]) ** 2) / iod2
+    det = P.det[:, sub]
+    r2 = ((u - det[..., 0]) ** 2 + (v - det[..., 1]) ** 2) / iod2
     s2 = cfg.robust_sigma**2
     rho1 = 1.0 / torch.sqrt(1.0 + r2 / s2) if cfg.robust_frames == "charbonnier" else s2 * s2 / (r2 + s2) ** 2
-    c = (2.0 * wl[None] * rho1 / iod2)  # [n, L]
-    J = J.view(n, 2 * L, p)
-    cw = torch.cat([c, c], 1)[:, :, None]
-    return J.transpose(1, 2) @ (cw * J)
+    scale = lm.num_landmarks / L  # the subset stands in for all landmarks
+    c = 2.0 * wl[sub][None] * rho1 / iod2 * scale  # [n, L]
+    J = torch.cat(rows, 2)  # [n, p, 2L]
+    cw = torch.cat([c, c], 1)[:, None, :]
+    return (J * cw) @ J.transpose(1, 2)
+
+
+def _hessian_subset(lm: LandmarkModel, stride: int) -> Tensor:
+    """Every ``stride``-th mesh landmark plus every landmark an eye/jaw joint moves (iris...);
+    cached on the landmark model."""
+    cache = lm.__dict__.setdefault("_hessian_subsets", {})
+    if stride not in cache:
+        keep = torch.zeros(lm.num_landmarks, dtype=torch.bool)
+        keep[::stride] = True
+        for idx in lm.group_index:
+            keep[idx] = True
+        cache[stride] = torch.nonzero(keep).flatten()
+    return cache[stride]
+
+
+def _group_in_subset(lm: LandmarkModel, k: int, sub: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions (in group k's landmark list, in ``sub``) of group k's landmarks kept in ``sub``."""
+    pos_of = torch.full((lm.num_landmarks,), -1, dtype=torch.long)
+    pos_of[sub] = torch.arange(len(sub))
+    pos = pos_of[lm.group_index[k]]
+    keep = pos >= 0
+    return torch.nonzero(keep).flatten(), pos[keep]
