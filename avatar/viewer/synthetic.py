@@ -87,8 +87,8 @@ class TriangleGaussians:
         self.faces, self.parent, self.num = faces, parent, num
         kp = k[parent]
         self.local_means = (rot[parent].transpose(1, 2) @ (world - centre[parent])[:, :, None])[:, :, 0] / kp[:, None]
-        # Disc-like splats sized so that they cover the surface: radius ~ sqrt(area share).
-        radius = torch.sqrt(area.sum() / num / np.pi).item()
+        # Disc-like splats sized so that they overlap and cover the surface: radius ~ 1.5 sqrt(area share).
+        radius = 1.5 * torch.sqrt(area.sum() / num / np.pi).item()
         self.local_scales = torch.stack(
             [torch.full((num,), radius), torch.full((num,), radius), torch.full((num,), radius * 0.2)], 1
         ) / kp[:, None]
