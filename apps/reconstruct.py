@@ -38,6 +38,8 @@ class Reconstruct:
     """FLAME .pkl file; only with --model flame."""
     formats: tuple[Literal["glb", "ply", "obj"], ...] = ("glb", "ply")
     """Export formats written to OUT/exports/."""
+    texture_size: int = 2048
+    """Size of the baked texture in the GLB/OBJ exports."""
     orbit: bool = True
     """Render OUT/orbit.mp4 (a novel-view orbit around the avatar); --no-orbit skips it."""
     restart: bool = False
@@ -91,7 +93,7 @@ class Reconstruct:
             target = out / "exports" / EXPORT_FILES[fmt]
             if self._skip(target, f"export {fmt}"):
                 continue
-            Export(out=out, format=fmt, model=self.model, model_path=self.model_path).run()
+            Export(out=out, format=fmt, model=self.model, model_path=self.model_path, texture_size=self.texture_size).run()
             self.log.append(f"export {fmt}: wrote {target}")
 
     def _orbit(self, out: Path) -> None:
@@ -110,7 +112,10 @@ def _check_same_source(tracking: Path, source: Path) -> None:
 
     with np.load(tracking, allow_pickle=False) as data:
         recorded = str(data["source"]) if "source" in data.files else ""
-    if recorded and Path(recorded).resolve() != Path(source).resolve():
+    recorded_path = Path(recorded)
+    if recorded and not recorded_path.is_absolute():
+        recorded_path = tracking.parent / recorded_path  # written relative to OUT
+    if recorded and recorded_path.resolve() != Path(source).resolve():
         raise AvatarError(
             f"{tracking.parent} holds the reconstruction of {recorded}, not {source}: "
             "choose another -o folder, or pass --restart to start over there"
