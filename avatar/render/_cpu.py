@@ -136,7 +136,7 @@ def bin_tiles(
     n_tiles = C * math.ceil(width / tile_size) * math.ceil(height / tile_size)
     offsets = torch.empty(n_tiles + 1, dtype=torch.int64)
     n_isect = getattr(lib, f"splat_bin_count_{sfx}")(
-        C, N, _ptr(means2d), _ptr(radii), width, height, tile_size, _ptr(offsets), n_threads
+        C, N, _ptr(means2d), _ptr(radii), _ptr(depths), width, height, tile_size, _ptr(offsets), n_threads
     )
     flat_ids = torch.empty(n_isect, dtype=torch.int32)
     getattr(lib, f"splat_bin_fill_{sfx}")(

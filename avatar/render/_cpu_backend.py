@@ -118,7 +118,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     dbl = ctypes.c_double
     for sfx in ("f32", "f64"):
         fn = getattr(lib, f"splat_bin_count_{sfx}")
-        fn.argtypes, fn.restype = [i32, i32, p, p, i32, i32, i32, p, i32], i64
+        fn.argtypes, fn.restype = [i32, i32, p, p, p, i32, i32, i32, p, i32], i64
         fn = getattr(lib, f"splat_bin_fill_{sfx}")
         fn.argtypes, fn.restype = [i32, i32, p, p, p, i32, i32, i32, p, p, i32], None
         fn = getattr(lib, f"splat_raster_fwd_{sfx}")

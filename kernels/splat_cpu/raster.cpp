@@ -176,73 +176,146 @@ inline TileGeom tile_geom(int64_t t, int tile, int W, int H) {
 
 // ---------------------------------------------------------------- binning
 //
-// Work is split into (camera, chunk of Gaussians) items so one camera also uses every thread.
-// bin_count counts each item's intersections per tile; bin_fill gives each item its own cursor
-// into every tile (the tile's offset plus the counts of the items before it), so a tile's list
-// comes out in item order, i.e. by flat id, whatever the thread count. Each entry is written as a
-// (depth, id) sort key; a tile's keys are then sorted and the ids extracted: front to back, ties
-// broken by id, deterministic.
+// Each camera's visible Gaussians are first sorted front to back once, by (depth, flat id) (a
+// stable LSD radix sort on the depth's bits for float, std::sort on (depth, id) for double). Tiles
+// are then filled by walking that order, so every tile list comes out sorted with no per-tile
+// sort. The walk is split into (camera, chunk of 4096 sorted entries) items so one camera also
+// uses every thread: bin_count counts each item's intersections per tile, and bin_fill gives each
+// item its own cursor into every tile (the tile's offset plus the counts of the items before
+// it), so the lists are the same whatever the thread count.
 
 constexpr int64_t kBinChunk = 4096;
 
-inline int64_t bin_chunks(int N) { return std::max<int64_t>(1, (int64_t(N) + kBinChunk - 1) / kBinChunk); }
-
-// Per-item tile counts [C * chunks][tiles_per_cam], kept from bin_count for bin_fill (one binning at
-// a time per process: the ctypes calls of one rasterize() run back to back).
-inline std::vector<int64_t>& bin_scratch() {
-    static thread_local std::vector<int64_t> counts;
-    return counts;
+// State kept from bin_count for bin_fill (they are called back to back by one thread).
+struct BinScratch {
+    std::vector<int32_t> order;      // visible flat ids, per camera, front to back
+    std::vector<int64_t> cam_start;  // [C + 1] into order
+    std::vector<int64_t> counts;     // [items][tiles_per_cam]: counts, then start positions
+    int C = -1, N = -1, tiles = -1;
+};
+inline BinScratch& bin_scratch() {
+    static thread_local BinScratch s;
+    return s;
 }
 
-template <typename T>
-int64_t bin_count(int C, int N, const T* means2d, const int32_t* radii, int W, int H, int tile,
-                  int64_t* tile_offsets, int n_threads) {
-    const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
-    const int64_t tiles_per_cam = int64_t(tiles_x) * tiles_y;
-    const int64_t chunks = bin_chunks(N), items = int64_t(C) * chunks;
-    std::vector<int64_t>& counts = bin_scratch();
-    counts.assign(items * tiles_per_cam, 0);
-    parallel_for(items, n_threads, [&](int64_t item) {
-        const int64_t cam = item / chunks, n0 = (item % chunks) * kBinChunk;
-        const int64_t n1 = std::min<int64_t>(N, n0 + kBinChunk);
-        int64_t* cnt = counts.data() + item * tiles_per_cam;
-        for (int64_t n = n0; n < n1; ++n) {
-            const int64_t g = cam * N + n;
-            const int rx = radii[2 * g], ry = radii[2 * g + 1];
-            if (rx <= 0 || ry <= 0) continue;
-            const TileRect r = tile_rect(means2d[2 * g], means2d[2 * g + 1], rx, ry, tile, tiles_x, tiles_y);
-            for (int y = r.y0; y < r.y1; ++y)
-                for (int x = r.x0; x < r.x1; ++x) ++cnt[int64_t(y) * tiles_x + x];
-        }
-    });
-    // tile_offsets[t] = intersections before tile t (cameras in order); counts become each item's
-    // start position inside the tile.
-    int64_t total = 0;
-    for (int64_t cam = 0; cam < C; ++cam) {
-        for (int64_t t = 0; t < tiles_per_cam; ++t) {
-            tile_offsets[cam * tiles_per_cam + t] = total;
-            for (int64_t ch = 0; ch < chunks; ++ch) {
-                int64_t& c = counts[(cam * chunks + ch) * tiles_per_cam + t];
-                const int64_t n = c;
-                c = total;
-                total += n;
-            }
-        }
-    }
-    tile_offsets[C * tiles_per_cam] = total;
-    return total;
-}
-
-// Sort key of a depth: unsigned integers ordered like the values (negative depths included).
+// Sort key of a depth: unsigned integers ordered like the values (negative depths included;
+// -0 and +0 tie, as they compare equal).
 inline uint32_t depth_key(float d) {
+    if (d == 0.0f) d = 0.0f;
     uint32_t u;
     std::memcpy(&u, &d, sizeof(u));
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 inline uint64_t depth_key(double d) {
+    if (d == 0.0) d = 0.0;
     uint64_t u;
     std::memcpy(&u, &d, sizeof(u));
     return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+
+// ids (ascending) of one camera's visible Gaussians, reordered by (depth, id).
+template <typename T>
+void sort_by_depth(const T* depths, int32_t* ids, int64_t n) {
+    if (n <= 1) return;
+    if constexpr (sizeof(T) == 4) {
+        // Stable LSD radix sort on the 32-bit key, 4 passes of 8 bits; equal keys keep id order.
+        std::vector<uint32_t> key(n), key2(n);
+        std::vector<int32_t> ids2(n);
+        for (int64_t i = 0; i < n; ++i) key[i] = depth_key(depths[ids[i]]);
+        uint32_t* k_in = key.data();
+        uint32_t* k_out = key2.data();
+        int32_t* i_in = ids;
+        int32_t* i_out = ids2.data();
+        for (int shift = 0; shift < 32; shift += 8) {
+            int64_t hist[256] = {0};
+            for (int64_t i = 0; i < n; ++i) ++hist[(k_in[i] >> shift) & 255];
+            if (hist[(k_in[0] >> shift) & 255] == n) continue;  // all equal in this digit
+            int64_t sum = 0;
+            for (auto& h : hist) { const int64_t c = h; h = sum; sum += c; }
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t pos = hist[(k_in[i] >> shift) & 255]++;
+                k_out[pos] = k_in[i];
+                i_out[pos] = i_in[i];
+            }
+            std::swap(k_in, k_out);
+            std::swap(i_in, i_out);
+        }
+        if (i_in != ids) std::copy(i_in, i_in + n, ids);
+    } else {
+        std::vector<std::pair<uint64_t, int32_t>> kv(n);
+        for (int64_t i = 0; i < n; ++i) kv[i] = {depth_key(depths[ids[i]]), ids[i]};
+        std::sort(kv.begin(), kv.end());
+        for (int64_t i = 0; i < n; ++i) ids[i] = kv[i].second;
+    }
+}
+
+template <typename T>
+int64_t bin_count(int C, int N, const T* means2d, const int32_t* radii, const T* depths, int W, int H, int tile,
+                  int64_t* tile_offsets, int n_threads) {
+    const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
+    const int64_t tiles_per_cam = int64_t(tiles_x) * tiles_y;
+    BinScratch& sc = bin_scratch();
+    sc.C = C; sc.N = N; sc.tiles = int(tiles_per_cam);
+    // Visible ids per camera, then sorted front to back (cameras in parallel).
+    sc.cam_start.assign(C + 1, 0);
+    for (int64_t cam = 0; cam < C; ++cam) {
+        int64_t nv = 0;
+        for (int64_t n = 0; n < N; ++n) {
+            const int64_t g = cam * N + n;
+            nv += (radii[2 * g] > 0) & (radii[2 * g + 1] > 0);
+        }
+        sc.cam_start[cam + 1] = sc.cam_start[cam] + nv;
+    }
+    sc.order.resize(sc.cam_start[C]);
+    parallel_for(C, n_threads, [&](int64_t cam) {
+        int32_t* o = sc.order.data() + sc.cam_start[cam];
+        for (int64_t n = 0; n < N; ++n) {
+            const int64_t g = cam * N + n;
+            if (radii[2 * g] > 0 && radii[2 * g + 1] > 0) *o++ = int32_t(g);
+        }
+        sort_by_depth(depths, sc.order.data() + sc.cam_start[cam], sc.cam_start[cam + 1] - sc.cam_start[cam]);
+    });
+    // Work items: (camera, chunk of its sorted list).
+    std::vector<int64_t> item_cam, item_begin;
+    for (int64_t cam = 0; cam < C; ++cam)
+        for (int64_t b = sc.cam_start[cam]; b < sc.cam_start[cam + 1]; b += kBinChunk) {
+            item_cam.push_back(cam);
+            item_begin.push_back(b);
+        }
+    const int64_t items = int64_t(item_cam.size());
+    sc.counts.assign(items * tiles_per_cam, 0);
+    parallel_for(items, n_threads, [&](int64_t item) {
+        const int64_t cam = item_cam[item], b = item_begin[item];
+        const int64_t e = std::min(b + kBinChunk, sc.cam_start[cam + 1]);
+        int64_t* cnt = sc.counts.data() + item * tiles_per_cam;
+        for (int64_t i = b; i < e; ++i) {
+            const int64_t g = sc.order[i];
+            const TileRect r = tile_rect(means2d[2 * g], means2d[2 * g + 1], radii[2 * g], radii[2 * g + 1], tile,
+                                         tiles_x, tiles_y);
+            for (int y = r.y0; y < r.y1; ++y)
+                for (int x = r.x0; x < r.x1; ++x) ++cnt[int64_t(y) * tiles_x + x];
+        }
+    });
+    // tile_offsets[t] = intersections before tile t (cameras in order); counts become each item's
+    // start position inside the tile (items of a camera are consecutive and in list order).
+    int64_t total = 0;
+    int64_t item0 = 0;
+    for (int64_t cam = 0; cam < C; ++cam) {
+        int64_t item1 = item0;
+        while (item1 < items && item_cam[item1] == cam) ++item1;
+        for (int64_t t = 0; t < tiles_per_cam; ++t) {
+            tile_offsets[cam * tiles_per_cam + t] = total;
+            for (int64_t it = item0; it < item1; ++it) {
+                int64_t& c = sc.counts[it * tiles_per_cam + t];
+                const int64_t n = c;
+                c = total;
+                total += n;
+            }
+        }
+        item0 = item1;
+    }
+    tile_offsets[C * tiles_per_cam] = total;
+    return total;
 }
 
 template <typename T>
@@ -250,46 +323,30 @@ void bin_fill(int C, int N, const T* means2d, const int32_t* radii, const T* dep
               int tile, const int64_t* tile_offsets, int32_t* flat_ids, int n_threads) {
     const int tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
     const int64_t tiles_per_cam = int64_t(tiles_x) * tiles_y;
-    const int64_t chunks = bin_chunks(N), items = int64_t(C) * chunks;
-    const int64_t n_isect = tile_offsets[C * tiles_per_cam];
-    std::vector<int64_t>& counts = bin_scratch();
-    if (counts.size() != size_t(items * tiles_per_cam)) {  // not preceded by its bin_count: redo it
+    BinScratch& sc = bin_scratch();
+    if (sc.C != C || sc.N != N || sc.tiles != tiles_per_cam) {  // not preceded by its bin_count: redo it
         std::vector<int64_t> offsets(C * tiles_per_cam + 1);
-        bin_count(C, N, means2d, radii, W, H, tile, offsets.data(), n_threads);
+        bin_count(C, N, means2d, radii, depths, W, H, tile, offsets.data(), n_threads);
     }
-    // float: one 64-bit key (depth << 32 | id); double: the depth key with the id beside it.
-    using DKey = decltype(depth_key(T(0)));
-    constexpr bool kPacked = sizeof(DKey) == 4;
-    std::vector<uint64_t> keys(kPacked ? n_isect : 0);
-    std::vector<std::pair<uint64_t, int32_t>> pairs(kPacked ? 0 : n_isect);
-    parallel_for(items, n_threads, [&](int64_t item) {
-        const int64_t cam = item / chunks, n0 = (item % chunks) * kBinChunk;
-        const int64_t n1 = std::min<int64_t>(N, n0 + kBinChunk);
-        int64_t* cursor = counts.data() + item * tiles_per_cam;
-        for (int64_t n = n0; n < n1; ++n) {
-            const int64_t g = cam * N + n;
-            const int rx = radii[2 * g], ry = radii[2 * g + 1];
-            if (rx <= 0 || ry <= 0) continue;
-            const TileRect r = tile_rect(means2d[2 * g], means2d[2 * g + 1], rx, ry, tile, tiles_x, tiles_y);
-            const DKey dk = depth_key(depths[g]);
+    std::vector<int64_t> item_cam, item_begin;
+    for (int64_t cam = 0; cam < C; ++cam)
+        for (int64_t b = sc.cam_start[cam]; b < sc.cam_start[cam + 1]; b += kBinChunk) {
+            item_cam.push_back(cam);
+            item_begin.push_back(b);
+        }
+    parallel_for(int64_t(item_cam.size()), n_threads, [&](int64_t item) {
+        const int64_t cam = item_cam[item], b = item_begin[item];
+        const int64_t e = std::min(b + kBinChunk, sc.cam_start[cam + 1]);
+        int64_t* cursor = sc.counts.data() + item * tiles_per_cam;
+        for (int64_t i = b; i < e; ++i) {
+            const int32_t g = sc.order[i];
+            const TileRect r = tile_rect(means2d[2 * g], means2d[2 * g + 1], radii[2 * g], radii[2 * g + 1], tile,
+                                         tiles_x, tiles_y);
             for (int y = r.y0; y < r.y1; ++y)
-                for (int x = r.x0; x < r.x1; ++x) {
-                    const int64_t pos = cursor[int64_t(y) * tiles_x + x]++;
-                    if constexpr (kPacked) keys[pos] = (uint64_t(dk) << 32) | uint32_t(g);
-                    else pairs[pos] = {uint64_t(dk), int32_t(g)};
-                }
+                for (int x = r.x0; x < r.x1; ++x) flat_ids[cursor[int64_t(y) * tiles_x + x]++] = g;
         }
     });
-    parallel_for(C * tiles_per_cam, n_threads, [&](int64_t t) {
-        const int64_t b = tile_offsets[t], e = tile_offsets[t + 1];
-        if constexpr (kPacked) {
-            std::sort(keys.data() + b, keys.data() + e);
-            for (int64_t k = b; k < e; ++k) flat_ids[k] = int32_t(uint32_t(keys[k]));
-        } else {
-            std::sort(pairs.data() + b, pairs.data() + e);
-            for (int64_t k = b; k < e; ++k) flat_ids[k] = pairs[k].second;
-        }
-    });
+    sc.C = -1;  // consumed
 }
 
 // ---------------------------------------------------------------- forward
@@ -818,8 +875,9 @@ void raster_bwd_dispatch(int C, int N, int D, int W, int H, int tile, const T* m
 // Suffix _f32 / _f64: the scalar type of every floating-point array argument.
 #define SPLAT_RASTER_ABI(SUFFIX, T)                                                                        \
     extern "C" int64_t splat_bin_count_##SUFFIX(int C, int N, const T* means2d, const int32_t* radii,     \
-                                                int W, int H, int tile, int64_t* tile_offsets, int nt) {   \
-        return splat::bin_count<T>(C, N, means2d, radii, W, H, tile, tile_offsets, nt);                  \
+                                                const T* depths, int W, int H, int tile,                  \
+                                                int64_t* tile_offsets, int nt) {                          \
+        return splat::bin_count<T>(C, N, means2d, radii, depths, W, H, tile, tile_offsets, nt);          \
     }                                                                                                      \
     extern "C" void splat_bin_fill_##SUFFIX(int C, int N, const T* means2d, const int32_t* radii,         \
                                             const T* depths, int W, int H, int tile,                      \
