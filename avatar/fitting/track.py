@@ -288,7 +288,9 @@ def draw_overlay(
                 front = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0
                 pts = np.round(tri[front] * 4).astype(np.int32)  # 2 bits of sub-pixel precision
                 color = (90, 200, 255) if tracking.tracked[i] else (255, 170, 60)
-                cv2.polylines(img, list(pts), True, color, 1, cv2.LINE_AA, shift=2)
+                wire = img.copy()
+                cv2.polylines(wire, list(pts), True, color, 1, cv2.LINE_AA, shift=2)
+                img = cv2.addWeighted(img, 0.6, wire, 0.4, 0.0)  # see-through, so the face shows
             if tracking.tracked[i]:
                 for x, y in tracking.landmarks[i, :, :2]:
                     cv2.circle(img, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
