@@ -1,0 +1,183 @@
+"""Viewer without a browser: paths confined to OUT, clear errors for missing/corrupt folders,
+tracking playback, splat packing against viser's own packing, change-only sending."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from avatar.errors import AvatarError
+from avatar.viewer import OutFolder, load_motion, open_out, pack_splats
+
+
+def _tracking(path, n=4, names=("jawOpen", "eyeBlinkLeft"), seed=0):
+    """A small tracking file with every field of the fitting stage's Tracking (npz keys = fields)."""
+    rng = np.random.default_rng(seed)
+    np.savez(
+        path, expression=rng.random((n, len(names))).astype(np.float32), expression_names=np.array(names),
+        jaw=np.zeros((n, 3), np.float32), neck=0.1 * rng.standard_normal((n, 3)).astype(np.float32),
+        eyes=np.zeros((n, 2, 3), np.float32), global_orient=np.zeros((n, 3), np.float32),
+        transl=np.zeros((n, 3), np.float32), fps=np.float32(25.0), tracked=np.ones(n, bool),
+        frame_index=np.arange(n), interpolated=np.zeros(n, bool), landmarks=np.zeros((n, 478, 3), np.float32),
+        K=np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]], np.float32), viewmat=np.eye(4, dtype=np.float32),
+        shape=np.zeros(0, np.float32), model=np.array("anny"), image_size=np.array([640, 480]),
+        source=np.array("synthetic"),
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def out(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _tracking(folder / "tracking.npz")
+    return folder
+
+
+# --- paths and errors --------------------------------------------------------------------------
+def test_missing_out_is_a_clear_error(tmp_path):
+    with pytest.raises(AvatarError, match="does not exist.*avatar view --model anny"):
+        open_out(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AvatarError, match="is not a folder"):
+        open_out(tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AvatarError, match="neither tracking.npz nor avatar/"):
+        open_out(tmp_path / "empty")
+
+
+def test_corrupt_tracking_is_a_clear_error(tmp_path):
+    bad = tmp_path / "tracking.npz"
+    bad.write_bytes(b"not a zip file at all")
+    # (the message comes from avatar.fitting.load_tracking when present, else from the viewer's reader)
+    for content in (None, dict(something=np.zeros(3)),
+                    dict(expression=np.zeros((3, 2)), expression_names=np.array(["a", "b", "c"]))):  # fmt: skip
+        if content is not None:
+            np.savez(bad, **content)
+        with pytest.raises(AvatarError, match="tracking.npz: .*(tracking|match|missing|expression)"):
+            load_motion(bad)
+
+
+def test_paths_outside_out_are_refused(out, tmp_path):
+    other = _tracking(tmp_path / "other.npz")
+    folder = open_out(out)
+    assert folder.resolve("tracking.npz") == (out / "tracking.npz").resolve()
+    assert folder.resolve(out / "tracking.npz") == (out / "tracking.npz").resolve()
+    for escape in (str(other), "../other.npz", "/etc/passwd"):
+        with pytest.raises(AvatarError, match="refused"):
+            folder.resolve(escape)
+    (out / "link.npz").symlink_to(other)  # a symlink inside OUT that points out of it
+    with pytest.raises(AvatarError, match="refused"):
+        folder.resolve("link.npz")
+    with pytest.raises(AvatarError, match="no such file"):
+        folder.resolve("missing.npz")
+    # a file named on the command line is allowed
+    assert open_out(out, (other,)).resolve(str(other)) == other.resolve()
+    # without OUT, only explicit files
+    with pytest.raises(AvatarError, match="refused"):
+        OutFolder(None).resolve(str(other))
+
+
+def test_motion_params_match_channels_by_name(tmp_path):
+    m = load_motion(_tracking(tmp_path / "t.npz", names=("eyeBlinkLeft", "jawOpen", "notInHead")))
+    assert m.num_frames == 4 and m.fps == 25.0
+    p = m.params_for(2, ["jawOpen", "browInnerUp", "eyeBlinkLeft"])
+    assert p["expression"].shape == (1, 3)
+    assert p["expression"][0, 0] == pytest.approx(m.expression[2, 1])
+    assert p["expression"][0, 1] == 0
+    assert p["expression"][0, 2] == pytest.approx(m.expression[2, 0])
+    assert "transl" not in p and "global_orient" not in p
+    assert "transl" in m.params_for(0, ["jawOpen"], head_pose=True)
+
+
+# --- splats --------------------------------------------------------------------------------------
+def test_pack_splats_matches_viser_packing():
+    viser = pytest.importorskip("viser")
+    from viser._scene_handles import GaussianSplatHandle
+
+    g = torch.Generator().manual_seed(0)
+    n = 257
+    means = torch.randn(n, 3, generator=g) * 0.1
+    quats = torch.randn(n, 4, generator=g)
+    scales = torch.rand(n, 3, generator=g) * 0.01 + 1e-3
+    rgb, op = torch.rand(n, 3, generator=g), torch.rand(n, generator=g)
+    unit = 1.0
+    buf = pack_splats(means, quats, scales, op, rgb, unit=unit)
+    q = quats / quats.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.T
+    R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(n, 3, 3)  # fmt: skip
+    cov = (R * scales[:, None, :] ** 2) @ R.transpose(1, 2)
+    ref = np.zeros((n, 8), np.uint32)
+    GaussianSplatHandle._pack_centers(ref, means.numpy())
+    GaussianSplatHandle._pack_covariances(ref, cov.numpy())
+    GaussianSplatHandle._pack_rgba(ref, rgbs=rgb.numpy(), opacities=op.numpy()[:, None])
+    np.testing.assert_array_equal(buf[:, :4], ref[:, :4])
+    np.testing.assert_allclose(buf[:, 4:7].view(np.float16).astype(np.float32),
+                               ref[:, 4:7].view(np.float16).astype(np.float32), rtol=2e-3, atol=1e-8)  # fmt: skip
+    assert np.abs(buf[:, 7:8].view(np.uint8).astype(int) - ref[:, 7:8].view(np.uint8).astype(int)).max() <= 1
+    assert viser is not None
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_splat_viewer_sends_only_changed_chunks(anny_head):
+    pytest.importorskip("viser")
+    from avatar.viewer import open_viewer
+
+    with open_viewer(head=anny_head, port=_port(), synthetic_gaussians=8000, chunk_size=500) as viewer:
+        total = viewer.drawable.splats.num_chunks
+        idle = viewer.update_now()
+        assert idle.bytes_sent == 0  # nothing changed: nothing sent
+        i = anny_head.expression_names.index("eyeBlinkLeft")
+        expr = viewer.params()["expression"]
+        expr[0, i] = 1.0
+        viewer.set_params(expression=expr)
+        assert viewer.wait_idle(30)
+        blink = viewer.timings[-1]
+        # exactly the chunks holding a Gaussian whose triangle moved are re-sent, and not all of them
+        with torch.no_grad():
+            rest = anny_head().vertices[0]
+            v = anny_head(expression=expr).vertices[0]
+        scene = viewer.drawable
+        moved = (v != rest).any(1)[scene.faces].any(1)[scene.parent_face].numpy()
+        expected = np.unique(scene.splats.position[np.flatnonzero(moved)] // scene.splats.chunk_size)
+        assert 0 < blink.messages == len(expected) < total
+        assert blink.bytes_sent == 32 * sum(min(scene.splats.chunk_size, 8000 - k * scene.splats.chunk_size) for k in expected)
+        # the server's buffer equals a full re-pack of the current pose (subset updates lose nothing)
+        from avatar.viewer.splats import pack_geometry
+
+        s = viewer.drawable.splats
+        full = pack_geometry(*(t[s._order_t] for t in viewer.drawable.deform(v)))
+        np.testing.assert_array_equal(s._buffer[:, :7], full[:, :7])
+        for k, h in enumerate(s._handles):
+            np.testing.assert_array_equal(h.buffer, s._buffer[k * s.chunk_size:(k + 1) * s.chunk_size])
+
+
+def test_viewer_out_playback_and_refusal(anny_head, out, tmp_path):
+    pytest.importorskip("viser")
+    from avatar.viewer import open_viewer
+
+    other = _tracking(tmp_path / "other.npz", n=6, seed=1)
+    _tracking(tmp_path / "third.npz")
+    with open_viewer(out, head=anny_head, port=_port(), reenact=(other,)) as viewer:
+        assert set(viewer.motions) == {"tracking.npz", f"reenact: {other.resolve()}"}
+        viewer.motion_choice.value = "tracking.npz"
+        viewer.frame.value = 2
+        assert viewer.wait_idle(30)
+        m = viewer.motions["tracking.npz"]
+        j = anny_head.expression_names.index("jawOpen")
+        assert viewer.params()["expression"][0, j] == pytest.approx(float(m.expression[2, 0]))
+        with pytest.raises(AvatarError, match="refused"):
+            viewer.load_motion_path("../third.npz")  # relative to OUT, escaping it
+        assert viewer.load_motion_path(str(other)).num_frames == 6  # named on the command line: allowed
+        viewer.motion_path.value = "/etc/hostname"
+        viewer._gui_load_motion()
+        assert "refused" in viewer._message.content
