@@ -473,7 +473,6 @@ inline int blend_alpha8(v8f alpha, int D, const float* col, int32_t kk1, float* 
                         float* acc, int np) {
     const v8i dn = load8(done);
     const v8i ok = (alpha != 0.0f) & (dn == 0);
-    if (!(ok[0] | ok[1] | ok[2] | ok[3] | ok[4] | ok[5] | ok[6] | ok[7])) return 0;
     const v8f Tp = load8(Tr);
     const v8f next_T = Tp * (1.0f - alpha);
     const v8i term = ok & (next_T <= float(kTransmittanceMin));
@@ -532,11 +531,10 @@ inline bool any8(v8i m) {
 // operations lane-wise. L: 8 + DC lane accumulators (v_mean x/y, v_conic a/b/c, v_opacity,
 // |v_mean| x/y, v_color). Returns false when no pixel of the block takes this Gaussian.
 template <int DC>
-inline bool bwd_block8(float a, float b, float c, float mx, float dy, float opac, int xb, v8f vis, v8f alpha,
+inline v8i bwd_block8(float a, float b, float c, float mx, float dy, float opac, int xb, v8f vis, v8f alpha,
                        const float* col, int32_t kk, float* Tr, const int32_t* cnt, const float* vAe,
                        const float* vC, float* buf, int np, v8f* L) {
-    const v8i ok = (alpha != 0.0f) & (load8(cnt) > kk);
-    if (!any8(ok)) return false;
+    const v8i ok = (alpha != 0.0f) & (load8(cnt) > kk);  // no early exit: branch-free is faster
     const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
     const v8f px = __builtin_convertvector(lane + xb, v8f) + 0.5f;
     const v8f dx = mx - px;  // as in weight8
@@ -566,7 +564,7 @@ inline bool bwd_block8(float a, float b, float c, float mx, float dy, float opac
     const v8i absmask = v8i{} + 0x7fffffff;
     L[6] += (v8f)((v8i)gx & absmask);
     L[7] += (v8f)((v8i)gy & absmask);
-    return true;
+    return ok;
 }
 
 template <typename T, int DC>
@@ -737,7 +735,6 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
             if constexpr (std::is_same_v<T, float> && DC > 0) {
                 v8f Lv[8 + DC];
                 for (auto& v : Lv) v = v8f{};
-                bool any_ok = false;
                 footprint_blocks(f, g.x0, x_end, rb0.data(), rb1.data());
                 // Two passes, as in the forward: weights of the blocks with a pixel that still
                 // takes this Gaussian, then the gradient updates.
@@ -754,15 +751,16 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                         dybuf[nb++] = dy;
                     }
                 }
+                v8i ok_any = v8i{};
                 for (int j = 0; j < nb; ++j) {
                     const int base = bbuf[j];
-                    any_ok |= bwd_block8<DC>(a, b, c, mx, dybuf[j], opac, xbuf[j], vbuf[j], abuf[j], col,
+                    ok_any |= bwd_block8<DC>(a, b, c, mx, dybuf[j], opac, xbuf[j], vbuf[j], abuf[j], col,
                                              int32_t(kk), Tr.data() + base, cnt.data() + base, vAe.data() + base,
                                              vC.data() + base, buf.data() + base, NP, Lv);
                 }
                 for (int j = 0; j < SL; ++j) {
                     float sum = 0;
-                    if (any_ok)
+                    if (any8(ok_any))  // else exactly 0 (not -0 from 0 * negative products)
                         for (int i = 0; i < kLanes; ++i) sum += Lv[j][i];
                     s[j] = sum;
                 }
