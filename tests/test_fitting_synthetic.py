@@ -142,11 +142,11 @@ def synthetic_run(anny_head, tmp_path_factory):
         for f in frames:
             w.write(f)
     tracking, summary = track_clip(video, folder / "out", head=anny_head, threads=1, overlay=True, progress=False)
-    return gt, tracking, summary, folder / "out"
+    return gt, tracking, summary, folder / "out", frames
 
 
 def test_synthetic_clip_ground_truth(anny_head, synthetic_run) -> None:
-    gt, tr, summary, out = synthetic_run
+    gt, tr, summary, out, _ = synthetic_run
     assert tr.tracked.all(), f"FaceMesh lost the rendered face on frames {np.nonzero(~tr.tracked)[0]}"
     with torch.no_grad():
         v_fit = anny_head(**tr.head_params()).vertices.double().numpy()
@@ -179,3 +179,26 @@ def test_synthetic_clip_ground_truth(anny_head, synthetic_run) -> None:
     assert rot.mean() < 5.0 and rot.max() < 8.0
     assert gaze < 7.0
     assert (out / "tracking.npz").is_file() and (out / "tracking.json").is_file() and (out / "overlay.mp4").is_file()
+
+
+def test_frames_without_a_face_are_flagged_and_interpolated(anny_head, synthetic_run, tmp_path) -> None:
+    """Blank frames inside the clip: not tracked, interpolated (short gap), finite parameters,
+    and the run goes on."""
+    from avatar.fitting.track import track_clip
+    from avatar.io import VideoWriter
+
+    _, full, _, _, frames = synthetic_run
+    video = tmp_path / "gap.mp4"
+    blank = {6, 7}
+    with VideoWriter(video, fps=25.0, crf=12) as w:
+        for i, f in enumerate(frames):
+            w.write(np.full_like(f, 255) if i in blank else f)
+    tr, s = track_clip(video, tmp_path / "out", head=anny_head, threads=1, overlay=False, progress=False)
+    assert not tr.tracked[list(blank)].any() and tr.tracked.sum() == N - len(blank)
+    assert tr.interpolated[list(blank)].all() and s["frames_interpolated"] == len(blank)
+    assert np.isnan(tr.landmarks[list(blank)]).all()
+    for k in ("expression", "global_orient", "transl", "eyes"):
+        assert np.isfinite(getattr(tr, k)).all()
+    # The interpolated pose lies between its neighbours' (linear interpolation).
+    mid = tr.global_orient[6]
+    assert np.allclose(mid, tr.global_orient[5] + (tr.global_orient[8] - tr.global_orient[5]) / 3, atol=1e-5)
