@@ -19,7 +19,7 @@ import pytest
 import torch
 from test_raster import F64, assert_close, compare, head_scene, look_at, run
 
-from avatar.render import RasterOptions, has_cpu_kernels
+from avatar.render import RasterOptions, has_cpu_kernels, rasterize
 
 pytestmark = pytest.mark.skipif(not has_cpu_kernels(), reason="no C++ compiler to build the CPU kernels")
 
@@ -255,3 +255,28 @@ def test_kernel_knobs():
     scene = head_scene(150, seed=32, n_cameras=2, width=37, height=21)
     out = compare(scene, options=RasterOptions(tile_size=8, radius_clip=2.0), **F64)
     assert _drawn(out["meta"]).sum() > 50
+
+
+@pytest.mark.parametrize("output", ["render", "alpha"])
+def test_loss_on_one_output_only(output):
+    # A loss on only one output leaves the other's gradient None in the backward (the kernels are
+    # then handed no array for it).
+    scene = head_scene(150, seed=33, n_cameras=2, width=28, height=24)
+    grads = {}
+    for backend in ("cpu", "torch"):
+        t = {k: scene[k].clone().requires_grad_() for k in ("means", "quats", "scales", "opacities", "colors")}
+        render, alpha, _ = rasterize(
+            t["means"], t["quats"], t["scales"], t["opacities"], t["colors"], scene["viewmats"], scene["Ks"],
+            scene["width"], scene["height"], options=RasterOptions(backend=backend),
+        )  # fmt: skip
+        out = render if output == "render" else alpha
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=out.dtype)
+        (out * w).sum().backward()
+        grads[backend] = {k: v.grad for k, v in t.items()}
+    for key, ref in grads["torch"].items():
+        if output == "alpha" and key == "colors":
+            assert grads["cpu"][key] is None or not grads["cpu"][key].any()
+            continue
+        scale = float(ref.abs().max())
+        assert scale > 0, key
+        assert_close(grads["cpu"][key], ref, rtol=1e-7, atol=1e-9 * scale, name=f"grad {key}")

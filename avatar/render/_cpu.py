@@ -84,9 +84,11 @@ class _Project(torch.autograd.Function):
         v_conics = grad_or_zeros(v_conics, (C, N, 3))
         use_comp = antialiased and v_comps is not None
         v_comps_c = v_comps.contiguous() if use_comp else None
-        v_means = torch.zeros_like(means)
-        v_quats = torch.zeros_like(quats)
-        v_scales = torch.zeros_like(scales)
+        # Uninitialised: the kernel writes every row (torch's zero-fill would wake its thread pool,
+        # whose spinning threads then compete with the kernel's).
+        v_means = torch.empty_like(means)
+        v_quats = torch.empty_like(quats)
+        v_scales = torch.empty_like(scales)
         v_viewmats = torch.zeros_like(viewmats) if ctx.needs_input_grad[4] else None
         load_cpu_kernels_fn = getattr(load_cpu_kernels(), f"splat_project_bwd_{_sfx(dt)}")
         load_cpu_kernels_fn(
@@ -191,13 +193,14 @@ class _RasterizeToPixels(torch.autograd.Function):
         C, N, D = colors.shape
         dt = colors.dtype
         v_render = torch.zeros_like(colors[:, :1, :1].expand(C, height, width, D)) if v_render is None else v_render
-        v_alpha = torch.zeros(C, height, width, 1, dtype=dt) if v_alpha is None else v_alpha
-        v_render, v_alpha = v_render.contiguous(), v_alpha.contiguous()
-        v_means2d = torch.zeros_like(means2d)
-        v_conics = torch.zeros_like(conics)
-        v_colors = torch.zeros_like(colors)
-        v_opac = torch.zeros_like(opacities)
-        v_abs = torch.zeros_like(means2d) if absgrad else None
+        v_render = v_render.contiguous()
+        v_alpha = None if v_alpha is None else v_alpha.contiguous()  # None: the kernel reads zeros
+        # Uninitialised: the kernel zeroes them (see _Project.backward).
+        v_means2d = torch.empty_like(means2d)
+        v_conics = torch.empty_like(conics)
+        v_colors = torch.empty_like(colors)
+        v_opac = torch.empty_like(opacities)
+        v_abs = torch.empty_like(means2d) if absgrad else None
         getattr(load_cpu_kernels(), f"splat_raster_bwd_{_sfx(dt)}")(
             C, N, D, width, height, tile_size, _ptr(means2d), _ptr(conics), _ptr(colors), _ptr(opacities),
             _ptr(bg), _ptr(offsets), _ptr(flat_ids), _ptr(trans), _ptr(last), _ptr(v_render), _ptr(v_alpha),

@@ -277,9 +277,10 @@ void project_bwd(int C, int N, const T* means, const T* quats, const T* scales, 
                 const T dot = vqn[0] * p.qn[0] + vqn[1] * p.qn[1] + vqn[2] * p.qn[2] + vqn[3] * p.qn[3];
                 for (int i = 0; i < 4; ++i) acc_q[i] += (vqn[i] - dot * p.qn[i]) / p.qnorm;
             }
-            for (int i = 0; i < 3; ++i) v_means[3 * n + i] += acc_m[i];
-            for (int i = 0; i < 4; ++i) v_quats[4 * n + i] += acc_q[i];
-            for (int i = 0; i < 3; ++i) v_scales[3 * n + i] += acc_s[i];
+            // Written, not accumulated: the arrays arrive uninitialised and this item owns row n.
+            for (int i = 0; i < 3; ++i) v_means[3 * n + i] = acc_m[i];
+            for (int i = 0; i < 4; ++i) v_quats[4 * n + i] = acc_q[i];
+            for (int i = 0; i < 3; ++i) v_scales[3 * n + i] = acc_s[i];
         }
     });
     if (v_viewmats)

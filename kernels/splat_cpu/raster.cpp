@@ -714,7 +714,7 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
                     vC[int64_t(d) * NP + p] = v_render[pix * D + d];
                     if (bg) vbg += bg[d] * v_render[pix * D + d];
                 }
-                vAe[p] = Tfin[p] * (v_alpha[pix] - vbg);
+                vAe[p] = Tfin[p] * ((v_alpha ? v_alpha[pix] : T(0)) - vbg);  // v_alpha may be null
             }
         }
         const int x_end = g.x0 + S;
@@ -822,7 +822,15 @@ void raster_bwd(int C, int N, int Drt, int W, int H, int tile, const T* means2d,
     });
     // Sum the slots per Gaussian. Cameras own disjoint Gaussian rows, so they reduce in parallel.
     const int64_t tiles_per_cam = n_tiles / std::max(C, 1);
+    // The output arrays arrive uninitialised (zero-filling them in torch would wake its thread
+    // pool for nothing): each camera zeroes its own rows first.
     parallel_for(C, n_threads, [&](int64_t cam) {
+        const int64_t r0 = cam * N, r1 = (cam + 1) * int64_t(N);
+        std::fill(v_means2d + 2 * r0, v_means2d + 2 * r1, T(0));
+        std::fill(v_conics + 3 * r0, v_conics + 3 * r1, T(0));
+        std::fill(v_colors + D * r0, v_colors + D * r1, T(0));
+        std::fill(v_opacities + r0, v_opacities + r1, T(0));
+        if (v_means2d_abs) std::fill(v_means2d_abs + 2 * r0, v_means2d_abs + 2 * r1, T(0));
         for (int64_t k = tile_offsets[cam * tiles_per_cam]; k < tile_offsets[(cam + 1) * tiles_per_cam]; ++k) {
             const int64_t id = flat_ids[k];
             const T* s = slots.data() + k * SL;
