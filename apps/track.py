@@ -35,7 +35,7 @@ class Track:
     """Write OUT/overlay.mp4 (the fitted head as a wireframe over the frames); --no-overlay skips it."""
 
     def run(self) -> None:
-        from avatar.fitting.track import track_clip
+        from avatar.fitting.pipeline import track_clip
 
         if self.stride < 1:
             raise AvatarError(f"--stride must be >= 1 (got {self.stride})")

@@ -4,7 +4,7 @@ time and held-out (last 15% of frames) masked PSNR/SSIM per clip.
     python bench/bench_avatar.py [--preset fast-cpu] [--clips NAME ...] [--work /tmp/bench_avatar]
         [--set KEY=VALUE ...] [--limit FRAMES]
 
-Tracking (avatar.fitting.track) runs first when WORK/<clip>/tracking.npz is absent; its time is
+Tracking (avatar.fitting.pipeline.track) runs first when WORK/<clip>/tracking.npz is absent; its time is
 printed separately. Timings are wall-clock on whatever else the machine is doing.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
         out = args.work / video.stem
         t0 = time.perf_counter()
         if not (out / "tracking.npz").is_file():
-            from avatar.fitting.track import track  # (`avatar.fitting.track` may resolve to the submodule)
+            from avatar.fitting.pipeline import track
 
             track(video, out, limit=args.limit, overlay=False)
         t_track = time.perf_counter() - t0

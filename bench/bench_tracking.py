@@ -37,7 +37,7 @@ def main() -> int:
 
     import torch
 
-    from avatar.fitting.track import track_clip
+    from avatar.fitting.pipeline import track_clip
     from avatar.models import load_head_model
 
     torch.set_num_threads(args.torch_threads)

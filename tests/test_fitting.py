@@ -14,7 +14,7 @@ from avatar.errors import AvatarError
 from avatar.fitting.energy import project_planes
 from avatar.fitting.landmark_model import LandmarkModel
 from avatar.fitting.solver import FROZEN_ANNY, FitConfig, fit_landmarks
-from avatar.fitting.track import fill_gaps, track_clip
+from avatar.fitting.pipeline import fill_gaps, track_clip
 
 VIDEOS = ["hdtf_katiehill.mp4", "hdtf_aoc.mp4", "liveportrait_d3.mp4", "liveportrait_d9.mp4",
           "liveportrait_d10.mp4", "liveportrait_d13.mp4"]

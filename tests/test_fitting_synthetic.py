@@ -131,7 +131,7 @@ def rotation_error_deg(aa_a: np.ndarray, aa_b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def synthetic_run(anny_head, tmp_path_factory):
-    from avatar.fitting.track import track_clip
+    from avatar.fitting.pipeline import track_clip
     from avatar.io import VideoWriter
 
     gt = ground_truth(anny_head)
@@ -184,7 +184,7 @@ def test_synthetic_clip_ground_truth(anny_head, synthetic_run) -> None:
 def test_frames_without_a_face_are_flagged_and_interpolated(anny_head, synthetic_run, tmp_path) -> None:
     """Blank frames inside the clip: not tracked, interpolated (short gap), finite parameters,
     and the run goes on."""
-    from avatar.fitting.track import track_clip
+    from avatar.fitting.pipeline import track_clip
     from avatar.io import VideoWriter
 
     _, full, _, _, frames = synthetic_run
