@@ -119,3 +119,13 @@ def test_tracking_refinement_runs_and_stays_small(clip_dir, tmp_path):
     delta = (av.performance["expression"].numpy() - tracked["expression"])
     assert report["steps"] == 12 and 0 < np.abs(delta[:10]).max() < 0.05  # training rows refined a little
     assert np.abs(delta[10:]).max() == 0  # held-out rows untouched
+
+
+def test_nearest_colors_takes_the_neighbours_colour():
+    from avatar.training.trainer import nearest_colors
+
+    points = torch.tensor([[0.0, 0, 0], [0.01, 0, 0], [1.0, 0, 0], [1.01, 0, 0]], dtype=torch.float64)
+    colors = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], [0, 0, 1.0]], dtype=torch.float64)
+    query = torch.tensor([[0.02, 0, 0], [0.98, 0, 0]], dtype=torch.float64)
+    got = nearest_colors(query, points, colors, k=2, chunk=1)
+    assert torch.allclose(got, torch.tensor([[1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64))

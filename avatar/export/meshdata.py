@@ -57,15 +57,10 @@ def split_seams(faces: np.ndarray, uv_faces: np.ndarray | None, num_uvs: int) ->
 def safe_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals; a vertex with no area around it gets +Y (glTF requires
     unit-length normals, and a zero vector would be rejected by validators)."""
-    v = np.asarray(vertices, dtype=np.float64)
-    tri = v[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    out = np.where(length > 1e-20, n / np.maximum(length, 1e-30), np.array([0.0, 1.0, 0.0]))
-    return out
+    from avatar.render.mesh import vertex_normals
+
+    n = vertex_normals(vertices, faces)
+    return np.where(np.linalg.norm(n, axis=1, keepdims=True) > 0.5, n, np.array([0.0, 1.0, 0.0]))
 
 
 def _components(faces: np.ndarray, num_vertices: int) -> np.ndarray:

@@ -87,7 +87,8 @@ def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
 def init_colors_from_frames(rep: MeshGaussians, head: Any, clip: Clip, shape: Tensor, rows: np.ndarray) -> int:
     """Base colour of each Gaussian = mean of the frame colours at its projection over ``rows``
     where it is visible (depth within 5 mm of the mesh's z-buffer) and in the matte. Gaussians
-    never seen get the mean seen colour. Returns how many were seen."""
+    never seen take the colour of their nearest seen neighbours on the neutral head (the back of
+    the scalp gets hair colour, not an average of the face). Returns how many were seen."""
     from avatar.render.mesh import rasterize_triangles
 
     device = rep.offset.device
@@ -115,9 +116,24 @@ def init_colors_from_frames(rep: MeshGaussians, head: Any, clip: Clip, shape: Te
         return 0
     rgb = torch.empty(rep.num_gaussians, 3, dtype=torch.float64)
     rgb[seen] = acc[seen] / cnt[seen, None]
-    rgb[~seen] = rgb[seen].mean(0)
+    unseen = ~seen
+    if unseen.any():
+        with torch.no_grad():
+            pos = rep(_vertices(head, shape, {})).means[0].double().cpu()
+        rgb[unseen] = nearest_colors(pos[unseen], pos[seen], rgb[seen])
     rep.set_colors(rgb.float().to(device))
     return int(seen.sum())
+
+
+def nearest_colors(query: Tensor, points: Tensor, colors: Tensor, k: int = 8, chunk: int = 2048) -> Tensor:
+    """Mean colour of the ``k`` nearest ``points`` for each ``query`` point (``[Q, 3]``, ``[P, 3]``,
+    ``[P, 3]`` -> ``[Q, 3]``), in chunks to bound memory."""
+    k = min(k, points.shape[0])
+    out = torch.empty(query.shape[0], 3, dtype=colors.dtype)
+    for i in range(0, query.shape[0], chunk):
+        idx = torch.cdist(query[i : i + chunk], points).topk(k, largest=False).indices  # [q, k]
+        out[i : i + chunk] = colors[idx].mean(1)
+    return out
 
 
 @torch.no_grad()

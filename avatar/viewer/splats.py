@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar.representations.geometry import quat_to_matrix
+
 __all__ = ["UNIT", "SplatUpdate", "ChunkedSplats", "pack_rgba", "pack_geometry", "pack_splats", "morton_order"]
 
 UNIT = 100.0  # splat coordinates are sent in centimetres; the scene node scales them back to metres
@@ -44,20 +46,6 @@ def pack_rgba(rgb, opacities) -> np.ndarray:
         raise ValueError(f"expected rgb [N, 3] and opacities [N] or [N, 1], got {rgb.shape} and {_np(opacities).shape}")
     rgba = np.clip(np.rint(np.concatenate([rgb, op], 1) * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(rgba).view(np.uint32).reshape(-1)
-
-
-def _quat_to_matrix(q: Tensor) -> Tensor:
-    """``[N, 4]`` wxyz (any norm) -> ``[N, 3, 3]``."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        -1,
-    ).reshape(-1, 3, 3)
 
 
 def _covariance_triu(quats: Tensor, scales: Tensor) -> Tensor:

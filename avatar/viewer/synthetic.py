@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TriangleGaussians", "triangle_frames", "matrix_to_quat", "quat_multiply"]
+from avatar.representations.geometry import matrix_to_quat, quat_multiply
+
+__all__ = ["TriangleGaussians", "triangle_frames"]
 
 
 def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -29,34 +31,6 @@ def triangle_frames(vertices: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Te
     rot = torch.stack([x, y, z], -1)
     k = (e0.norm(dim=-1) + e1.norm(dim=-1) + (tri[:, 2] - tri[:, 1]).norm(dim=-1)) / 3.0
     return rot, tri.mean(1), k
-
-
-def matrix_to_quat(m: Tensor) -> Tensor:
-    """``[..., 3, 3]`` rotation matrices -> ``[..., 4]`` unit quaternions (wxyz), branch-free."""
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    w = 0.5 * torch.sqrt((1 + m00 + m11 + m22).clamp_min(0))
-    x = 0.5 * torch.sqrt((1 + m00 - m11 - m22).clamp_min(0)) * torch.sign(m21 - m12)
-    y = 0.5 * torch.sqrt((1 - m00 + m11 - m22).clamp_min(0)) * torch.sign(m02 - m20)
-    z = 0.5 * torch.sqrt((1 - m00 - m11 + m22).clamp_min(0)) * torch.sign(m10 - m01)
-    q = torch.stack([w, x, y, z], -1)
-    return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product of ``[..., 4]`` wxyz quaternions (``a`` applied after ``b``)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        -1,
-    )
 
 
 class TriangleGaussians:
