@@ -1,9 +1,10 @@
-"""`avatar reconstruct`: the stages chain, a re-run resumes (keeps finished stages), and an OUT
-made from another input is refused."""
+"""`avatar reconstruct` (stages chain, a re-run resumes, a foreign OUT is refused) and
+`avatar render` (orbit / frontal / tracked / cross-reenactment) on its result."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from avatar_apps.cli import main
@@ -17,22 +18,52 @@ def clip(tmp_path_factory, anny_head) -> Path:
     return make_synthetic_clip(tmp_path_factory.mktemp("rec"), anny_head, num_frames=6, size=64)
 
 
-def test_reconstruct_chain_and_resume(clip: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture(scope="module")
+def reconstructed(clip: Path) -> tuple[Path, list[str]]:
     args = ["reconstruct", str(clip / "frames"), "-o", str(clip), "--steps", "4", "--texture-size", "64", "--no-orbit"]
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "track: kept" in out  # the tracking was already there (same source)
+    return clip, args
+
+
+def test_reconstruct_chain_and_resume(reconstructed, capsys: pytest.CaptureFixture) -> None:
+    clip, args = reconstructed
     for f in ("avatar/avatar.json", "report.json", "exports/head.glb", "exports/gaussians.ply"):
         assert (clip / f).stat().st_size > 0, f
     stamp = (clip / "avatar" / "avatar.json").stat().st_mtime_ns
+    capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "train: kept" in out and "export glb: kept" in out and "export ply: kept" in out
+    assert "track: kept" in out and "train: kept" in out and "export glb: kept" in out and "export ply: kept" in out
     assert (clip / "avatar" / "avatar.json").stat().st_mtime_ns == stamp  # not retrained
 
 
-def test_reconstruct_refuses_another_input(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_reconstruct_refuses_another_input(reconstructed, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clip, _ = reconstructed
     other = tmp_path / "other.png"
-    other.write_bytes((clip / "frames" / sorted(p.name for p in (clip / "frames").iterdir())[0]).read_bytes())
+    other.write_bytes(sorted((clip / "frames").iterdir())[0].read_bytes())
     assert main(["reconstruct", str(other), "-o", str(clip), "--steps", "1", "--no-orbit"]) == 2
     assert "holds the reconstruction of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("camera", ["orbit", "frontal", "tracked"])
+def test_render_cameras(reconstructed, tmp_path: Path, camera: str) -> None:
+    from avatar.io.video import FrameReader
+
+    clip, _ = reconstructed
+    video = tmp_path / f"{camera}.mp4"
+    assert main(["render", str(clip), "--camera", camera, "--frames", "4", "--size", "48", "-o", str(video)]) == 0
+    with FrameReader(video, dtype="uint8") as frames:
+        images = list(frames)
+    assert len(images) >= 4 and images[0].shape[0] == 48
+    # The avatar is drawn: not a blank background.
+    assert max(float(np.abs(img.astype(float) - img[0, 0]).max()) for img in images) > 30
+
+
+def test_render_cross_reenactment(reconstructed, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clip, _ = reconstructed
+    video = tmp_path / "drive.mp4"
+    assert main(["render", str(clip), "--camera", "frontal", "--drive", str(clip / "tracking.npz"),
+                 "--size", "48", "-o", str(video)]) == 0  # fmt: skip
+    assert video.stat().st_size > 0
+    assert main(["render", str(clip), "--drive", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.mp4")]) == 2
+    assert not (tmp_path / "x.mp4").exists()
