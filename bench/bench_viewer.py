@@ -6,7 +6,9 @@ A viewer (AnnyHead + made-up Gaussians bound to its triangles, avatar.viewer.syn
 127.0.0.1; a websocket client connects as the browser would and counts the bytes it receives.
 Two workloads:
   slider   one ARKit channel changes per update (a person dragging a slider)
-  playback every channel + neck + jaw change per update (tracked performance; everything moves)
+  playback every channel + neck + jaw change per update (everything moves)
+  tracked  every channel + head rotation/translation per update, neck 0: what `avatar track`
+           writes (the head's rigid pose moves the avatar's parent frame, not the Gaussians)
 An update = head-model forward + Gaussian deformation + packing + queueing the changed chunks
 (`AvatarViewer.update_now`). Bytes are what the client received, divided by the updates.
 """
@@ -65,7 +67,7 @@ def run(head, n: int, updates: int, chunk_size: int, port: int) -> None:
               f"{client.bytes / 1e6:.2f} MB to the client")  # fmt: skip
         rng = np.random.default_rng(0)
         names = head.expression_names
-        for workload in ("slider", "playback"):
+        for workload in ("slider", "playback", "tracked"):
             expr = torch.zeros(1, len(names))
             times, fwd, queued, chunks = [], [], [], []
             start_bytes = client.bytes
@@ -73,6 +75,10 @@ def run(head, n: int, updates: int, chunk_size: int, port: int) -> None:
                 if workload == "slider":
                     expr[0, rng.integers(len(names))] = float(rng.random())
                     viewer.set_params(expression=expr.clone())
+                elif workload == "tracked":
+                    viewer.set_params(expression=torch.from_numpy(rng.random((1, len(names)), dtype=np.float32) * 0.5),
+                                      global_orient=torch.from_numpy(0.2 * rng.standard_normal((1, 3)).astype(np.float32)),
+                                      transl=torch.from_numpy(0.02 * rng.standard_normal((1, 3)).astype(np.float32)))  # fmt: skip
                 else:
                     viewer.set_params(expression=torch.from_numpy(rng.random((1, len(names)), dtype=np.float32) * 0.5),
                                       neck=torch.from_numpy(0.2 * rng.standard_normal((1, 3)).astype(np.float32)),

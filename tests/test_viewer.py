@@ -181,3 +181,22 @@ def test_viewer_out_playback_and_refusal(anny_head, out, tmp_path):
         viewer.motion_path.value = "/etc/hostname"
         viewer._gui_load_motion()
         assert "refused" in viewer._message.content
+
+
+def test_head_pose_moves_the_parent_frame_not_the_splats(anny_head):
+    """A tracked head turning (global_orient/transl) is one frame transform: no splat is re-sent."""
+    pytest.importorskip("viser")
+    from avatar.models.rotations import axis_angle_to_matrix
+    from avatar.representations.geometry import quat_to_matrix
+    from avatar.viewer import open_viewer
+
+    with open_viewer(head=anny_head, port=_port(), synthetic_gaussians=4000, chunk_size=500) as viewer:
+        viewer.update_now()
+        turn = torch.tensor([[0.1, 0.5, -0.2]])
+        viewer.set_params(global_orient=turn, transl=torch.tensor([[0.0, 0.1, -0.6]]))
+        assert viewer.wait_idle(30)
+        assert viewer.timings[-1].bytes_sent == 0 and viewer.timings[-1].messages == 0
+        root = viewer._root
+        rot = quat_to_matrix(torch.tensor([root.wxyz], dtype=torch.float64))[0]
+        assert torch.allclose(rot, axis_angle_to_matrix(turn.double())[0], atol=1e-6)
+        assert np.allclose(root.position, (0.0, 0.1, -0.6), atol=1e-6)

@@ -126,6 +126,10 @@ class AvatarViewer:
                 rest = head(shape=self._shape).vertices[0]
             self.rest_vertices = rest
             self._frame_camera(rest)
+            # The head's rigid pose (global_orient, transl) moves this parent frame instead of every
+            # vertex/Gaussian: a tracked head turning sends one transform, not the whole avatar.
+            self._root = self.server.scene.add_frame("/avatar", show_axes=False)
+            self._root_pose: tuple | None = None
             self.drawable = splats(self.server.scene, rest) if splats is not None else MeshScene(self.server.scene, head)
             self._build_gui()
             self.update_now()
@@ -210,13 +214,29 @@ class AvatarViewer:
         with self._update_lock:
             t0 = time.perf_counter()
             params = self.params()
+            rigid = (params.pop("global_orient"), params.pop("transl"))
             with torch.no_grad():
                 vertices = self.head(shape=self._shape, **params).vertices[0]
             t1 = time.perf_counter()
             sent: SceneUpdate = self.drawable.update(vertices)
+            self._place_root(*rigid)
             timing = UpdateTiming(time.perf_counter() - t0, t1 - t0, sent.bytes_sent, sent.messages)
             self.timings.append(timing)
             return timing
+
+    def _place_root(self, global_orient: Tensor, transl: Tensor) -> None:
+        """Apply the head model's global rotation (about the model origin) and translation to the
+        avatar's parent frame; sent only when it changes."""
+        from avatar.models.rotations import axis_angle_to_matrix
+        from avatar.representations.geometry import matrix_to_quat
+
+        pose = (tuple(global_orient.reshape(-1).tolist()), tuple(transl.reshape(-1).tolist()))
+        if pose == self._root_pose:
+            return
+        wxyz = matrix_to_quat(axis_angle_to_matrix(global_orient.reshape(1, 3).double()))[0]
+        self._root.wxyz = tuple(float(x) for x in wxyz)
+        self._root.position = pose[1]
+        self._root_pose = pose
 
     def _update_loop(self) -> None:
         last_status = 0.0
