@@ -508,18 +508,9 @@ inline int blend_block8(float a, float b, float c, float mx, float dy, float opa
     const v8i valid = ~((sigma < 0.0f) | (alpha < float(kAlphaThreshold)));
     const v8i ok = valid & (dn == 0);
     if (!(ok[0] | ok[1] | ok[2] | ok[3] | ok[4] | ok[5] | ok[6] | ok[7])) return 0;
-    const v8f Tp = load8(Tr);
-    const v8f next_T = Tp * (1.0f - alpha);
-    const v8i term = ok & (next_T <= float(kTransmittanceMin));
-    const v8i contrib = ok & ~term;
-    store8(done, dn | (term & 1));
-    const v8f w = contrib ? alpha * Tp : v8f{};
-    const int nd = DC > 0 ? DC : D;
-    for (int d = 0; d < nd; ++d) store8(acc + int64_t(d) * np, load8(acc + int64_t(d) * np) + w * col[d]);
-    store8(Tr, contrib ? next_T : Tp);
-    store8(cnt, contrib ? v8i{} + kk1 : load8(cnt));
-    const v8i t1 = term & 1;
-    return t1[0] + t1[1] + t1[2] + t1[3] + t1[4] + t1[5] + t1[6] + t1[7];
+    // A valid alpha is >= kAlphaThreshold > 0, so zeroing the invalid lanes gives blend_alpha8
+    // exactly this block's `ok` mask.
+    return blend_alpha8<DC>(valid ? alpha : v8f{}, D, col, kk1, Tr, done, cnt, acc, np);
 }
 
 inline bool any8(v8i m) {
