@@ -1,5 +1,7 @@
 """Tracking bench: end-to-end frames per second (decode + landmarks + fit) and per-stage timings on
-the shared videos, plus each video's reprojection error.
+the shared videos, plus each video's reprojection error and how well the fitted eye and mouth
+apertures follow the detected ones (:mod:`avatar.fitting.apertures`: mean absolute error in % IOD
+and correlation over frames).
 
     python bench/bench_tracking.py                       # every shared video, all frames
     python bench/bench_tracking.py --videos hdtf_aoc.mp4 --limit 200 --repeats 2
@@ -37,6 +39,7 @@ def main() -> int:
 
     import torch
 
+    from avatar.fitting.apertures import aperture_report, tracked_landmarks
     from avatar.fitting.pipeline import track_clip
     from avatar.models import load_head_model
 
@@ -52,9 +55,10 @@ def main() -> int:
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                _, s = track_clip(path, tmp if args.overlay else None, head=head, limit=args.limit,
+                tr, s = track_clip(path, tmp if args.overlay else None, head=head, limit=args.limit,
                                   threads=args.threads, overlay=args.overlay, progress=False)
                 s["wall_s"] = time.perf_counter() - t0
+                s["apertures"] = aperture_report(*tracked_landmarks(tr, head))
             if best is None or s["fps"] > best["fps"]:
                 best = s
         t = best["timings_s"]
@@ -66,6 +70,8 @@ def main() -> int:
               f"{t['fit_identity']:.2f} s, frames {t['fit_frames']:.2f} s) | reprojection median "
               f"{best['reprojection_px_median']:.2f} px = {best['reprojection_pct_iod_median']:.2f}% IOD "
               f"(mean {best['reprojection_pct_iod_mean']:.2f}%, worst frame {best['reprojection_pct_iod_max']:.2f}%)")
+        print(f"{'':22s} apertures, MAE % IOD / corr: " + ", ".join(
+            f"{k} {r['mae_pct_iod']:.2f}/{r['corr']:.2f}" for k, r in best["apertures"].items()))
         rows.append(dict(video=name, **best))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -25,6 +25,25 @@ STABLE = np.array([
     33, 133, 362, 263,  # eye corners
     116, 345, 123, 352,  # cheekbones
 ])
+#: The skin above each upper eyelid (MediaPipe's 2nd and 3rd ring around the eye, upper arcs: the lid
+#: crease and the socket under the brow), subject's right eye then left eye. On AnnyHead these points
+#: are embedded on the lid skin, which ``eyeBlink*`` pulls down with the lid margin (the 2nd ring by
+#: ~9 % IOD at a full blink); FaceMesh puts them on the crease, which moves by 0..5 % IOD when the
+#: eye closes (measured on hdtf_katiehill, liveportrait_d3/d10). So every blink is fought by 28
+#: points that say "not closed": low weight.
+UPPER_LID_SKIN = np.array([
+    247, 30, 29, 27, 28, 56, 190, 113, 225, 224, 223, 222, 221, 189,
+    467, 260, 259, 257, 258, 286, 414, 342, 445, 444, 443, 442, 441, 413,
+])
+#: Eyelid margins (MediaPipe's innermost ring around each eye, corners excluded), the mouth corners
+#: and the inner lip contour: the points whose distances are the eye and mouth apertures. A few
+#: dozen points among 478 at weight 1 let the expression prior and conflicting points win; with
+#: more weight the fitted apertures follow the detections (avatar.fitting.apertures).
+APERTURE_POINTS = np.array([
+    246, 161, 160, 159, 158, 157, 173, 7, 163, 144, 145, 153, 154, 155,
+    466, 388, 387, 386, 385, 384, 398, 249, 390, 373, 374, 380, 381, 382,
+    61, 291, 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 95, 88, 178, 87, 14, 317, 402, 318, 324,
+])
 #: Iris blocks: 468..472 the subject's right eye (centre first), 473..477 the left eye.
 IRIS = np.arange(468, 478)
 #: Outer eye corners (the inter-ocular distance used to normalise errors, as in bench_landmarks).
@@ -32,10 +51,14 @@ EYE_OUTER = (33, 263)
 NUM_MESH = 468
 
 
-def landmark_weights(contour: float = 0.3, iris: float = 1.0, n: int = 478) -> np.ndarray:
-    """Per-landmark data weights ``[n]``: 1, the face oval ``contour``, the iris points ``iris``."""
+def landmark_weights(contour: float = 0.3, iris: float = 1.0, n: int = 478, upper_lid_skin: float = 1.0,
+                     aperture: float = 1.0) -> np.ndarray:
+    """Per-landmark data weights ``[n]``: 1, the face oval ``contour``, the iris points ``iris``,
+    the skin above the upper eyelids ``upper_lid_skin``, the aperture points ``aperture``."""
     w = np.ones(n, np.float32)
     w[FACE_OVAL] = contour
+    w[UPPER_LID_SKIN[UPPER_LID_SKIN < n]] = upper_lid_skin
+    w[APERTURE_POINTS[APERTURE_POINTS < n]] = aperture
     w[IRIS[IRIS < n]] = iris
     return w
 

@@ -4,6 +4,8 @@
 Energy (residuals in units of each frame's inter-ocular distance, outer eye corners):
 
     E = mean_frames [ sum_l w_l rho(|pi(x_l) - y_l| / iod) / sum_l w_l ]     2D landmarks, robust rho
+        (w_l: lid margins, inner lips and mouth corners x4, the face oval x0.3, the skin above the
+        upper lids x0.2 -- see FitConfig.aperture_weight and energy.UPPER_LID_SKIN)
       + w_depth  * mean (z_mp - z_model)^2 (both centred, / iod)              MediaPipe z: weak depth cue
       + w_rigid * |rigid part of the expression's displacement|^2 / IOD_m^2   no rigid-like expression
       + w_expr_l1 * sum e + w_expr_l2 * sum e^2                               sparse, small expression
@@ -98,17 +100,23 @@ class FitConfig:
     robust_frames: str = "charbonnier"
     contour_weight: float = 0.3
     iris_weight: float = 1.0
+    # Eye and mouth apertures (see energy.APERTURE_POINTS / UPPER_LID_SKIN). With every landmark at
+    # weight 1, blinks were fitted at a third of their closure (hdtf_katiehill: eyeBlink max 0.24/0.30
+    # where the lids nearly meet): ~14 lid-margin points per eye against 14 lid-skin points embedded on
+    # AnnyHead's moving lid, and the L2 prior below at 1e-4. Measured with avatar.fitting.apertures.
+    aperture_weight: float = 4.0  # lid margins, inner lips, mouth corners
+    upper_lid_skin_weight: float = 0.2
     w_depth: float = 0.02
     w_rigid: float = 0.1
     w_expr_l1: float = 1e-5
-    w_expr_l2: float = 1e-4
+    w_expr_l2: float = 1e-5  # 1e-4 held expressions well short of the landmarks (blinks, mouth width)
     w_eyes: float = 1e-5
     w_vergence: float = 1e-4
     w_jaw: float = 1e-3
     w_shape: float = 2e-4
     w_smooth_rot: float = 0.05
     w_smooth_transl: float = 0.05  # on translation / model IOD
-    w_smooth_expr: float = 1e-3
+    w_smooth_expr: float = 3e-4  # a blink closes in 2-3 frames: 1e-3 flattened it
     w_smooth_eyes: float = 1e-3
     lr_rot: float = 0.02
     lr_transl: float = 0.004  # metres (x, y); depth is log-parameterised with lr_depth
@@ -186,7 +194,7 @@ class _Problem:
         self.W, self.H = image_size
         self.cx, self.cy = self.W / 2.0, self.H / 2.0
         self.iod = interocular_px(self.det).clamp_min(1.0)  # [M]
-        self.w = torch.as_tensor(landmark_weights(cfg.contour_weight, cfg.iris_weight), dtype=dtype)
+        self.w = torch.as_tensor(landmark_weights(cfg.contour_weight, cfg.iris_weight, upper_lid_skin=cfg.upper_lid_skin_weight, aperture=cfg.aperture_weight), dtype=dtype)
         self.stable = torch.as_tensor(STABLE)
         self.bounded = head.name == "anny"
         E = head.num_expressions
