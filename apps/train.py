@@ -44,8 +44,10 @@ class Train:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         report = train(self.out, cfg, progress=not self.quiet)
         held, init = report["held_out"], report["held_out_initial"]
+        # psnr/ssim: foreground pixels only; *_full: whole matted image (the literature's convention).
         print(json.dumps({"held_out_psnr": round(held.get("psnr", float("nan")), 3),
                           "held_out_ssim": round(held.get("ssim", float("nan")), 4),
+                          "held_out_psnr_full": round(held.get("psnr_full", float("nan")), 3),
                           "initial_psnr": round(init.get("psnr", float("nan")), 3),
                           "gaussians": report["num_gaussians"], "seconds": report["seconds_total"]}))  # fmt: skip
         print(f"wrote {self.out / 'avatar'}, {self.out / 'report.json'}" + (f", {self.out / 'eval.mp4'}" if cfg.eval_video else ""))

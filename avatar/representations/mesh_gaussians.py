@@ -18,6 +18,9 @@ Regions (``REGIONS``) control how far a Gaussian may go:
              eye and never smear across the lids.
     mouth  - mouth interior (tongue and other closed inner parts): clamped like the eyes, so
              nothing bridges the lips when the jaw opens.
+    hair   - off-surface Gaussians seeded where the frames show foreground the mesh does not
+             cover (hair, shoulders; :mod:`avatar.training.seeding`), bound to a nearby scalp or
+             neck triangle far outside it; their offset is free (no pull back to the surface).
 """
 from __future__ import annotations
 
@@ -32,8 +35,8 @@ from avatar.errors import AvatarError
 from avatar.representations.base import Representation, Splats
 from avatar.representations.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, triangle_frames
 
-REGIONS = ("face", "free", "eye", "mouth")
-FACE, FREE, EYE, MOUTH = range(4)
+REGIONS = ("face", "free", "eye", "mouth", "hair")
+FACE, FREE, EYE, MOUTH, HAIR = range(5)
 SH_C0 = 0.28209479177387814
 # Limits for the clamped (eye, mouth) regions, in triangle units: in-plane offset, normal offset,
 # largest scale.
@@ -172,6 +175,23 @@ class MeshGaussians(Representation):
             else:
                 self.sh_dc[where] = dc[where] if dc.shape[0] == self.num_gaussians else dc
 
+    def append(self, face_id: Tensor, region: Tensor, offset: Tensor, log_scale: Tensor, rgb: Tensor,
+               opacity: float = 0.7) -> None:  # fmt: skip
+        """Add Gaussians (``[M]`` triangle ids and regions, ``[M, 3]`` local offsets, log-scales and
+        RGB colours; identity rotation, no higher SH). Call before building the optimiser."""
+        m = int(face_id.shape[0])
+        dev = self.offset.device
+        params = self.primitive_parameters()
+        new = {
+            "offset": offset, "rot": self.rot.new_tensor([1.0, 0.0, 0.0, 0.0]).repeat(m, 1), "log_scale": log_scale,
+            "opacity_logit": torch.full((m,), math.log(opacity / (1 - opacity))), "sh_dc": rgb_to_sh_dc(rgb.float()),
+            "sh_rest": torch.zeros(m, *self.sh_rest.shape[1:]),
+        }  # fmt: skip
+        self.set_primitives(
+            {k: torch.cat([p.detach(), new[k].to(p)]) for k, p in params.items()},
+            {"face_id": torch.cat([self.face_id, face_id.long().to(dev)]), "region": torch.cat([self.region, region.long().to(dev)])},
+        )  # fmt: skip
+
     def opacities(self) -> Tensor:
         return torch.sigmoid(self.opacity_logit)
 
@@ -211,7 +231,7 @@ class MeshGaussians(Representation):
         ``scale``: squared log-excess of the largest scale over ``scale_tolerance`` triangle units.
         """
         offset, log_scale = self._local()
-        w = self.offset.new_tensor([1.0, 0.1, 10.0, 10.0])[self.region]
+        w = self.offset.new_tensor([1.0, 0.1, 10.0, 10.0, 0.0])[self.region]
         inplane = torch.relu(offset[:, :2].norm(dim=-1) - offset_tolerance)
         normal = offset[:, 2]
         off = (w * (inplane**2 + normal**2)).mean()

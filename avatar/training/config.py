@@ -45,6 +45,10 @@ class TrainConfig:
     lr_color: float = 1e-2
     lr_sh_rest: float = 5e-4
     lambda_dssim: float = 0.2
+    lambda_alpha: float = 0.1  # L1 between the rendered opacity and the matte (sharp silhouettes, no halo)
+    seed_off_mesh: bool = True  # seed "hair" Gaussians where the matte shows what the mesh does not cover
+    seed_frames: int = 4  # training frames (spread over the clip) that seed them, each filling what is left
+    seed_stride: int = 2  # one seed per stride x stride pixels
     w_offset: float = 0.01
     w_scale: float = 1.0
     offset_tolerance: float = 0.5  # triangle units before the offset regulariser bites (in-plane)

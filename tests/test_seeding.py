@@ -1,0 +1,97 @@
+"""Off-mesh seeding: hair/shoulder Gaussians where the matte shows what the head mesh does not
+cover, bound to scalp/neck triangles, moving with the head."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avatar.render.mesh import rasterize_triangles
+from avatar.representations import MeshGaussians, render_splats
+from avatar.representations.mesh_gaussians import FREE, HAIR, face_regions
+from avatar.training.seeding import nearest_covered, seed_off_mesh
+from avatar.training.synthetic import FRONTAL_VIEWMAT
+
+SIZE = 64
+
+
+def test_nearest_covered_matches_brute_force():
+    rng = np.random.default_rng(0)
+    mask = rng.random((23, 31)) < 0.05
+    mask[3, 4] = True
+    ny, nx = nearest_covered(mask)
+    cy, cx = np.nonzero(mask)
+    yy, xx = np.mgrid[:23, :31]
+    best = ((yy[..., None] - cy) ** 2 + (xx[..., None] - cx) ** 2).min(-1)
+    got = (yy - ny) ** 2 + (xx - nx) ** 2
+    assert mask[ny, nx].all()
+    # OpenCV's 5x5 mask distance is approximate: the chosen pixel is (nearly) the nearest one.
+    assert np.all(np.sqrt(got) <= np.sqrt(best) + 0.5)
+
+
+@pytest.fixture(scope="module")
+def scene(anny_head):
+    """One frontal frame of the neutral head with a 'hair' halo around its silhouette in the matte."""
+    import cv2
+
+    f = 0.5 * SIZE / np.tan(np.radians(15.0))
+    K = np.array([[f, 0, SIZE / 2], [0, f, SIZE / 2], [0, 0, 1]], np.float32)
+    transl = torch.tensor([[0.0, -0.13, -0.62]])
+    with torch.no_grad():
+        verts = anny_head(transl=transl).vertices
+    frags = rasterize_triangles(verts[0].double().numpy(), anny_head.faces.numpy(), FRONTAL_VIEWMAT, K.astype(np.float64), SIZE, SIZE)
+    matte = (cv2.dilate(frags.mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0).astype(np.uint8) * 255
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[...] = (40, 30, 20)  # dark "hair" everywhere off the mesh
+    return verts, transl, frags.mask, matte, image, torch.from_numpy(K), torch.from_numpy(FRONTAL_VIEWMAT.astype(np.float32))
+
+
+def test_seeds_fill_the_off_mesh_foreground_only(anny_head, scene):
+    verts, _, mesh_mask, matte, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    n0 = rep.num_gaussians
+    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1, margin=1)
+    off = (matte > 127) & ~mesh_mask
+    assert added > 0.5 * off.sum() * 0.5  # most off-mesh pixels (outside the 1 px margin) got a seed
+    assert rep.num_gaussians == n0 + added
+    new = torch.arange(n0, rep.num_gaussians)
+    assert (rep.region[new] == HAIR).all() and (rep.region[:n0] != HAIR).all()
+    tri_region = face_regions(anny_head)
+    assert (tri_region[rep.face_id[new]] == FREE).all()  # bound to scalp/neck triangles
+    # Seeds project into the off-mesh foreground, and carry its colour.
+    means = rep(verts).means[0, new]
+    cam = means @ vm[:3, :3].T + vm[:3, 3]
+    px = (cam @ K.T)[:, :2] / (cam @ K.T)[:, 2:]
+    ix, iy = px[:, 0].floor().long(), px[:, 1].floor().long()
+    assert off[iy.numpy(), ix.numpy()].mean() > 0.99
+    rgb = rep.sh_dc[new] * 0.28209479177387814 + 0.5
+    assert torch.allclose(rgb, torch.tensor([40, 30, 20]) / 255.0, atol=1e-5)
+    # Rendered, the halo is covered.
+    _, alpha, _ = render_splats(rep(verts), vm, K, SIZE, SIZE, torch.ones(3))
+    assert alpha[0, ..., 0].detach().numpy()[off].mean() > 0.8
+
+
+def test_seeds_move_with_the_head_and_second_frame_fills_only_gaps(anny_head, scene):
+    verts, transl, _, matte, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    n0 = rep.num_gaussians
+    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1)
+    again = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1)
+    assert again < 0.1 * added  # the same frame again: already covered
+    turn = torch.tensor([[0.0, 0.4, 0.0]])
+    with torch.no_grad():
+        moved = anny_head(global_orient=turn, transl=transl).vertices
+    a, b = rep(verts).means[0, n0:], rep(moved).means[0, n0:]
+    # Head-frame positions agree: seeds are rigidly attached to the (rigid) scalp/neck.
+    from avatar.models.rotations import axis_angle_to_matrix
+
+    R = axis_angle_to_matrix(turn)[0]
+    expected = (a - transl) @ R.T + transl  # global_orient rotates about the model origin
+    assert torch.allclose(b, expected, atol=2e-4)
+
+
+def test_no_matte_means_no_seeds(anny_head, scene):
+    verts, _, _, _, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    empty = np.zeros((1, SIZE, SIZE), np.uint8)
+    assert seed_off_mesh(rep, anny_head, verts, image[None], empty, vm, K[None]) == 0
