@@ -63,7 +63,9 @@ class Render:
             fov = 20.0
             dist = 0.75 * height / np.tan(np.radians(fov / 2))
             K = torch.tensor(intrinsics(W, H, fov), dtype=torch.float32)
-            params = {**params, "global_orient": torch.zeros(n, 3), "transl": torch.zeros(n, 3)}
+            # No global pose: the head at rest at the origin (body-fixed hair placed as at the clip's
+            # mean pose), the camera moves instead.
+            params = {k: v for k, v in params.items() if k not in ("global_orient", "transl")}
             if self.camera == "orbit":
                 total = self.frames
                 rows = np.arange(total) % n

@@ -71,23 +71,45 @@ def test_seeds_fill_the_off_mesh_foreground_only(anny_head, scene):
     assert alpha[0, ..., 0].detach().numpy()[off].mean() > 0.8
 
 
-def test_seeds_move_with_the_head_and_second_frame_fills_only_gaps(anny_head, scene):
+def test_seeds_follow_the_head_or_stay_with_the_body(anny_head, scene):
+    from avatar.models.rotations import axis_angle_to_matrix
+    from avatar.representations.geometry import rigid_transforms
+
     verts, transl, _, matte, image, K, vm = scene
     rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
     n0 = rep.num_gaussians
-    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1)
-    again = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1)
+    pose = rigid_transforms(torch.zeros(1, 3), transl)
+    with torch.no_grad():
+        rep.reference_pose.copy_(rigid_transforms(torch.tensor([[0.0, 0.1, 0.0]]), transl + 0.01)[0])
+    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1, head_poses=pose)
+    again = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1, head_poses=pose)
     assert again < 0.1 * added  # the same frame again: already covered
+    hair = torch.arange(n0, rep.num_gaussians)
+    at_seed = {}
+    for w in (20.0, -20.0):  # all head-bound, all body-fixed: both put a seed where it was seen
+        with torch.no_grad():
+            rep.follow_logit[hair] = w
+        at_seed[w] = rep(verts, head_pose=pose).means[0, hair]
+    assert torch.allclose(at_seed[20.0], at_seed[-20.0], atol=1e-5)
     turn = torch.tensor([[0.0, 0.4, 0.0]])
     with torch.no_grad():
         moved = anny_head(global_orient=turn, transl=transl).vertices
-    a, b = rep(verts).means[0, n0:], rep(moved).means[0, n0:]
-    # Head-frame positions agree: seeds are rigidly attached to the (rigid) scalp/neck.
-    from avatar.models.rotations import axis_angle_to_matrix
-
+    moved_pose = rigid_transforms(turn, transl)
     R = axis_angle_to_matrix(turn)[0]
-    expected = (a - transl) @ R.T + transl  # global_orient rotates about the model origin
-    assert torch.allclose(b, expected, atol=2e-4)
+    with torch.no_grad():
+        rep.follow_logit[hair] = 20.0  # head-bound: rigidly attached to the (rigid) scalp/neck
+    head_bound = rep(moved, head_pose=moved_pose).means[0, hair]
+    expected = (at_seed[20.0] - transl) @ R.T + transl  # global_orient rotates about the model origin
+    assert torch.allclose(head_bound, expected, atol=2e-4)
+    with torch.no_grad():
+        rep.follow_logit[hair] = -20.0  # body-fixed: stays where it was while the head turns
+    assert torch.allclose(rep(moved, head_pose=moved_pose).means[0, hair], at_seed[-20.0], atol=1e-5)
+    with torch.no_grad():
+        rep.follow_logit[hair] = 0.0  # halfway
+    half = rep(moved, head_pose=moved_pose).means[0, hair]
+    assert torch.allclose(half, 0.5 * (head_bound + at_seed[-20.0]), atol=1e-5)
+    # Surface Gaussians ignore the blend entirely.
+    assert torch.allclose(rep(moved, head_pose=moved_pose).means[0, :n0], rep(moved).means[0, :n0])
 
 
 def test_no_matte_means_no_seeds(anny_head, scene):
@@ -95,3 +117,24 @@ def test_no_matte_means_no_seeds(anny_head, scene):
     rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
     empty = np.zeros((1, SIZE, SIZE), np.uint8)
     assert seed_off_mesh(rep, anny_head, verts, image[None], empty, vm, K[None]) == 0
+
+
+def test_avatar_passes_the_head_pose_only_when_given(anny_head, scene):
+    from avatar.representations.bundle import Avatar
+    from avatar.representations.geometry import rigid_transforms
+
+    verts, transl, _, matte, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    n0 = rep.num_gaussians
+    with torch.no_grad():
+        rep.reference_pose.copy_(rigid_transforms(torch.zeros(1, 3), transl)[0])
+    seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2,
+                  head_poses=rigid_transforms(torch.zeros(1, 3), transl))  # fmt: skip
+    with torch.no_grad():
+        rep.follow_logit[n0:] = -20.0  # all hair body-fixed
+    av = Avatar(rep, anny_head, torch.zeros(anny_head.num_shape), {})
+    tracked = av.splats({"transl": transl}).means[0]
+    at_rest = av.splats({}).means[0]
+    # Tracked: the whole avatar where it was seen. At rest: the head and the body-fixed hair both
+    # moved back to the origin together (the reference pose is a pure translation here).
+    assert torch.allclose(tracked - transl, at_rest, atol=1e-5)

@@ -70,7 +70,22 @@ class Avatar:
         return self.head(shape=self.shape[None], **given).vertices
 
     def splats(self, params: dict[str, Tensor], sh_degree: int | None = None) -> Splats:
-        return self.representation(self.vertices(params), sh_degree=sh_degree)
+        """With ``global_orient``/``transl`` in ``params`` they are a pose in the coordinates the
+        avatar was trained in (tracked, or a driver's placed there) and body-fixed hair stays where
+        the body was; without them the head is at rest at the origin and the body with it (the
+        pose of an orbit render or an export). See :mod:`avatar.representations.mesh_gaussians`."""
+        from avatar.representations.geometry import rigid_transforms
+
+        verts = self.vertices(params)
+        pose = None
+        if "global_orient" in params or "transl" in params:
+            b = verts.shape[0]
+            zeros = verts.new_zeros(b, 3)
+            go = params.get("global_orient", zeros).to(verts).expand(b, 3)
+            tr = params.get("transl", zeros).to(verts).expand(b, 3)
+            pose = rigid_transforms(go, tr)
+        kwargs = {"head_pose": pose} if pose is not None and isinstance(self.representation, MeshGaussians) else {}
+        return self.representation(verts, sh_degree=sh_degree, **kwargs)
 
     @torch.no_grad()
     def render(

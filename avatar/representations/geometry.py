@@ -81,3 +81,15 @@ def matrix_to_quat(m: Tensor) -> Tensor:
     best = sq.argmax(-1)
     q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
     return q / q.norm(dim=-1, keepdim=True)
+
+
+def rigid_transforms(global_orient: Tensor, transl: Tensor) -> Tensor:
+    """``[B, 4, 4]`` head-to-world transforms from ``[B, 3]`` axis-angle and ``[B, 3]``
+    translation (the head models' global pose: rotate about the origin, then translate)."""
+    from avatar.models.rotations import axis_angle_to_matrix
+
+    T = torch.zeros(global_orient.shape[0], 4, 4, dtype=global_orient.dtype, device=global_orient.device)
+    T[:, :3, :3] = axis_angle_to_matrix(global_orient)
+    T[:, :3, 3] = transl
+    T[:, 3, 3] = 1.0
+    return T

@@ -21,6 +21,14 @@ Regions (``REGIONS``) control how far a Gaussian may go:
     hair   - off-surface Gaussians seeded where the frames show foreground the mesh does not
              cover (hair, shoulders; :mod:`avatar.training.seeding`), bound to a nearby scalp or
              neck triangle far outside it; their offset is free (no pull back to the surface).
+
+Hair and shoulders do not all turn with the head: long hair rests on the shoulders, and the
+shoulders stay where the body is. So a ``hair`` Gaussian blends two positions with a learnt weight
+``w = sigmoid(follow_logit)``: the head-bound one above and a body-fixed one, ``static_pos``,
+stored in the head frame at the clip's ``reference_pose`` (its mean head pose)::
+
+    mean = w * mean_head + (1 - w) * T_ref @ static_pos      when the frame's head pose is given
+    mean = w * mean_head + (1 - w) * static_pos              otherwise (the head at rest, e.g. exports)
 """
 from __future__ import annotations
 
@@ -109,6 +117,9 @@ class MeshGaussians(Representation):
         self.opacity_logit = nn.Parameter(torch.full((n,), math.log(0.7 / 0.3)))
         self.sh_dc = nn.Parameter(torch.zeros(n, 3))
         self.sh_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
+        self.follow_logit = nn.Parameter(torch.zeros(n))  # hair only: head-bound vs body-fixed
+        self.static_pos = nn.Parameter(torch.zeros(n, 3))  # hair only: body-fixed position (see module doc)
+        self.register_buffer("reference_pose", torch.eye(4))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -158,7 +169,10 @@ class MeshGaussians(Representation):
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "MeshGaussians":
         rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]))
-        rep.load_state_dict(state)
+        # Bundles written before hair could stay with the body: every Gaussian follows the head.
+        defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
+                    "reference_pose": rep.reference_pose}  # fmt: skip
+        rep.load_state_dict({**defaults, **state})
         return rep
 
     @property
@@ -176,16 +190,18 @@ class MeshGaussians(Representation):
                 self.sh_dc[where] = dc[where] if dc.shape[0] == self.num_gaussians else dc
 
     def append(self, face_id: Tensor, region: Tensor, offset: Tensor, log_scale: Tensor, rgb: Tensor,
-               opacity: float = 0.7) -> None:  # fmt: skip
+               opacity: float = 0.7, static_pos: Tensor | None = None) -> None:  # fmt: skip
         """Add Gaussians (``[M]`` triangle ids and regions, ``[M, 3]`` local offsets, log-scales and
-        RGB colours; identity rotation, no higher SH). Call before building the optimiser."""
+        RGB colours; identity rotation, no higher SH; ``static_pos`` for hair, in the head frame at
+        the reference pose; ``w`` starts at 0.5). Call before building the optimiser."""
         m = int(face_id.shape[0])
         dev = self.offset.device
         params = self.primitive_parameters()
         new = {
             "offset": offset, "rot": self.rot.new_tensor([1.0, 0.0, 0.0, 0.0]).repeat(m, 1), "log_scale": log_scale,
             "opacity_logit": torch.full((m,), math.log(opacity / (1 - opacity))), "sh_dc": rgb_to_sh_dc(rgb.float()),
-            "sh_rest": torch.zeros(m, *self.sh_rest.shape[1:]),
+            "sh_rest": torch.zeros(m, *self.sh_rest.shape[1:]), "follow_logit": torch.zeros(m),
+            "static_pos": static_pos if static_pos is not None else torch.zeros(m, 3),
         }  # fmt: skip
         self.set_primitives(
             {k: torch.cat([p.detach(), new[k].to(p)]) for k, p in params.items()},
@@ -204,10 +220,13 @@ class MeshGaussians(Representation):
         log_scale = torch.where(rigid[:, None], self.log_scale.clamp(max=math.log(_RIGID_SCALE)), self.log_scale)
         return offset, log_scale
 
-    def forward(self, vertices: Tensor, sh_degree: int | None = None) -> Splats:
+    def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None) -> Splats:
         """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.
 
-        ``sh_degree``: evaluate up to this degree (default: all stored); 0 still uses SH."""
+        ``sh_degree``: evaluate up to this degree (default: all stored); 0 still uses SH.
+        ``head_pose``: ``[B, 4, 4]`` head-to-world transforms of the frames (global_orient, transl;
+        :func:`~avatar.representations.geometry.rigid_transforms`), in the coordinates the
+        representation was trained in; body-fixed hair uses it (see the module docstring)."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise AvatarError(f"vertices must be [B, V, 3], got {list(vertices.shape)}")
         origin, rot, k = triangle_frames(vertices, self.faces)
@@ -215,6 +234,14 @@ class MeshGaussians(Representation):
         o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
         offset, log_scale = self._local()
         means = o + s[..., None] * (r * offset[None, :, None, :]).sum(-1)
+        hair = self.region == HAIR
+        if bool(hair.any()):
+            static = self.static_pos[None].expand(means.shape[0], -1, -1)
+            if head_pose is not None:
+                ref = self.reference_pose.to(means)
+                static = static @ ref[:3, :3].T + ref[:3, 3]
+            w = torch.where(hair, torch.sigmoid(self.follow_logit), torch.ones_like(self.follow_logit))[None, :, None]
+            means = w * means + (1.0 - w) * static
         quats = quat_multiply(matrix_to_quat(rot)[:, fid], self.rot[None].expand(vertices.shape[0], -1, -1))
         scales = torch.exp(log_scale)[None] * s[..., None]
         deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
@@ -241,7 +268,8 @@ class MeshGaussians(Representation):
     # --- per-primitive protocol (densification) -------------------------------------------------
     def primitive_parameters(self) -> dict[str, nn.Parameter]:
         return {"offset": self.offset, "rot": self.rot, "log_scale": self.log_scale,
-                "opacity_logit": self.opacity_logit, "sh_dc": self.sh_dc, "sh_rest": self.sh_rest}  # fmt: skip
+                "opacity_logit": self.opacity_logit, "sh_dc": self.sh_dc, "sh_rest": self.sh_rest,
+                "follow_logit": self.follow_logit, "static_pos": self.static_pos}  # fmt: skip
 
     def primitive_buffers(self) -> dict[str, Tensor]:
         return {"face_id": self.face_id, "region": self.region}

@@ -44,6 +44,8 @@ class TrainConfig:
     lr_opacity: float = 3e-2
     lr_color: float = 1e-2
     lr_sh_rest: float = 5e-4
+    lr_follow: float = 0.05  # hair: logit of how much it turns with the head (vs stays with the body)
+    lr_static: float = 2e-5  # hair: body-fixed position (metres)
     lambda_dssim: float = 0.2
     lambda_alpha: float = 0.1  # L1 between the rendered opacity and the matte (sharp silhouettes, no halo)
     seed_off_mesh: bool = True  # seed "hair" Gaussians where the matte shows what the mesh does not cover

@@ -54,6 +54,7 @@ def seed_off_mesh(
     stride: int = 2,
     margin: int = 2,
     max_new: int = 30_000,
+    head_poses: Tensor | None = None,
     options: Any = None,
 ) -> int:
     """Append ``hair`` Gaussians to ``rep`` (see the module docstring); returns how many.
@@ -64,6 +65,9 @@ def seed_off_mesh(
         viewmat: ``[4, 4]`` world-to-camera.  Ks: ``[F, 3, 3]`` intrinsics at the image size.
         stride: seed on every ``stride``-th pixel in x and y (the Gaussians are sized to match).
         margin: pixels around the mesh silhouette left to the surface Gaussians.
+        head_poses: ``[F, 4, 4]`` head-to-world transforms of the frames; each seed's body-fixed
+            position (``static_pos``, relative to ``rep.reference_pose``) is where it was seen.
+            Without them every frame is taken to be at the reference pose.
     """
     import cv2
 
@@ -90,7 +94,9 @@ def seed_off_mesh(
         if not covered.any():
             continue
         near_mesh = cv2.dilate(covered.astype(np.uint8), kernel) > 0
-        _, alpha, _ = render_splats(rep(vertices[f : f + 1].to(device)), viewmat.to(device), Ks[f].to(device), W, H, bg, options)
+        pose = None if head_poses is None else head_poses[f : f + 1].to(device)
+        _, alpha, _ = render_splats(rep(vertices[f : f + 1].to(device), head_pose=pose), viewmat.to(device), Ks[f].to(device),
+                                    W, H, bg, options)  # fmt: skip
         cand = (mattes[f] > 127) & ~near_mesh & (alpha[0, ..., 0].cpu().numpy() < 0.5)
         grid = np.zeros_like(cand)
         grid[(f % stride) :: stride, (f % stride) :: stride] = True  # frames seed interleaved grids
@@ -113,6 +119,10 @@ def seed_off_mesh(
         log_scale = (footprint / kk[tri]).log()[:, None].expand(-1, 3)
         rgb = torch.from_numpy(images[f][ys, xs].astype(np.float32) / 255.0)
         region = torch.full((ys.size,), HAIR, dtype=torch.long)
-        rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb)
+        static = world  # without poses the frame is taken to be at the reference pose
+        if head_poses is not None:  # the same world point, in the head frame at the reference pose
+            ref = rep.reference_pose.double().cpu()
+            static = (world - ref[:3, 3]) @ ref[:3, :3]
+        rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float())
         added += int(ys.size)
     return added

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation, render_splats, save_avatar
+from avatar.representations.geometry import rigid_transforms
 from avatar.training.config import TrainConfig
 from avatar.training.data import PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
@@ -82,6 +83,11 @@ def _frame_params(clip: Clip, rows: Tensor | np.ndarray, device: torch.device, d
 
 def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
     return head(shape=shape[None], **params).vertices
+
+
+def _poses(params: dict[str, Tensor]) -> Tensor:
+    """``[B, 4, 4]`` head-to-world transforms of per-frame parameters."""
+    return rigid_transforms(params["global_orient"], params["transl"])
 
 
 @torch.no_grad()
@@ -148,9 +154,10 @@ def evaluate(
     device = background.device
     preds, gts, masks, panels, per_frame = [], [], [], [], []
     for r in rows:
-        verts = _vertices(head, shape, _frame_params(clip, [r], device, deltas))
-        rgb, _, _ = render_splats(rep(verts, sh_degree=sh_degree), clip.viewmat.to(device), clip.Ks[r].to(device),
-                                  *clip.size, background, options)  # fmt: skip
+        params = _frame_params(clip, [r], device, deltas)
+        verts = _vertices(head, shape, params)
+        rgb, _, _ = render_splats(rep(verts, sh_degree=sh_degree, head_pose=_poses(params)), clip.viewmat.to(device),
+                                  clip.Ks[r].to(device), *clip.size, background, options)  # fmt: skip
         gt, m = clip.target([r], background, device)
         pred = rgb.clamp(0, 1)
         preds.append(pred), gts.append(gt), masks.append(m)
@@ -220,12 +227,18 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                                        sh_degree=config.sh_degree, vertices=neutral, seed=config.seed).to(device)  # fmt: skip
         color_rows = clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.color_init_frames, len(clip.train_ids))).round().astype(int)]
         init_colors_from_frames(rep, head, clip, shape, np.unique(color_rows))
+        with torch.no_grad():  # body-fixed hair is stored relative to the mean training head pose
+            train_params = _frame_params(clip, clip.train_ids, device, None)
+            rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
+                                                      train_params["transl"].mean(0, keepdim=True))[0])  # fmt: skip
         if config.seed_off_mesh:
             seed_rows = np.unique(clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.seed_frames, len(clip.train_ids))).round().astype(int)])
             with torch.no_grad():
-                seed_verts = _vertices(head, shape, _frame_params(clip, seed_rows, device, None))
+                seed_params = _frame_params(clip, seed_rows, device, None)
+                seed_verts = _vertices(head, shape, seed_params)
             n_seeded = seed_off_mesh(rep, head, seed_verts, clip.images[seed_rows], clip.mattes[seed_rows], clip.viewmat,
-                                     clip.Ks[seed_rows], stride=config.seed_stride, options=raster)  # fmt: skip
+                                     clip.Ks[seed_rows], stride=config.seed_stride, head_poses=_poses(seed_params),
+                                     options=raster)  # fmt: skip
             if progress:
                 print(f"seeded {n_seeded} off-mesh (hair) Gaussians from {len(seed_rows)} frames")
         start = 0
@@ -235,7 +248,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     if config.refine_tracking:
         deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in PARAMS}
     lrs = {"offset": config.lr_offset, "rot": config.lr_rot, "log_scale": config.lr_scale,
-           "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest}  # fmt: skip
+           "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
+           "follow_logit": config.lr_follow, "static_pos": config.lr_static}  # fmt: skip
     groups = [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.primitive_parameters().items()]
     groups += [{"params": [d], "lr": config.lr_tracking, "name": f"track.{k}"} for k, d in deltas.items()]
     optimizer = torch.optim.Adam(groups, eps=1e-15)
@@ -275,11 +289,12 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                 g["lr"] = config.lr_offset * config.lr_offset_final_fraction ** (step / max(1, config.steps))
         sh_active = min(config.sh_degree, step // max(1, config.sh_increase_every))
         rows = clip.train_ids[torch.randint(n_train, (config.batch_size,), generator=gen).numpy()]
+        params = _frame_params(clip, rows, device, deltas)
         if fixed_verts is not None:
             verts = fixed_verts[torch.as_tensor(rows, device=device)]
         else:
-            verts = _vertices(head, shape, _frame_params(clip, rows, device, deltas))
-        splats = rep(verts, sh_degree=sh_active)
+            verts = _vertices(head, shape, params)
+        splats = rep(verts, sh_degree=sh_active, head_pose=_poses(params))
         pred, alpha, metas = render_splats(splats, clip.viewmat.to(device), clip.Ks[rows].to(device), W, H, bg, raster)
         gt, matte = clip.target(rows, bg, device)
         loss, parts = photometric_loss(pred, gt, config.lambda_dssim)
