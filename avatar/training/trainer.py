@@ -258,7 +258,11 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         for k, d in deltas.items():
             if k in ck.get("deltas", {}):
                 d.data.copy_(ck["deltas"][k])
-        optimizer.load_state_dict(ck["optimizer"])
+        try:
+            optimizer.load_state_dict(ck["optimizer"])
+        except ValueError as e:  # parameter groups changed: a checkpoint of an older version
+            raise AvatarError(f"{ck_path} was written by an older version of avatar and cannot be resumed; "
+                              "start over with `avatar train OUT --restart`") from e  # fmt: skip
         strategy.load_state_dict(ck["strategy"])
 
     # Tracked vertices never change without refinement: pose them once.
