@@ -43,7 +43,7 @@ def error_breakdown(out: Path, cfg) -> dict[str, float]:
             params = {k: v[r : r + 1] for k, v in clip.params.items()}
             verts = av.vertices(params)
             bg = torch.tensor(av.config.get("background", [1.0, 1.0, 1.0]))
-            rgb, _, _ = render_splats(av.representation(verts), clip.viewmat, clip.Ks[r], *clip.size, bg)
+            rgb, _, _ = render_splats(av.splats(params), clip.viewmat, clip.Ks[r], *clip.size, bg)
             gt, m = clip.target([r], bg, torch.device("cpu"))
             err = ((rgb.clamp(0, 1) - gt) ** 2).mean(-1)[0].numpy()
             frags = rasterize_triangles(verts[0].double().numpy(), faces, clip.viewmat.double().numpy(),
