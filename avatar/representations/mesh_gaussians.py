@@ -23,12 +23,15 @@ Regions (``REGIONS``) control how far a Gaussian may go:
              neck triangle far outside it; their offset is free (no pull back to the surface).
 
 Hair and shoulders do not all turn with the head: long hair rests on the shoulders, and the
-shoulders stay where the body is. So a ``hair`` Gaussian blends two positions with a learnt weight
+shoulders stay where the body is. So a ``hair`` (or ``free``) Gaussian blends two positions with a learnt weight
 ``w = sigmoid(follow_logit)``: the head-bound one above and a body-fixed one, ``static_pos``,
 stored in the head frame at the clip's ``reference_pose`` (its mean head pose)::
 
     mean = w * mean_head + (1 - w) * T_ref @ static_pos      when the frame's head pose is given
     mean = w * mean_head + (1 - w) * static_pos              otherwise (the head at rest, e.g. exports)
+
+Seeded hair starts at w = 0.5; surface ``free`` Gaussians (scalp, ears, neck) start saturated at
+w = 1 (follow the head, no gradient) unless the trainer releases them.
 """
 from __future__ import annotations
 
@@ -117,7 +120,7 @@ class MeshGaussians(Representation):
         self.opacity_logit = nn.Parameter(torch.full((n,), math.log(0.7 / 0.3)))
         self.sh_dc = nn.Parameter(torch.zeros(n, 3))
         self.sh_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
-        self.follow_logit = nn.Parameter(torch.zeros(n))  # hair only: head-bound vs body-fixed
+        self.follow_logit = nn.Parameter(torch.full((n,), 20.0))  # hair/free: head-bound (20: w = 1) vs body-fixed
         self.static_pos = nn.Parameter(torch.zeros(n, 3))  # hair only: body-fixed position (see module doc)
         self.register_buffer("reference_pose", torch.eye(4))
 
@@ -234,7 +237,7 @@ class MeshGaussians(Representation):
         o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
         offset, log_scale = self._local()
         means = o + s[..., None] * (r * offset[None, :, None, :]).sum(-1)
-        hair = self.region == HAIR
+        hair = (self.region == HAIR) | (self.region == FREE)  # FREE: w starts saturated at 1 (head-bound)
         if bool(hair.any()):
             static = self.static_pos[None].expand(means.shape[0], -1, -1)
             if head_pose is not None:

@@ -28,6 +28,7 @@ from torch import Tensor
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation, render_splats, save_avatar
 from avatar.representations.geometry import rigid_transforms
+from avatar.representations.mesh_gaussians import FREE
 from avatar.training.config import TrainConfig
 from avatar.training.data import PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
@@ -231,6 +232,11 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             train_params = _frame_params(clip, clip.train_ids, device, None)
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
                                                       train_params["transl"].mean(0, keepdim=True))[0])  # fmt: skip
+        if config.body_fixed_neck:  # release the surface 'free' Gaussians: start 95 % head-bound
+            with torch.no_grad():
+                free = rep.region == FREE
+                rep.static_pos[free] = rep(neutral[None]).means[0, free]
+                rep.follow_logit[free] = 3.0
         if config.seed_off_mesh:
             seed_rows = np.unique(clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.seed_frames, len(clip.train_ids))).round().astype(int)])
             with torch.no_grad():
