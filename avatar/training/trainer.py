@@ -237,6 +237,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                 free = rep.region == FREE
                 rep.static_pos[free] = rep(neutral[None]).means[0, free]
                 rep.follow_logit[free] = 3.0
+                rep.free_blends.fill_(True)
         if config.seed_off_mesh:
             seed_rows = np.unique(clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.seed_frames, len(clip.train_ids))).round().astype(int)])
             with torch.no_grad():
