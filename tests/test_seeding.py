@@ -138,3 +138,27 @@ def test_avatar_passes_the_head_pose_only_when_given(anny_head, scene):
     # Tracked: the whole avatar where it was seen. At rest: the head and the body-fixed hair both
     # moved back to the origin together (the reference pose is a pure translation here).
     assert torch.allclose(tracked - transl, at_rest, atol=1e-5)
+
+
+def test_released_neck_gaussians_blend_and_round_trip(anny_head, tmp_path):
+    from avatar.representations.bundle import load_representation, save_representation
+    from avatar.representations.geometry import rigid_transforms
+
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    free = rep.region == FREE
+    with torch.no_grad():
+        rest = anny_head().vertices
+        turn = rigid_transforms(torch.tensor([[0.0, 0.3, 0.0]]), torch.zeros(1, 3))
+        moved = anny_head(global_orient=torch.tensor([[0.0, 0.3, 0.0]])).vertices
+        before = rep(moved, head_pose=turn).means[0]
+        rep.static_pos[free] = rep(rest).means[0, free]
+        rep.follow_logit[free] = -20.0  # fully body-fixed once released
+    assert torch.allclose(rep(moved, head_pose=turn).means[0], before)  # not released: no effect
+    with torch.no_grad():
+        rep.free_blends.fill_(True)
+    after = rep(moved, head_pose=turn).means[0]
+    assert torch.allclose(after[free], rep(rest).means[0, free], atol=1e-6)  # stayed with the body
+    assert torch.allclose(after[~free], before[~free])
+    save_representation(rep, tmp_path / "rep.safetensors")
+    back = load_representation(tmp_path / "rep.safetensors")
+    assert bool(back.free_blends) and torch.allclose(back(moved, head_pose=turn).means, rep(moved, head_pose=turn).means)
