@@ -19,6 +19,7 @@ import torch
 from avatar.fitting.apertures import APERTURES, aperture_report, apertures, format_report
 from avatar.fitting.energy import project_planes
 from avatar.fitting.solver import fit_landmarks
+from test_fitting import _project  # FaceMesh-like detections (x, y px, relative z) of the model's landmarks
 
 #: MediaPipe's 2nd and 3rd rings above each upper lid (crease and socket), listed here rather than
 #: imported so the test describes FaceMesh, not the solver's weighting of these points.
@@ -55,14 +56,6 @@ def _blink_clip(head, n: int) -> dict[str, torch.Tensor]:
     rot = torch.stack([0.15 * torch.sin(2 * math.pi * t), 0.3 * torch.sin(2 * math.pi * 0.7 * t), torch.zeros(n)], 1)
     transl = torch.stack([0.01 * torch.sin(6 * t), -0.12 + 0.0 * t, -0.7 + 0.03 * torch.sin(4 * t)], 1)
     return dict(expression=expr, global_orient=rot, transl=transl)
-
-
-def _project(head, params, focal: float, size: int) -> np.ndarray:
-    with torch.no_grad():
-        pts = head(**params).landmarks.transpose(1, 2)
-    u, v, d = project_planes(pts, torch.tensor(focal), size / 2, size / 2)
-    z = (d - d.mean(1, keepdim=True)) * focal / d.mean(1, keepdim=True)
-    return torch.stack([u, v, z], -1).numpy()
 
 
 def test_blinks_reach_their_closure(anny_head) -> None:
