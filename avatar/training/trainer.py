@@ -3,14 +3,17 @@
 Loop (per step): pick ``batch_size`` training frames (a seeded generator whose state is
 checkpointed), pose the head with the tracked (optionally refined) parameters, draw the
 representation over the fixed background, loss = (1-l) L1 + l D-SSIM against the matted frame
-composited on the same background, + offset/scale regularisers (+ an L2 pull on the tracking
-refinements); Adam; then the densify/prune strategy.
+composited on the same background, + lambda_alpha |alpha - matte|, + offset/scale regularisers
+(+ an L2 pull on the tracking refinements); Adam; then the densify/prune strategy. Before the
+first step: surface Gaussians coloured from the frames, then hair/shoulder Gaussians seeded where
+the matte shows what the mesh does not cover (:mod:`avatar.training.seeding`).
 
 Files (all written atomically):
     OUT/checkpoints/step_NNNNNNN.pt   every ``checkpoint_every`` steps and at the end (last
                                       ``keep_checkpoints`` kept); a rerun resumes from the newest
     OUT/avatar/                       the bundle (see :mod:`avatar.representations.bundle`)
-    OUT/report.json                   held-out masked PSNR/SSIM (initial and final), timings
+    OUT/report.json                   held-out PSNR/SSIM, foreground-only and whole-image (initial and
+                                      final), timings
     OUT/eval.mp4                      held-out frames: ground truth | render | error
 """
 from __future__ import annotations
