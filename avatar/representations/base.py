@@ -58,7 +58,9 @@ class Representation(nn.Module):
 
     kind: ClassVar[str] = "base"
 
-    def forward(self, vertices: Tensor, sh_degree: int | None = None) -> Splats:  # [B, V, 3]
+    def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None) -> Splats:
+        """``vertices [B, V, 3]``; ``head_pose [B, 4, 4]`` the frames' head-to-world transforms in
+        the training coordinates, or None for the head at rest (representations may ignore it)."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:

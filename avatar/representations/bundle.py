@@ -74,18 +74,11 @@ class Avatar:
         avatar was trained in (tracked, or a driver's placed there) and body-fixed hair stays where
         the body was; without them the head is at rest at the origin and the body with it (the
         pose of an orbit render or an export). See :mod:`avatar.representations.mesh_gaussians`."""
-        from avatar.representations.geometry import rigid_transforms
+        from avatar.representations.geometry import params_pose
 
         verts = self.vertices(params)
-        pose = None
-        if "global_orient" in params or "transl" in params:
-            b = verts.shape[0]
-            zeros = verts.new_zeros(b, 3)
-            go = params.get("global_orient", zeros).to(verts).expand(b, 3)
-            tr = params.get("transl", zeros).to(verts).expand(b, 3)
-            pose = rigid_transforms(go, tr)
-        kwargs = {"head_pose": pose} if pose is not None and isinstance(self.representation, MeshGaussians) else {}
-        return self.representation(verts, sh_degree=sh_degree, **kwargs)
+        pose = params_pose({k: v.to(verts) for k, v in params.items() if k in ("global_orient", "transl")}, verts.shape[0])
+        return self.representation(verts, sh_degree=sh_degree, head_pose=pose)
 
     @torch.no_grad()
     def render(

@@ -83,6 +83,18 @@ def matrix_to_quat(m: Tensor) -> Tensor:
     return q / q.norm(dim=-1, keepdim=True)
 
 
+def params_pose(params: dict[str, Tensor], batch: int | None = None) -> Tensor | None:
+    """``[B, 4, 4]`` head poses of per-frame head parameters (a missing ``global_orient`` or
+    ``transl`` is zero), or None when ``params`` has neither (the head at rest)."""
+    go, tr = params.get("global_orient"), params.get("transl")
+    if go is None and tr is None:
+        return None
+    like = go if go is not None else tr
+    b = batch if batch is not None else like.shape[0]
+    zeros = like.new_zeros(1, 3)
+    return rigid_transforms((go if go is not None else zeros).expand(b, 3), (tr if tr is not None else zeros).to(like).expand(b, 3))
+
+
 def rigid_transforms(global_orient: Tensor, transl: Tensor) -> Tensor:
     """``[B, 4, 4]`` head-to-world transforms from ``[B, 3]`` axis-angle and ``[B, 3]``
     translation (the head models' global pose: rotate about the origin, then translate)."""

@@ -23,15 +23,14 @@ Regions (``REGIONS``) control how far a Gaussian may go:
              neck triangle far outside it; their offset is free (no pull back to the surface).
 
 Hair and shoulders do not all turn with the head: long hair rests on the shoulders, and the
-shoulders stay where the body is. So a ``hair`` (or ``free``) Gaussian blends two positions with a learnt weight
+shoulders stay where the body is. So a ``hair`` Gaussian blends two positions with a learnt weight
 ``w = sigmoid(follow_logit)``: the head-bound one above and a body-fixed one, ``static_pos``,
 stored in the head frame at the clip's ``reference_pose`` (its mean head pose)::
 
     mean = w * mean_head + (1 - w) * T_ref @ static_pos      when the frame's head pose is given
     mean = w * mean_head + (1 - w) * static_pos              otherwise (the head at rest, e.g. exports)
 
-Seeded hair starts at w = 0.5. Surface ``free`` Gaussians (scalp, ears, neck) blend only when
-the ``free_blends`` flag is set (the trainer's ``body_fixed_neck``).
+Seeded hair starts at w = 0.5; every other Gaussian follows the head (``follow_logit`` unused).
 """
 from __future__ import annotations
 
@@ -120,10 +119,9 @@ class MeshGaussians(Representation):
         self.opacity_logit = nn.Parameter(torch.full((n,), math.log(0.7 / 0.3)))
         self.sh_dc = nn.Parameter(torch.zeros(n, 3))
         self.sh_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
-        self.follow_logit = nn.Parameter(torch.full((n,), 20.0))  # hair (/free): head-bound (20: w = 1) vs body-fixed
+        self.follow_logit = nn.Parameter(torch.full((n,), 20.0))  # hair: head-bound (20: w = 1) vs body-fixed
         self.static_pos = nn.Parameter(torch.zeros(n, 3))  # hair only: body-fixed position (see module doc)
         self.register_buffer("reference_pose", torch.eye(4))
-        self.register_buffer("free_blends", torch.tensor(False))  # do 'free' Gaussians blend too?
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -175,7 +173,7 @@ class MeshGaussians(Representation):
         rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]))
         # Bundles written before hair could stay with the body: every Gaussian follows the head.
         defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
-                    "reference_pose": rep.reference_pose, "free_blends": rep.free_blends}  # fmt: skip
+                    "reference_pose": rep.reference_pose}  # fmt: skip
         rep.load_state_dict({**defaults, **state})
         return rep
 
@@ -239,8 +237,6 @@ class MeshGaussians(Representation):
         offset, log_scale = self._local()
         means = o + s[..., None] * (r * offset[None, :, None, :]).sum(-1)
         hair = self.region == HAIR
-        if bool(self.free_blends):
-            hair = hair | (self.region == FREE)
         if bool(hair.any()):
             static = self.static_pos[None].expand(means.shape[0], -1, -1)
             if head_pose is not None:

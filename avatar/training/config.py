@@ -50,7 +50,6 @@ class TrainConfig:
     lambda_alpha: float = 0.1  # L1 between the rendered opacity and the matte (sharp silhouettes, no halo)
     seed_off_mesh: bool = True  # seed "hair" Gaussians where the matte shows what the mesh does not cover
     seed_frames: int = 4  # training frames (spread over the clip) that seed them, each filling what is left
-    body_fixed_neck: bool = False  # neck/scalp surface Gaussians may also learn to stay with the body
     seed_stride: int = 4  # one seed per stride x stride pixels (2 gave crisper hair that generalised worse)
     w_offset: float = 0.01
     w_scale: float = 1.0

@@ -30,8 +30,7 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation, render_splats, save_avatar
-from avatar.representations.geometry import rigid_transforms
-from avatar.representations.mesh_gaussians import FREE
+from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.training.config import TrainConfig
 from avatar.training.data import PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
@@ -89,9 +88,9 @@ def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
     return head(shape=shape[None], **params).vertices
 
 
-def _poses(params: dict[str, Tensor]) -> Tensor:
-    """``[B, 4, 4]`` head-to-world transforms of per-frame parameters."""
-    return rigid_transforms(params["global_orient"], params["transl"])
+def _spread(ids: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` distinct entries of ``ids``, evenly spread from the first to the last."""
+    return np.unique(ids[np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int)])
 
 
 @torch.no_grad()
@@ -160,7 +159,7 @@ def evaluate(
     for r in rows:
         params = _frame_params(clip, [r], device, deltas)
         verts = _vertices(head, shape, params)
-        rgb, _, _ = render_splats(rep(verts, sh_degree=sh_degree, head_pose=_poses(params)), clip.viewmat.to(device),
+        rgb, _, _ = render_splats(rep(verts, sh_degree=sh_degree, head_pose=params_pose(params)), clip.viewmat.to(device),
                                   clip.Ks[r].to(device), *clip.size, background, options)  # fmt: skip
         gt, m = clip.target([r], background, device)
         pred = rgb.clamp(0, 1)
@@ -229,25 +228,18 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             neutral = head(shape=shape[None]).vertices[0]
         rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
                                        sh_degree=config.sh_degree, vertices=neutral, seed=config.seed).to(device)  # fmt: skip
-        color_rows = clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.color_init_frames, len(clip.train_ids))).round().astype(int)]
-        init_colors_from_frames(rep, head, clip, shape, np.unique(color_rows))
+        init_colors_from_frames(rep, head, clip, shape, _spread(clip.train_ids, config.color_init_frames))
         with torch.no_grad():  # body-fixed hair is stored relative to the mean training head pose
             train_params = _frame_params(clip, clip.train_ids, device, None)
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
                                                       train_params["transl"].mean(0, keepdim=True))[0])  # fmt: skip
-        if config.body_fixed_neck:  # release the surface 'free' Gaussians: start 95 % head-bound
-            with torch.no_grad():
-                free = rep.region == FREE
-                rep.static_pos[free] = rep(neutral[None]).means[0, free]
-                rep.follow_logit[free] = 3.0
-                rep.free_blends.fill_(True)
         if config.seed_off_mesh:
-            seed_rows = np.unique(clip.train_ids[np.linspace(0, len(clip.train_ids) - 1, min(config.seed_frames, len(clip.train_ids))).round().astype(int)])
+            seed_rows = _spread(clip.train_ids, config.seed_frames)
             with torch.no_grad():
                 seed_params = _frame_params(clip, seed_rows, device, None)
                 seed_verts = _vertices(head, shape, seed_params)
             n_seeded = seed_off_mesh(rep, head, seed_verts, clip.images[seed_rows], clip.mattes[seed_rows], clip.viewmat,
-                                     clip.Ks[seed_rows], stride=config.seed_stride, head_poses=_poses(seed_params),
+                                     clip.Ks[seed_rows], stride=config.seed_stride, head_poses=params_pose(seed_params),
                                      options=raster)  # fmt: skip
             if progress:
                 print(f"seeded {n_seeded} off-mesh (hair) Gaussians from {len(seed_rows)} frames")
@@ -308,7 +300,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             verts = fixed_verts[torch.as_tensor(rows, device=device)]
         else:
             verts = _vertices(head, shape, params)
-        splats = rep(verts, sh_degree=sh_active, head_pose=_poses(params))
+        splats = rep(verts, sh_degree=sh_active, head_pose=params_pose(params))
         pred, alpha, metas = render_splats(splats, clip.viewmat.to(device), clip.Ks[rows].to(device), W, H, bg, raster)
         gt, matte = clip.target(rows, bg, device)
         loss, parts = photometric_loss(pred, gt, config.lambda_dssim)
@@ -345,8 +337,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     # --- export + evaluation ---------------------------------------------------------------------
     perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if deltas else 0)).cpu() for k in PARAMS}
     final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
-    train_rows = clip.train_ids[np.linspace(0, n_train - 1, min(n_train, 16)).round().astype(int)]
-    train_metrics, _ = evaluate(rep, head, clip, np.unique(train_rows), shape, bg, deltas=deltas or None, options=raster)
+    train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster)
     report = {
         "steps": config.steps,
         "resumed_from": start if resumed is not None else None,
