@@ -129,3 +129,22 @@ def test_nearest_colors_takes_the_neighbours_colour():
     query = torch.tensor([[0.02, 0, 0], [0.98, 0, 0]], dtype=torch.float64)
     got = nearest_colors(query, points, colors, k=2, chunk=1)
     assert torch.allclose(got, torch.tensor([[1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64))
+
+
+def test_photometric_loss_kinds():
+    from avatar.training.losses import photometric_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 8, 8, 3, generator=g), torch.rand(2, 8, 8, 3, generator=g)
+    l1, _ = photometric_loss(a, b, lambda_dssim=0.0, kind="l1")
+    l2, parts = photometric_loss(a, b, lambda_dssim=0.0, kind="l2")
+    assert torch.isclose(l1, (a - b).abs().mean())
+    assert torch.isclose(l2, 10 * ((a - b) ** 2).mean())
+    assert parts["l1"] == pytest.approx(float(l1))  # the progress bar's l1 stays the absolute error
+    # L2's minimiser over two equally likely targets is their mean; L1 is flat between them.
+    x = torch.full((1, 4, 4, 3), 0.5, requires_grad=True)
+    lo, hi = torch.zeros(1, 4, 4, 3), torch.ones(1, 4, 4, 3)
+    (photometric_loss(x, lo, 0.0, "l2")[0] + photometric_loss(x, hi, 0.0, "l2")[0]).backward()
+    assert x.grad.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="l1' or 'l2"):
+        photometric_loss(a, b, kind="huber")

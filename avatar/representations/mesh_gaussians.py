@@ -122,6 +122,8 @@ class MeshGaussians(Representation):
         self.follow_logit = nn.Parameter(torch.full((n,), 20.0))  # hair: head-bound (20: w = 1) vs body-fixed
         self.static_pos = nn.Parameter(torch.zeros(n, 3))  # hair only: body-fixed position (see module doc)
         self.register_buffer("reference_pose", torch.eye(4))
+        # 1: the body frame moves with the head's translation (the body carries the neck), 0: it stays put.
+        self.register_buffer("body_translation", torch.tensor(0.0))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -173,7 +175,7 @@ class MeshGaussians(Representation):
         rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]))
         # Bundles written before hair could stay with the body: every Gaussian follows the head.
         defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
-                    "reference_pose": rep.reference_pose}  # fmt: skip
+                    "reference_pose": rep.reference_pose, "body_translation": rep.body_translation}  # fmt: skip
         rep.load_state_dict({**defaults, **state})
         return rep
 
@@ -222,6 +224,12 @@ class MeshGaussians(Representation):
         log_scale = torch.where(rigid[:, None], self.log_scale.clamp(max=math.log(_RIGID_SCALE)), self.log_scale)
         return offset, log_scale
 
+    def body_origin(self, head_pose: Tensor) -> Tensor:
+        """``[B, 3]`` origin of the body frame for head poses ``[B, 4, 4]``: the reference pose's
+        translation, moved by ``body_translation`` times the head's translation away from it."""
+        t_ref = self.reference_pose[:3, 3].to(head_pose)
+        return t_ref + self.body_translation.to(head_pose) * (head_pose[:, :3, 3] - t_ref)
+
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None) -> Splats:
         """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.
 
@@ -240,8 +248,7 @@ class MeshGaussians(Representation):
         if bool(hair.any()):
             static = self.static_pos[None].expand(means.shape[0], -1, -1)
             if head_pose is not None:
-                ref = self.reference_pose.to(means)
-                static = static @ ref[:3, :3].T + ref[:3, 3]
+                static = static @ self.reference_pose[:3, :3].to(means).T + self.body_origin(head_pose.to(means))[:, None]
             w = torch.where(hair, torch.sigmoid(self.follow_logit), torch.ones_like(self.follow_logit))[None, :, None]
             means = w * means + (1.0 - w) * static
         quats = quat_multiply(matrix_to_quat(rot)[:, fid], self.rot[None].expand(vertices.shape[0], -1, -1))

@@ -46,6 +46,8 @@ class TrainConfig:
     lr_sh_rest: float = 5e-4
     lr_follow: float = 0.05  # hair: logit of how much it turns with the head (vs stays with the body)
     lr_static: float = 2e-5  # hair: body-fixed position (metres)
+    body_translation: float = 0.0  # 1: body-fixed hair moves with the head's translation (the body carries the neck)
+    photometric: Literal["l1", "l2"] = "l1"  # per-pixel term beside D-SSIM (see losses.photometric_loss)
     lambda_dssim: float = 0.2
     lambda_alpha: float = 0.1  # L1 between the rendered opacity and the matte (sharp silhouettes, no halo)
     seed_off_mesh: bool = True  # seed "hair" Gaussians where the matte shows what the mesh does not cover

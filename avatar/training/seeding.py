@@ -122,7 +122,7 @@ def seed_off_mesh(
         static = world  # without poses the frame is taken to be at the reference pose
         if head_poses is not None:  # the same world point, in the head frame at the reference pose
             ref = rep.reference_pose.double().cpu()
-            static = (world - ref[:3, 3]) @ ref[:3, :3]
+            static = (world - rep.body_origin(head_poses[f : f + 1].double().cpu())) @ ref[:3, :3]
         rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float())
         added += int(ys.size)
     return added

@@ -233,6 +233,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             train_params = _frame_params(clip, clip.train_ids, device, None)
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
                                                       train_params["transl"].mean(0, keepdim=True))[0])  # fmt: skip
+            rep.body_translation.fill_(config.body_translation)
         if config.seed_off_mesh:
             seed_rows = _spread(clip.train_ids, config.seed_frames)
             with torch.no_grad():
@@ -303,7 +304,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         splats = rep(verts, sh_degree=sh_active, head_pose=params_pose(params))
         pred, alpha, metas = render_splats(splats, clip.viewmat.to(device), clip.Ks[rows].to(device), W, H, bg, raster)
         gt, matte = clip.target(rows, bg, device)
-        loss, parts = photometric_loss(pred, gt, config.lambda_dssim)
+        loss, parts = photometric_loss(pred, gt, config.lambda_dssim, config.photometric)
         if config.lambda_alpha > 0:
             l_alpha = (alpha - matte).abs().mean()
             loss = loss + config.lambda_alpha * l_alpha
