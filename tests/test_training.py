@@ -108,6 +108,11 @@ def test_config_overrides():
         override(cfg, ["steps=many"])
     with pytest.raises(AvatarError, match="unknown preset"):
         preset("turbo")
+    assert override(cfg, ["photometric=l2"]).photometric == "l2"
+    with pytest.raises(AvatarError, match="photometric must be"):
+        override(cfg, ["photometric=l3"])
+    with pytest.raises(AvatarError, match="body_translation must be"):
+        override(cfg, ["body_translation=2"])
 
 
 def test_tracking_refinement_runs_and_stays_small(clip_dir, tmp_path):

@@ -27,8 +27,13 @@ shoulders stay where the body is. So a ``hair`` Gaussian blends two positions wi
 ``w = sigmoid(follow_logit)``: the head-bound one above and a body-fixed one, ``static_pos``,
 stored in the head frame at the clip's ``reference_pose`` (its mean head pose)::
 
-    mean = w * mean_head + (1 - w) * T_ref @ static_pos      when the frame's head pose is given
+    mean = w * mean_head + (1 - w) * B(t) @ static_pos       when the frame's head pose is given
     mean = w * mean_head + (1 - w) * static_pos              otherwise (the head at rest, e.g. exports)
+
+The body frame ``B(t)`` has the reference pose's rotation; its origin is the reference pose's
+translation moved by ``body_translation`` (0..1) times the frame's head translation away from it
+(:meth:`MeshGaussians.body_origin`): at 1 the body carries the neck, so when the person shifts,
+shoulders and hanging hair shift with the head, while head turns (about the neck) leave them.
 
 Seeded hair starts at w = 0.5; every other Gaussian follows the head (``follow_logit`` unused).
 """

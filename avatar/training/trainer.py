@@ -2,9 +2,10 @@
 
 Loop (per step): pick ``batch_size`` training frames (a seeded generator whose state is
 checkpointed), pose the head with the tracked (optionally refined) parameters, draw the
-representation over the fixed background, loss = (1-l) L1 + l D-SSIM against the matted frame
-composited on the same background, + lambda_alpha |alpha - matte|, + offset/scale regularisers
-(+ an L2 pull on the tracking refinements); Adam; then the densify/prune strategy. Before the
+representation over the fixed background, loss = (1-l) E + l D-SSIM against the matted frame
+composited on the same background (E: L1, or 10 x L2 with ``photometric="l2"``), + lambda_alpha
+|alpha - matte|, + offset/scale regularisers (+ an L2 pull on the tracking refinements); Adam;
+then the densify/prune strategy. Before the
 first step: surface Gaussians coloured from the frames, then hair/shoulder Gaussians seeded where
 the matte shows what the mesh does not cover (:mod:`avatar.training.seeding`).
 
