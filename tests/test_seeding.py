@@ -82,7 +82,7 @@ def test_seeds_follow_the_head_or_stay_with_the_body(anny_head, scene, body_tran
     pose = rigid_transforms(torch.zeros(1, 3), transl)
     with torch.no_grad():
         rep.reference_pose.copy_(rigid_transforms(torch.tensor([[0.0, 0.1, 0.0]]), transl + 0.01)[0])
-        rep.body_translation.fill_(body_translation)
+        rep.set_body_translation(body_translation)
     added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1, head_poses=pose)
     again = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1, head_poses=pose)
     assert again < 0.1 * added  # the same frame again: already covered
@@ -116,7 +116,7 @@ def test_seeds_follow_the_head_or_stay_with_the_body(anny_head, scene, body_tran
         rep.follow_logit[hair] = -20.0
         shifted = anny_head(global_orient=turn, transl=transl + shift).vertices
     body = rep(shifted, head_pose=rigid_transforms(turn, transl + shift)).means[0, hair]
-    assert torch.allclose(body, at_seed[-20.0] + body_translation * shift, atol=1e-5)
+    assert torch.allclose(body, at_seed[-20.0] + body_translation * shift, atol=2e-5)
     # Surface Gaussians ignore the blend entirely.
     assert torch.allclose(rep(moved, head_pose=moved_pose).means[0, :n0], rep(moved).means[0, :n0])
 
@@ -162,7 +162,7 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
     seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2, head_poses=pose)
     with torch.no_grad():
         rep.follow_logit[n0:] = torch.linspace(-3, 3, rep.num_gaussians - n0)
-        rep.body_translation.fill_(1.0)
+        rep.set_body_translation(torch.tensor([1.0, 0.0, 0.5]))
     save_representation(rep, tmp_path / "rep.safetensors")
     back = load_representation(tmp_path / "rep.safetensors")
     turn = rigid_transforms(torch.tensor([[0.0, 0.3, 0.0]]), transl)
@@ -170,4 +170,4 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
         moved = anny_head(global_orient=torch.tensor([[0.0, 0.3, 0.0]]), transl=transl).vertices
     assert torch.allclose(back(moved, head_pose=turn).means, rep(moved, head_pose=turn).means)
     assert torch.equal(back.reference_pose, rep.reference_pose)
-    assert torch.equal(back.body_translation, rep.body_translation)
+    assert torch.equal(back.body_logit, rep.body_logit)

@@ -71,6 +71,11 @@ class Representation(nn.Module):
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "Representation":
         raise NotImplementedError
 
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Learnable tensors not indexed by primitive (one optimiser group each; densification
+        leaves them alone)."""
+        return {}
+
     # --- per-primitive protocol used by densification strategies ----------------------------
     def primitive_parameters(self) -> dict[str, nn.Parameter]:
         """Learnable tensors whose first dimension indexes primitives (optimiser param groups)."""

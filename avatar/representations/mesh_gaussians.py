@@ -31,9 +31,10 @@ stored in the head frame at the clip's ``reference_pose`` (its mean head pose)::
     mean = w * mean_head + (1 - w) * static_pos              otherwise (the head at rest, e.g. exports)
 
 The body frame ``B(t)`` has the reference pose's rotation; its origin is the reference pose's
-translation moved by ``body_translation`` (0..1) times the frame's head translation away from it
-(:meth:`MeshGaussians.body_origin`): at 1 the body carries the neck, so when the person shifts,
-shoulders and hanging hair shift with the head, while head turns (about the neck) leave them.
+translation moved, per axis, by ``body_translation`` (0..1, learnt) times the frame's head translation
+away from it (:meth:`MeshGaussians.body_origin`). At 1 the body carries the neck: when the person
+shifts, shoulders and hanging hair shift with the head, while head turns (about the neck) leave
+them. At 0 the body stays put, as when the tracked translation is the head bobbing on the neck.
 
 Seeded hair starts at w = 0.5; every other Gaussian follows the head (``follow_logit`` unused).
 """
@@ -127,8 +128,9 @@ class MeshGaussians(Representation):
         self.follow_logit = nn.Parameter(torch.full((n,), 20.0))  # hair: head-bound (20: w = 1) vs body-fixed
         self.static_pos = nn.Parameter(torch.zeros(n, 3))  # hair only: body-fixed position (see module doc)
         self.register_buffer("reference_pose", torch.eye(4))
-        # 1: the body frame moves with the head's translation (the body carries the neck), 0: it stays put.
-        self.register_buffer("body_translation", torch.tensor(0.0))
+        # Per axis, how far the body frame moves with the head's translation: sigmoid(body_logit), 1 = the
+        # body carries the neck, 0 = it stays put (see the module docstring). Learnt per clip.
+        self.body_logit = nn.Parameter(torch.full((3,), -20.0))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -180,7 +182,7 @@ class MeshGaussians(Representation):
         rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]))
         # Bundles written before hair could stay with the body: every Gaussian follows the head.
         defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
-                    "reference_pose": rep.reference_pose, "body_translation": rep.body_translation}  # fmt: skip
+                    "reference_pose": rep.reference_pose, "body_logit": rep.body_logit.detach()}  # fmt: skip
         rep.load_state_dict({**defaults, **state})
         return rep
 
@@ -229,11 +231,24 @@ class MeshGaussians(Representation):
         log_scale = torch.where(rigid[:, None], self.log_scale.clamp(max=math.log(_RIGID_SCALE)), self.log_scale)
         return offset, log_scale
 
+    @property
+    def body_translation(self) -> Tensor:
+        """``[3]`` per-axis fraction (0..1) of the head's translation that the body frame follows."""
+        return torch.sigmoid(self.body_logit)
+
+    def set_body_translation(self, value: float | Tensor) -> None:
+        with torch.no_grad():
+            v = torch.as_tensor(value, dtype=self.body_logit.dtype).clamp(1e-6, 1 - 1e-6)
+            self.body_logit.copy_(torch.log(v / (1 - v)).expand_as(self.body_logit))
+
     def body_origin(self, head_pose: Tensor) -> Tensor:
         """``[B, 3]`` origin of the body frame for head poses ``[B, 4, 4]``: the reference pose's
-        translation, moved by ``body_translation`` times the head's translation away from it."""
+        translation, moved per axis by ``body_translation`` times the head's translation away from it."""
         t_ref = self.reference_pose[:3, 3].to(head_pose)
         return t_ref + self.body_translation.to(head_pose) * (head_pose[:, :3, 3] - t_ref)
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        return {"body_logit": self.body_logit}
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None) -> Splats:
         """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.

@@ -234,7 +234,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             train_params = _frame_params(clip, clip.train_ids, device, None)
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
                                                       train_params["transl"].mean(0, keepdim=True))[0])  # fmt: skip
-            rep.body_translation.fill_(config.body_translation)
+            rep.set_body_translation(config.body_translation)
         if config.seed_off_mesh:
             seed_rows = _spread(clip.train_ids, config.seed_frames)
             with torch.no_grad():
@@ -256,6 +256,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
            "follow_logit": config.lr_follow, "static_pos": config.lr_static}  # fmt: skip
     groups = [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.primitive_parameters().items()]
     groups += [{"params": [d], "lr": config.lr_tracking, "name": f"track.{k}"} for k, d in deltas.items()]
+    groups += [{"params": [p], "lr": config.lr_body, "name": k} for k, p in rep.shared_parameters().items()]
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     strategy = DensifyStrategy(config.strategy, config.steps)
     if resumed is not None:
