@@ -171,3 +171,29 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
     assert torch.allclose(back(moved, head_pose=turn).means, rep(moved, head_pose=turn).means)
     assert torch.equal(back.reference_pose, rep.reference_pose)
     assert torch.equal(back.body_logit, rep.body_logit)
+
+
+def test_body_translation_is_learnt_from_where_the_body_hair_is_seen(anny_head, scene):
+    """Body-fixed hair seen 2 cm to the side when the head moved 2 cm sideways: gradient descent on
+    the x share of the body frame's translation drives it toward 1, and leaves y and z alone."""
+    from avatar.representations.geometry import rigid_transforms
+
+    verts, transl, _, matte, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    n0 = rep.num_gaussians
+    pose = rigid_transforms(torch.zeros(1, 3), transl)
+    with torch.no_grad():
+        rep.reference_pose.copy_(pose[0])
+    rep.set_body_translation(0.5)
+    seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2, head_poses=pose)
+    with torch.no_grad():
+        rep.follow_logit[n0:] = -20.0
+        seen = rep(verts, head_pose=pose).means[0, n0:] + torch.tensor([0.02, 0.0, 0.0])
+    shifted_pose = rigid_transforms(torch.zeros(1, 3), transl + torch.tensor([[0.02, 0.0, 0.0]]))
+    opt = torch.optim.Adam(rep.shared_parameters().values(), lr=0.2)
+    for _ in range(60):
+        opt.zero_grad()
+        ((rep(verts, head_pose=shifted_pose).means[0, n0:] - seen) ** 2).sum().backward()
+        opt.step()
+    share = rep.body_translation.detach()
+    assert share[0] > 0.95 and torch.allclose(share[1:], torch.tensor([0.5, 0.5]))

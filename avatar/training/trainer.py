@@ -5,9 +5,9 @@ checkpointed), pose the head with the tracked (optionally refined) parameters, d
 representation over the fixed background, loss = (1-l) E + l D-SSIM against the matted frame
 composited on the same background (E: L1, or 10 x L2 with ``photometric="l2"``), + lambda_alpha
 |alpha - matte|, + offset/scale regularisers (+ an L2 pull on the tracking refinements); Adam;
-then the densify/prune strategy. Before the
-first step: surface Gaussians coloured from the frames, then hair/shoulder Gaussians seeded where
-the matte shows what the mesh does not cover (:mod:`avatar.training.seeding`).
+then the densify/prune strategy. Before the first step: surface Gaussians coloured from the
+frames, then hair/shoulder Gaussians seeded where the matte shows what the mesh does not cover
+(:mod:`avatar.training.seeding`).
 
 Files (all written atomically):
     OUT/checkpoints/step_NNNNNNN.pt   every ``checkpoint_every`` steps and at the end (last
