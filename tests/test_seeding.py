@@ -46,6 +46,22 @@ def scene(anny_head):
     return verts, transl, frags.mask, matte, image, torch.from_numpy(K), torch.from_numpy(FRONTAL_VIEWMAT.astype(np.float32))
 
 
+def _seeded(anny_head, scene, reference, body_translation=0.0, stride=2):
+    """Surface Gaussians plus hair seeded from the scene's frame (head pose: ``scene``'s translation),
+    with the given reference pose ``[1, 4, 4]``; returns (rep, surface count, frame pose, seeds added)."""
+    from avatar.representations.geometry import rigid_transforms
+
+    verts, transl, _, matte, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    n0 = rep.num_gaussians
+    pose = rigid_transforms(torch.zeros(1, 3), transl)
+    with torch.no_grad():
+        rep.reference_pose.copy_(reference[0])
+    rep.set_body_translation(body_translation)
+    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=stride, head_poses=pose)
+    return rep, n0, pose, added
+
+
 def test_seeds_fill_the_off_mesh_foreground_only(anny_head, scene):
     verts, _, mesh_mask, matte, image, K, vm = scene
     rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
@@ -77,13 +93,8 @@ def test_seeds_follow_the_head_or_stay_with_the_body(anny_head, scene, body_tran
     from avatar.representations.geometry import rigid_transforms
 
     verts, transl, _, matte, image, K, vm = scene
-    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
-    n0 = rep.num_gaussians
-    pose = rigid_transforms(torch.zeros(1, 3), transl)
-    with torch.no_grad():
-        rep.reference_pose.copy_(rigid_transforms(torch.tensor([[0.0, 0.1, 0.0]]), transl + 0.01)[0])
-        rep.set_body_translation(body_translation)
-    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1, head_poses=pose)
+    reference = rigid_transforms(torch.tensor([[0.0, 0.1, 0.0]]), transl + 0.01)
+    rep, n0, pose, added = _seeded(anny_head, scene, reference, body_translation, stride=1)
     again = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=1, head_poses=pose)
     assert again < 0.1 * added  # the same frame again: already covered
     hair = torch.arange(n0, rep.num_gaussians)
@@ -132,13 +143,8 @@ def test_avatar_passes_the_head_pose_only_when_given(anny_head, scene):
     from avatar.representations.bundle import Avatar
     from avatar.representations.geometry import rigid_transforms
 
-    verts, transl, _, matte, image, K, vm = scene
-    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
-    n0 = rep.num_gaussians
-    with torch.no_grad():
-        rep.reference_pose.copy_(rigid_transforms(torch.zeros(1, 3), transl)[0])
-    seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2,
-                  head_poses=rigid_transforms(torch.zeros(1, 3), transl))  # fmt: skip
+    transl = scene[1]
+    rep, n0, _, _ = _seeded(anny_head, scene, rigid_transforms(torch.zeros(1, 3), transl))
     with torch.no_grad():
         rep.follow_logit[n0:] = -20.0  # all hair body-fixed
     av = Avatar(rep, anny_head, torch.zeros(anny_head.num_shape), {})
@@ -153,13 +159,8 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
     from avatar.representations.bundle import load_representation, save_representation
     from avatar.representations.geometry import rigid_transforms
 
-    verts, transl, _, matte, image, K, vm = scene
-    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
-    n0 = rep.num_gaussians
-    pose = rigid_transforms(torch.zeros(1, 3), transl)
-    with torch.no_grad():
-        rep.reference_pose.copy_(rigid_transforms(torch.tensor([[0.0, 0.1, 0.0]]), transl)[0])
-    seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2, head_poses=pose)
+    transl = scene[1]
+    rep, n0, _, _ = _seeded(anny_head, scene, rigid_transforms(torch.tensor([[0.0, 0.1, 0.0]]), transl))
     with torch.no_grad():
         rep.follow_logit[n0:] = torch.linspace(-3, 3, rep.num_gaussians - n0)
         rep.set_body_translation(torch.tensor([1.0, 0.0, 0.5]))
@@ -178,14 +179,8 @@ def test_body_translation_is_learnt_from_where_the_body_hair_is_seen(anny_head, 
     the x share of the body frame's translation drives it toward 1, and leaves y and z alone."""
     from avatar.representations.geometry import rigid_transforms
 
-    verts, transl, _, matte, image, K, vm = scene
-    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
-    n0 = rep.num_gaussians
-    pose = rigid_transforms(torch.zeros(1, 3), transl)
-    with torch.no_grad():
-        rep.reference_pose.copy_(pose[0])
-    rep.set_body_translation(0.5)
-    seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2, head_poses=pose)
+    verts, transl = scene[:2]
+    rep, n0, pose, _ = _seeded(anny_head, scene, rigid_transforms(torch.zeros(1, 3), transl), body_translation=0.5)
     with torch.no_grad():
         rep.follow_logit[n0:] = -20.0
         seen = rep(verts, head_pose=pose).means[0, n0:] + torch.tensor([0.02, 0.0, 0.0])
