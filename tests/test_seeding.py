@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from avatar.render.mesh import rasterize_triangles
 from avatar.representations import MeshGaussians, render_splats
@@ -164,6 +165,7 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
     with torch.no_grad():
         rep.follow_logit[n0:] = torch.linspace(-3, 3, rep.num_gaussians - n0)
         rep.set_body_translation(torch.tensor([1.0, 0.0, 0.5]))
+        rep.set_body_rotation(torch.tensor([0.2, 0.7, 0.1]))
     save_representation(rep, tmp_path / "rep.safetensors")
     back = load_representation(tmp_path / "rep.safetensors")
     turn = rigid_transforms(torch.tensor([[0.0, 0.3, 0.0]]), transl)
@@ -172,6 +174,39 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
     assert torch.allclose(back(moved, head_pose=turn).means, rep(moved, head_pose=turn).means)
     assert torch.equal(back.reference_pose, rep.reference_pose)
     assert torch.equal(back.body_logit, rep.body_logit)
+    assert torch.equal(back.body_rot_logit, rep.body_rot_logit)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_body_frame_turns_with_the_head_by_its_rotation_share(anny_head, scene, axis):
+    """Rotation share 1 on the y axis only: body-fixed hair turns with a head yaw exactly as
+    head-bound hair does, and stays put when the head pitches. Both shares 1 on every axis:
+    body-fixed hair moves like head-bound hair under any head pose."""
+    from avatar.representations.geometry import rigid_transforms
+
+    verts, transl = scene[:2]
+    rep, n0, pose, _ = _seeded(anny_head, scene, rigid_transforms(torch.zeros(1, 3), transl))  # seen at the reference
+    hair = torch.arange(n0, rep.num_gaussians)
+
+    def means(follow: float, orient: Tensor, shift: Tensor = torch.zeros(1, 3)) -> Tensor:
+        with torch.no_grad():
+            rep.follow_logit[hair] = follow
+            moved = anny_head(global_orient=orient, transl=transl + shift).vertices
+            return rep(moved, head_pose=rigid_transforms(orient, transl + shift)).means[0, hair]
+
+    seen = means(-20.0, torch.zeros(1, 3))
+    rep.set_body_rotation(torch.tensor([0.0, 1.0, 0.0]))
+    turn = torch.zeros(1, 3)
+    turn[0, axis] = 0.3
+    body, head = means(-20.0, turn), means(20.0, turn)
+    if axis == 1:
+        assert torch.allclose(body, head, atol=2e-4) and (body - seen).norm(dim=-1).mean() > 0.01
+    else:
+        assert torch.allclose(body, seen, atol=1e-5)
+    rep.set_body_rotation(1.0)
+    rep.set_body_translation(1.0)
+    turn, shift = torch.tensor([[0.2, 0.3, -0.1]]), torch.tensor([[0.01, -0.02, 0.03]])
+    assert torch.allclose(means(-20.0, turn, shift), means(20.0, turn, shift), atol=2e-4)
 
 
 def test_body_translation_is_learnt_from_where_the_body_hair_is_seen(anny_head, scene):

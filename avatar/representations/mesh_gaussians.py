@@ -30,11 +30,13 @@ stored in the head frame at the clip's ``reference_pose`` (its mean head pose)::
     mean = w * mean_head + (1 - w) * B(t) @ static_pos       when the frame's head pose is given
     mean = w * mean_head + (1 - w) * static_pos              otherwise (the head at rest, e.g. exports)
 
-The body frame ``B(t)`` has the reference pose's rotation; its origin is the reference pose's
-translation moved, per axis, by ``body_translation`` (0..1, learnt) times the frame's head translation
-away from it (:meth:`MeshGaussians.body_origin`). At 1 the body carries the neck: when the person
-shifts, shoulders and hanging hair shift with the head, while head turns (about the neck) leave
-them. At 0 the body stays put, as when the tracked translation is the head bobbing on the neck.
+The body frame ``B(t)`` (:meth:`MeshGaussians.body_frame`) starts from the reference pose and
+follows the head by two per-axis shares in 0..1, both learnable:
+    ``body_translation`` of the head's translation away from the reference. At 1 the body carries
+        the neck: when the person shifts, shoulders and hanging hair shift with the head. At 0 the
+        body stays put, as when the tracked translation is the head bobbing on the neck.
+    ``body_rotation`` of the head's rotation away from the reference (axis-angle). At 1 the torso
+        turns with the head; at 0 head turns (about the neck) leave it.
 
 Seeded hair starts at w = 0.5; every other Gaussian follows the head (``follow_logit`` unused).
 """
@@ -50,6 +52,12 @@ from torch import Tensor, nn
 from avatar.errors import AvatarError
 from avatar.representations.base import Representation, Splats
 from avatar.representations.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, triangle_frames
+
+def _set_share(logit: nn.Parameter, value: float | Tensor) -> None:
+    with torch.no_grad():
+        v = torch.as_tensor(value, dtype=logit.dtype).clamp(1e-6, 1 - 1e-6)
+        logit.copy_(torch.log(v / (1 - v)).expand_as(logit))
+
 
 REGIONS = ("face", "free", "eye", "mouth", "hair")
 FACE, FREE, EYE, MOUTH, HAIR = range(5)
@@ -131,6 +139,9 @@ class MeshGaussians(Representation):
         # Per axis, how far the body frame moves with the head's translation: sigmoid(body_logit), 1 = the
         # body carries the neck, 0 = it stays put (see the module docstring). Learnt per clip.
         self.body_logit = nn.Parameter(torch.full((3,), -20.0))
+        # Likewise for rotation: per axis of the head's rotation away from the reference pose, the
+        # share the body frame turns with (sigmoid(body_rot_logit)); 1 = the torso leans with the head.
+        self.body_rot_logit = nn.Parameter(torch.full((3,), -20.0))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -182,7 +193,8 @@ class MeshGaussians(Representation):
         rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]))
         # Bundles written before hair could stay with the body: every Gaussian follows the head.
         defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
-                    "reference_pose": rep.reference_pose, "body_logit": rep.body_logit.detach()}  # fmt: skip
+                    "reference_pose": rep.reference_pose, "body_logit": rep.body_logit.detach(),
+                    "body_rot_logit": rep.body_rot_logit.detach()}  # fmt: skip
         rep.load_state_dict({**defaults, **state})
         return rep
 
@@ -236,10 +248,17 @@ class MeshGaussians(Representation):
         """``[3]`` per-axis fraction (0..1) of the head's translation that the body frame follows."""
         return torch.sigmoid(self.body_logit)
 
+    @property
+    def body_rotation(self) -> Tensor:
+        """``[3]`` per-axis fraction (0..1) of the head's rotation (axis-angle, away from the
+        reference pose) that the body frame turns with."""
+        return torch.sigmoid(self.body_rot_logit)
+
     def set_body_translation(self, value: float | Tensor) -> None:
-        with torch.no_grad():
-            v = torch.as_tensor(value, dtype=self.body_logit.dtype).clamp(1e-6, 1 - 1e-6)
-            self.body_logit.copy_(torch.log(v / (1 - v)).expand_as(self.body_logit))
+        _set_share(self.body_logit, value)
+
+    def set_body_rotation(self, value: float | Tensor) -> None:
+        _set_share(self.body_rot_logit, value)
 
     def body_origin(self, head_pose: Tensor) -> Tensor:
         """``[B, 3]`` origin of the body frame for head poses ``[B, 4, 4]``: the reference pose's
@@ -247,8 +266,20 @@ class MeshGaussians(Representation):
         t_ref = self.reference_pose[:3, 3].to(head_pose)
         return t_ref + self.body_translation.to(head_pose) * (head_pose[:, :3, 3] - t_ref)
 
+    def body_frame(self, head_pose: Tensor) -> tuple[Tensor, Tensor]:
+        """``([B, 3, 3], [B, 3])`` rotation and origin of the body frame for head poses ``[B, 4, 4]``:
+        body-fixed points are ``R @ static_pos + origin``. The rotation is the reference pose's,
+        turned by ``body_rotation`` (per axis) of the head's rotation away from it."""
+        from avatar.models.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+        r_ref = self.reference_pose[:3, :3].to(head_pose)
+        with torch.no_grad():  # how far the head turned: data, not a parameter of the body frame
+            turn = matrix_to_axis_angle(r_ref.T @ head_pose[:, :3, :3])
+        rot = r_ref @ axis_angle_to_matrix(self.body_rotation.to(head_pose) * turn)
+        return rot, self.body_origin(head_pose)
+
     def shared_parameters(self) -> dict[str, nn.Parameter]:
-        return {"body_logit": self.body_logit}
+        return {"body_logit": self.body_logit, "body_rot_logit": self.body_rot_logit}
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None) -> Splats:
         """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.
@@ -268,7 +299,8 @@ class MeshGaussians(Representation):
         if bool(hair.any()):
             static = self.static_pos[None].expand(means.shape[0], -1, -1)
             if head_pose is not None:
-                static = static @ self.reference_pose[:3, :3].to(means).T + self.body_origin(head_pose.to(means))[:, None]
+                body_rot, origin = self.body_frame(head_pose.to(means))
+                static = static @ body_rot.transpose(1, 2) + origin[:, None]
             w = torch.where(hair, torch.sigmoid(self.follow_logit), torch.ones_like(self.follow_logit))[None, :, None]
             means = w * means + (1.0 - w) * static
         quats = quat_multiply(matrix_to_quat(rot)[:, fid], self.rot[None].expand(vertices.shape[0], -1, -1))

@@ -47,7 +47,8 @@ class TrainConfig:
     lr_follow: float = 0.05  # hair: logit of how much it turns with the head (vs stays with the body)
     lr_static: float = 2e-5  # hair: body-fixed position (metres)
     body_translation: float = 0.0  # share of the head's translation body-fixed hair follows, per axis (see MeshGaussians)
-    lr_body: float = 0.0  # learn that share (its logit) at this rate; 0 keeps it (learnt or fixed at 1: no net gain measured)
+    body_rotation: float = 0.0  # share of the head's rotation the body frame turns with, per axis (see MeshGaussians)
+    lr_body: float = 0.0  # learn both shares (their logits) at this rate; 0 keeps them (translation: no net gain measured)
     photometric: Literal["l1", "l2"] = "l2"  # per-pixel term beside D-SSIM (l2: +0.4-0.8 dB held out; losses.photometric_loss)
     lambda_dssim: float = 0.2
     lambda_alpha: float = 0.1  # L1 between the rendered opacity and the matte (sharp silhouettes, no halo)
@@ -77,8 +78,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.photometric not in ("l1", "l2"):
             raise AvatarError(f"photometric must be 'l1' or 'l2', got {self.photometric!r}")
-        if not 0.0 <= self.body_translation <= 1.0:
-            raise AvatarError(f"body_translation must be in [0, 1], got {self.body_translation}")
+        for name in ("body_translation", "body_rotation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AvatarError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

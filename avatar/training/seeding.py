@@ -121,8 +121,8 @@ def seed_off_mesh(
         region = torch.full((ys.size,), HAIR, dtype=torch.long)
         static = world  # without poses the frame is taken to be at the reference pose
         if head_poses is not None:  # the same world point, in the head frame at the reference pose
-            ref = rep.reference_pose.double().cpu()
-            static = (world - rep.body_origin(head_poses[f : f + 1].double().cpu())) @ ref[:3, :3]
+            rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu())
+            static = (world - origin) @ rot[0]
         rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float())
         added += int(ys.size)
     return added

@@ -235,6 +235,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
                                                       train_params["transl"].mean(0, keepdim=True))[0])  # fmt: skip
             rep.set_body_translation(config.body_translation)
+            rep.set_body_rotation(config.body_rotation)
         if config.seed_off_mesh:
             seed_rows = _spread(clip.train_ids, config.seed_frames)
             with torch.no_grad():
