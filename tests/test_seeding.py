@@ -165,7 +165,7 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
     with torch.no_grad():
         rep.follow_logit[n0:] = torch.linspace(-3, 3, rep.num_gaussians - n0)
         rep.set_body_translation(torch.tensor([1.0, 0.0, 0.5]))
-        rep.set_body_rotation(torch.tensor([0.2, 0.7, 0.1]))
+        rep.set_body_rotation(torch.rand(rep.num_gaussians, generator=torch.Generator().manual_seed(0)))
     save_representation(rep, tmp_path / "rep.safetensors")
     back = load_representation(tmp_path / "rep.safetensors")
     turn = rigid_transforms(torch.tensor([[0.0, 0.3, 0.0]]), transl)
@@ -174,19 +174,28 @@ def test_hair_blend_survives_save_and_load(anny_head, scene, tmp_path):
     assert torch.allclose(back(moved, head_pose=turn).means, rep(moved, head_pose=turn).means)
     assert torch.equal(back.reference_pose, rep.reference_pose)
     assert torch.equal(back.body_logit, rep.body_logit)
-    assert torch.equal(back.body_rot_logit, rep.body_rot_logit)
+    assert torch.equal(back.turn_logit, rep.turn_logit)
 
 
-@pytest.mark.parametrize("axis", [0, 1])
-def test_body_frame_turns_with_the_head_by_its_rotation_share(anny_head, scene, axis):
-    """Rotation share 1 on the y axis only: body-fixed hair turns with a head yaw exactly as
-    head-bound hair does, and stays put when the head pitches. Both shares 1 on every axis:
-    body-fixed hair moves like head-bound hair under any head pose."""
+@pytest.mark.parametrize("turn", [0.0, 1.0])
+def test_body_frame_turns_with_the_head_by_each_gaussians_share(anny_head, scene, turn):
+    """Hair seeded with rotation share 1 turns with the head exactly as head-bound hair does; with
+    share 0 it stays where it was seen; with 0.5 it turns halfway. With the translation share 1
+    as well, share-1 hair moves like head-bound hair under any head pose."""
+    from avatar.models.rotations import axis_angle_to_matrix, matrix_to_axis_angle
     from avatar.representations.geometry import rigid_transforms
 
-    verts, transl = scene[:2]
-    rep, n0, pose, _ = _seeded(anny_head, scene, rigid_transforms(torch.zeros(1, 3), transl))  # seen at the reference
+    verts, transl, _, matte, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    n0 = rep.num_gaussians
+    with torch.no_grad():
+        rep.reference_pose.copy_(rigid_transforms(torch.tensor([[0.1, -0.2, 0.05]]), transl)[0])
+    pose = rigid_transforms(torch.tensor([[-0.05, 0.1, 0.0]]), transl)  # seen away from the reference
+    with torch.no_grad():
+        seen_verts = anny_head(global_orient=torch.tensor([[-0.05, 0.1, 0.0]]), transl=transl).vertices
+    seed_off_mesh(rep, anny_head, seen_verts, image[None], matte[None], vm, K[None], stride=2, head_poses=pose, turn=turn)
     hair = torch.arange(n0, rep.num_gaussians)
+    assert torch.allclose(rep.body_rotation[hair], torch.tensor(turn), atol=1e-6)
 
     def means(follow: float, orient: Tensor, shift: Tensor = torch.zeros(1, 3)) -> Tensor:
         with torch.no_grad():
@@ -194,19 +203,24 @@ def test_body_frame_turns_with_the_head_by_its_rotation_share(anny_head, scene, 
             moved = anny_head(global_orient=orient, transl=transl + shift).vertices
             return rep(moved, head_pose=rigid_transforms(orient, transl + shift)).means[0, hair]
 
-    seen = means(-20.0, torch.zeros(1, 3))
-    rep.set_body_rotation(torch.tensor([0.0, 1.0, 0.0]))
-    turn = torch.zeros(1, 3)
-    turn[0, axis] = 0.3
-    body, head = means(-20.0, turn), means(20.0, turn)
-    if axis == 1:
-        assert torch.allclose(body, head, atol=2e-4) and (body - seen).norm(dim=-1).mean() > 0.01
+    seen = means(20.0, torch.tensor([[-0.05, 0.1, 0.0]]))
+    assert torch.allclose(means(-20.0, torch.tensor([[-0.05, 0.1, 0.0]])), seen, atol=1e-5)  # body-fixed: seen there
+    turned = torch.tensor([[0.2, 0.4, -0.1]])
+    body, head = means(-20.0, turned), means(20.0, turned)
+    if turn == 1.0:
+        assert torch.allclose(body, head, atol=2e-4)
+        rep.set_body_translation(1.0)
+        shift = torch.tensor([[0.01, -0.02, 0.03]])
+        assert torch.allclose(means(-20.0, turned, shift), means(20.0, turned, shift), atol=2e-4)
     else:
-        assert torch.allclose(body, seen, atol=1e-5)
-    rep.set_body_rotation(1.0)
-    rep.set_body_translation(1.0)
-    turn, shift = torch.tensor([[0.2, 0.3, -0.1]]), torch.tensor([[0.01, -0.02, 0.03]])
-    assert torch.allclose(means(-20.0, turn, shift), means(20.0, turn, shift), atol=2e-4)
+        assert torch.allclose(body, seen, atol=1e-5) and (head - seen).norm(dim=-1).mean() > 0.01
+        # Half the turn about the reference: R_ref exp(0.5 log(R_ref^T R)) applied to the stored point.
+        rep.set_body_rotation(0.5)
+        half = means(-20.0, turned)
+        ref = rep.reference_pose[:3, :3]
+        part = axis_angle_to_matrix(0.5 * matrix_to_axis_angle(ref.T @ axis_angle_to_matrix(turned)[0])[None])[0]
+        stored = (seen - transl) @ ref  # share 0 at seeding: stored in the reference pose's frame
+        assert torch.allclose(half, stored @ (ref @ part).T + transl, atol=2e-4)
 
 
 def test_body_translation_is_learnt_from_where_the_body_hair_is_seen(anny_head, scene):

@@ -47,8 +47,9 @@ class TrainConfig:
     lr_follow: float = 0.05  # hair: logit of how much it turns with the head (vs stays with the body)
     lr_static: float = 2e-5  # hair: body-fixed position (metres)
     body_translation: float = 0.0  # share of the head's translation body-fixed hair follows, per axis (see MeshGaussians)
-    body_rotation: float = 0.0  # share of the head's rotation the body frame turns with, per axis (see MeshGaussians)
-    lr_body: float = 0.0  # learn both shares (their logits) at this rate; 0 keeps them (translation: no net gain measured)
+    lr_body: float = 0.0  # learn that share (its logit) at this rate; 0 keeps it (learnt or fixed at 1: no net gain measured)
+    body_rotation: float = 0.02  # hair: initial share of the head's rotation its body frame turns with (see MeshGaussians)
+    lr_turn: float = 0.05  # hair: learning rate of that share (its logit), one per Gaussian
     photometric: Literal["l1", "l2"] = "l2"  # per-pixel term beside D-SSIM (l2: +0.4-0.8 dB held out; losses.photometric_loss)
     lambda_dssim: float = 0.2
     lambda_alpha: float = 0.1  # L1 between the rendered opacity and the matte (sharp silhouettes, no halo)

@@ -55,6 +55,7 @@ def seed_off_mesh(
     margin: int = 2,
     max_new: int = 30_000,
     head_poses: Tensor | None = None,
+    turn: float = 0.0,
     options: Any = None,
 ) -> int:
     """Append ``hair`` Gaussians to ``rep`` (see the module docstring); returns how many.
@@ -68,6 +69,7 @@ def seed_off_mesh(
         head_poses: ``[F, 4, 4]`` head-to-world transforms of the frames; each seed's body-fixed
             position (``static_pos``, relative to ``rep.reference_pose``) is where it was seen.
             Without them every frame is taken to be at the reference pose.
+        turn: the seeds' initial ``body_rotation`` share (their body frame's share of the head's turn).
     """
     import cv2
 
@@ -121,8 +123,8 @@ def seed_off_mesh(
         region = torch.full((ys.size,), HAIR, dtype=torch.long)
         static = world  # without poses the frame is taken to be at the reference pose
         if head_poses is not None:  # the same world point, in the head frame at the reference pose
-            rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu())
-            static = (world - origin) @ rot[0]
-        rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float())
+            rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu(), torch.full((ys.size,), float(turn)))
+            static = torch.einsum("mji,mj->mi", rot[0], world - origin)  # R_m^T (world - origin)
+        rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float(), turn=turn)
         added += int(ys.size)
     return added

@@ -235,14 +235,13 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
                                                       train_params["transl"].mean(0, keepdim=True))[0])  # fmt: skip
             rep.set_body_translation(config.body_translation)
-            rep.set_body_rotation(config.body_rotation)
         if config.seed_off_mesh:
             seed_rows = _spread(clip.train_ids, config.seed_frames)
             with torch.no_grad():
                 seed_params = _frame_params(clip, seed_rows, device, None)
                 seed_verts = _vertices(head, shape, seed_params)
             n_seeded = seed_off_mesh(rep, head, seed_verts, clip.images[seed_rows], clip.mattes[seed_rows], clip.viewmat,
-                                     clip.Ks[seed_rows], stride=config.seed_stride, head_poses=params_pose(seed_params),
+                                     clip.Ks[seed_rows], stride=config.seed_stride, head_poses=params_pose(seed_params), turn=config.body_rotation,
                                      options=raster)  # fmt: skip
             if progress:
                 print(f"seeded {n_seeded} off-mesh (hair) Gaussians from {len(seed_rows)} frames")
@@ -254,7 +253,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in PARAMS}
     lrs = {"offset": config.lr_offset, "rot": config.lr_rot, "log_scale": config.lr_scale,
            "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
-           "follow_logit": config.lr_follow, "static_pos": config.lr_static}  # fmt: skip
+           "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static}  # fmt: skip
     groups = [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.primitive_parameters().items()]
     groups += [{"params": [d], "lr": config.lr_tracking, "name": f"track.{k}"} for k, d in deltas.items()]
     groups += [{"params": [p], "lr": config.lr_body, "name": k} for k, p in rep.shared_parameters().items()]
