@@ -39,10 +39,12 @@ follows the head by two shares in 0..1, both learnable:
     ``body_rotation`` (one per Gaussian, ``sigmoid(turn_logit)``) of the head's rotation away from
         the reference (axis-angle). A seated speaker's shoulders stay while the head turns (0); in
         a selfie clip the torso, and the hair resting on it, lean with the head (toward 1). Each
-        Gaussian learns its own: one clip-wide share helped one shared clip (+0.8 dB) and cost
-        others up to 4 dB; per Gaussian, learnt from 0.02, it helped both kinds.
+        Gaussian learns its own: one clip-wide share of 1 gained 0.8 dB held out on one shared
+        clip and lost up to 4 dB on others; learnt per Gaussian from 0.02 it keeps most of that
+        gain and costs the others at most about 0.3 dB (bench/bench_avatar.py).
 
-Seeded hair starts at w = 0.5 (and a rotation share given to the seeding); every other Gaussian follows the head (``follow_logit`` unused).
+Seeded hair starts at w = 0.5 and at the rotation share the seeding is given; every other Gaussian
+follows the head (``follow_logit`` and ``turn_logit`` unused).
 """
 from __future__ import annotations
 
@@ -57,10 +59,15 @@ from avatar.errors import AvatarError
 from avatar.representations.base import Representation, Splats
 from avatar.representations.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, triangle_frames
 
+
+def _share_logit(value: float | Tensor) -> Tensor:
+    v = torch.as_tensor(value, dtype=torch.float32).clamp(1e-6, 1 - 1e-6)
+    return torch.log(v / (1 - v))
+
+
 def _set_share(logit: nn.Parameter, value: float | Tensor) -> None:
     with torch.no_grad():
-        v = torch.as_tensor(value, dtype=logit.dtype).clamp(1e-6, 1 - 1e-6)
-        logit.copy_(torch.log(v / (1 - v)).expand_as(logit))
+        logit.copy_(_share_logit(value).to(logit).expand_as(logit))
 
 
 REGIONS = ("face", "free", "eye", "mouth", "hair")
@@ -227,7 +234,7 @@ class MeshGaussians(Representation):
             "offset": offset, "rot": self.rot.new_tensor([1.0, 0.0, 0.0, 0.0]).repeat(m, 1), "log_scale": log_scale,
             "opacity_logit": torch.full((m,), math.log(opacity / (1 - opacity))), "sh_dc": rgb_to_sh_dc(rgb.float()),
             "sh_rest": torch.zeros(m, *self.sh_rest.shape[1:]), "follow_logit": torch.zeros(m),
-            "turn_logit": torch.full((m,), math.log(max(turn, 1e-9) / max(1.0 - turn, 1e-9))),
+            "turn_logit": _share_logit(turn).expand(m),
             "static_pos": static_pos if static_pos is not None else torch.zeros(m, 3),
         }  # fmt: skip
         self.set_primitives(

@@ -122,7 +122,7 @@ def seed_off_mesh(
         rgb = torch.from_numpy(images[f][ys, xs].astype(np.float32) / 255.0)
         region = torch.full((ys.size,), HAIR, dtype=torch.long)
         static = world  # without poses the frame is taken to be at the reference pose
-        if head_poses is not None:  # the same world point, in the head frame at the reference pose
+        if head_poses is not None:  # the same world point, in each seed's body frame at this frame's pose
             rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu(), torch.full((ys.size,), float(turn)))
             static = torch.einsum("mji,mj->mi", rot[0], world - origin)  # R_m^T (world - origin)
         rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float(), turn=turn)

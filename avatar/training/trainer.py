@@ -241,8 +241,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                 seed_params = _frame_params(clip, seed_rows, device, None)
                 seed_verts = _vertices(head, shape, seed_params)
             n_seeded = seed_off_mesh(rep, head, seed_verts, clip.images[seed_rows], clip.mattes[seed_rows], clip.viewmat,
-                                     clip.Ks[seed_rows], stride=config.seed_stride, head_poses=params_pose(seed_params), turn=config.body_rotation,
-                                     options=raster)  # fmt: skip
+                                     clip.Ks[seed_rows], stride=config.seed_stride, head_poses=params_pose(seed_params),
+                                     turn=config.body_rotation, options=raster)  # fmt: skip
             if progress:
                 print(f"seeded {n_seeded} off-mesh (hair) Gaussians from {len(seed_rows)} frames")
         start = 0
