@@ -309,14 +309,14 @@ class MeshGaussians(Representation):
         o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
         offset, log_scale = self._local()
         means = o + s[..., None] * (r * offset[None, :, None, :]).sum(-1)
-        hair = self.region == HAIR
-        if bool(hair.any()):
-            static = self.static_pos[None].expand(means.shape[0], -1, -1)
+        hair = torch.nonzero(self.region == HAIR).squeeze(-1)
+        if hair.numel():  # the blend (module docstring), evaluated for the hair Gaussians only
+            static = self.static_pos[hair][None].expand(means.shape[0], -1, -1)
             if head_pose is not None:
-                body_rot, origin = self.body_frame(head_pose.to(means))
+                body_rot, origin = self.body_frame(head_pose.to(means), self.body_rotation[hair])
                 static = (body_rot @ static[..., None]).squeeze(-1) + origin[:, None]
-            w = torch.where(hair, torch.sigmoid(self.follow_logit), torch.ones_like(self.follow_logit))[None, :, None]
-            means = w * means + (1.0 - w) * static
+            w = torch.sigmoid(self.follow_logit[hair])[None, :, None]
+            means = means.index_copy(1, hair, w * means[:, hair] + (1.0 - w) * static)
         quats = quat_multiply(matrix_to_quat(rot)[:, fid], self.rot[None].expand(vertices.shape[0], -1, -1))
         scales = torch.exp(log_scale)[None] * s[..., None]
         deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
