@@ -313,7 +313,7 @@ class MeshGaussians(Representation):
         if hair.numel():  # the blend (module docstring), evaluated for the hair Gaussians only
             static = self.static_pos[hair][None].expand(means.shape[0], -1, -1)
             if head_pose is not None:
-                body_rot, origin = self.body_frame(head_pose.to(means), self.body_rotation[hair])
+                body_rot, origin = self.body_frame(head_pose.to(means), torch.sigmoid(self.turn_logit[hair]))
                 static = (body_rot @ static[..., None]).squeeze(-1) + origin[:, None]
             w = torch.sigmoid(self.follow_logit[hair])[None, :, None]
             means = means.index_copy(1, hair, w * means[:, hair] + (1.0 - w) * static)

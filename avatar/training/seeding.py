@@ -123,8 +123,8 @@ def seed_off_mesh(
         region = torch.full((ys.size,), HAIR, dtype=torch.long)
         static = world  # without poses the frame is taken to be at the reference pose
         if head_poses is not None:  # the same world point, in each seed's body frame at this frame's pose
-            rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu(), torch.full((ys.size,), float(turn)))
-            static = torch.einsum("mji,mj->mi", rot[0], world - origin)  # R_m^T (world - origin)
+            rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu(), torch.tensor([float(turn)]))
+            static = (world - origin) @ rot[0, 0]  # R^T (world - origin), row-wise; one share for all seeds
         rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float(), turn=turn)
         added += int(ys.size)
     return added
