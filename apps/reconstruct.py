@@ -26,6 +26,8 @@ class Reconstruct:
     """Output folder (created)."""
     preset: Literal["fast-cpu", "default", "quality-gpu"] = "fast-cpu"
     """Training settings (see `avatar train --help`)."""
+    config: Path | None = None
+    """A TOML settings file applied over the preset (same format as configs/*.toml)."""
     steps: int | None = None
     """Training steps (overrides the preset)."""
     stride: int = 1
@@ -44,7 +46,12 @@ class Reconstruct:
     """Render OUT/orbit.mp4 (a novel-view orbit around the avatar); --no-orbit skips it."""
     restart: bool = False
     """Redo every stage, ignoring what OUT already holds."""
+
     def run(self) -> None:
+        if self.config is not None:  # a bad settings file fails now, not after minutes of tracking
+            from avatar.training import load_config, preset
+
+            load_config(self.config, base=preset(self.preset))
         out = Path(self.output)
         out.mkdir(parents=True, exist_ok=True)
         self.log: list[str] = []  # what each stage did, printed at the end
@@ -83,7 +90,7 @@ class Reconstruct:
         if self._skip(out / "avatar" / "avatar.json", "train"):
             return
         # Train resumes from OUT/checkpoints by itself when an earlier run was interrupted.
-        Train(out=out, preset=self.preset, steps=self.steps, restart=self.restart).run()
+        Train(out=out, preset=self.preset, config=self.config, steps=self.steps, restart=self.restart).run()
         self.log.append(f"train: wrote {out / 'avatar'} and {out / 'report.json'}")
 
     def _export(self, out: Path) -> None:

@@ -16,7 +16,9 @@ class Train:
     out: Annotated[Path, tyro.conf.Positional]
     """Output folder holding tracking.npz (from `avatar track INPUT -o OUT`)."""
     preset: Literal["fast-cpu", "default", "quality-gpu"] = "fast-cpu"
-    """Named settings: fast-cpu (256^2, minutes on a CPU), default (512^2), quality-gpu (CUDA + gsplat)."""
+    """Named settings (configs/NAME.toml): fast-cpu (256^2, minutes on a CPU), default (512^2), quality-gpu (CUDA + gsplat)."""
+    config: Path | None = None
+    """A TOML settings file applied over the preset (same format as configs/*.toml, e.g. a copy of one)."""
     steps: int | None = None
     """Training steps (overrides the preset)."""
     resolution: int | None = None
@@ -34,9 +36,11 @@ class Train:
         import json
         import shutil
 
-        from avatar.training import override, preset, train
+        from avatar.training import load_config, override, preset, train
 
         cfg = preset(self.preset)
+        if self.config is not None:
+            cfg = load_config(self.config, base=cfg)
         extra = [f"{k}={v}" for k, v in (("steps", self.steps), ("resolution", self.resolution), ("device", self.device))
                  if v is not None]  # fmt: skip
         cfg = override(cfg, [*extra, *self.set])

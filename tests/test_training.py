@@ -12,7 +12,7 @@ import torch
 
 from avatar.errors import AvatarError
 from avatar.representations import load_avatar
-from avatar.training import StrategyConfig, override, preset, train
+from avatar.training import PRESETS, StrategyConfig, TrainConfig, load_config, override, preset, train
 from avatar.training.data import load_clip, split_holdout
 from avatar.training.synthetic import make_synthetic_clip
 from avatar.training.trainer import latest_checkpoint, list_checkpoints
@@ -25,6 +25,18 @@ def tiny(**kw):
     base = preset("fast-cpu", resolution=SIZE, per_face_face=1, eval_video=False, color_init_frames=4,
                   strategy=StrategyConfig(enabled=True, start=20, every=20, max_gaussians=12_000))  # fmt: skip
     return dataclasses.replace(base, **kw)
+
+
+# tiny() as a settings file over fast-cpu (the CLI's default preset).
+TINY_TOML = f"""resolution = {SIZE}
+per_face_face = 1
+eval_video = false
+color_init_frames = 4
+[strategy]
+start = 20
+every = 20
+max_gaussians = 12_000
+"""
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +125,58 @@ def test_config_overrides():
         override(cfg, ["photometric=l3"])
     with pytest.raises(AvatarError, match="body_translation must be"):
         override(cfg, ["body_translation=2"])
+
+
+def test_presets_are_the_files_in_configs():
+    import typing
+
+    from avatar_apps.reconstruct import Reconstruct
+    from avatar_apps.train import Train
+
+    # The CLI's --preset choices are exactly the preset files.
+    for app in (Train, Reconstruct):
+        assert set(typing.get_args(typing.get_type_hints(app)["preset"])) == set(PRESETS)
+    # A file names only what it changes: default.toml changes nothing.
+    assert preset("default") == TrainConfig()
+    fast = preset("fast-cpu")
+    assert (fast.resolution, fast.steps, fast.sh_degree, fast.strategy.max_gaussians) == (256, 1500, 0, 40_000)
+    assert fast.strategy.grad_threshold == StrategyConfig().grad_threshold  # untouched fields keep defaults
+
+
+def test_settings_file_over_a_preset(tmp_path):
+    path = tmp_path / "my.toml"
+    path.write_text('steps = 40\nlr_color = 1\nbackground = [0, 0, 0]\ndevice = "cpu"\n[strategy]\nenabled = false\n')
+    cfg = load_config(path, base=preset("fast-cpu"))
+    assert (cfg.steps, cfg.lr_color, cfg.background, cfg.device) == (40, 1.0, (0.0, 0.0, 0.0), "cpu")
+    assert not cfg.strategy.enabled and cfg.strategy.every == preset("fast-cpu").strategy.every
+    assert cfg.resolution == 256 and isinstance(cfg.lr_color, float)  # the rest stays the preset's
+    for text, match in [("stepz = 3", "unknown setting 'stepz'"), ("[strategy]\nevry = 3", "unknown setting strategy.evry"),
+                        ("steps = 1.5", "steps = 1.5 is not a valid int"), ("refine_tracking = 1", "not a valid bool"),
+                        ('device = "tpu"', "device must be one of"), ("background = [1, 1]", "not a valid"),
+                        ("steps = ", "not valid TOML"), ("body_rotation = 2.0", "body_rotation must be in")]:  # fmt: skip
+        path.write_text(text + "\n")
+        with pytest.raises(AvatarError, match=match):
+            load_config(path)
+    with pytest.raises(AvatarError, match="no such settings file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli_settings_file(clip_dir, tmp_path, capsys):
+    from avatar_apps.cli import main
+
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("stepz = 3\n")
+    # A bad file fails before anything is tracked or trained, with one line naming it.
+    assert main(["reconstruct", str(tmp_path / "none.mp4"), "-o", str(tmp_path / "r"), "--config", str(bad)]) == 2
+    assert main(["train", str(out), "--config", str(bad)]) == 2
+    assert f"{bad}: unknown setting 'stepz'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (out / "checkpoints").exists()
+    good = tmp_path / "good.toml"
+    good.write_text(TINY_TOML)
+    assert main(["train", str(out), "--config", str(good), "--set", "steps=3", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 3 and report["config"]["resolution"] == SIZE and not report["config"]["eval_video"]
 
 
 def test_tracking_refinement_runs_and_stays_small(clip_dir, tmp_path):

@@ -1,14 +1,28 @@
 """Training configuration: one typed dataclass, named presets, ``KEY=VALUE`` overrides.
 
+The dataclasses below are the one home of every knob (default and meaning). A preset is a TOML
+file in ``configs/`` (installed as the ``avatar_configs`` package) naming only what it changes;
+users pass their own file the same way (``avatar train OUT --config my.toml``).
+
 >>> cfg = preset("fast-cpu", steps=300)   # doctest: +SKIP
+>>> cfg = load_config("my.toml", base=preset("fast-cpu"))   # doctest: +SKIP
 """
 from __future__ import annotations
 
 import dataclasses
+import sys
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from avatar.errors import AvatarError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -95,19 +109,84 @@ class TrainConfig:
         return cls(strategy=strat, **data)
 
 
-PRESETS: dict[str, TrainConfig] = {
-    # 256^2, ~1.4k Gaussian steps: a few minutes on a 2-core CPU.
-    "fast-cpu": TrainConfig(
-        resolution=256, steps=1500, per_face=1, per_face_face=2, sh_degree=0, checkpoint_every=250,
-        strategy=StrategyConfig(enabled=True, start=300, every=150, max_gaussians=40_000),
-    ),
-    "default": TrainConfig(),
-    "quality-gpu": TrainConfig(
-        resolution=512, steps=30_000, batch_size=1, per_face=2, per_face_face=4, sh_degree=3,
-        refine_tracking=True, checkpoint_every=2000, device="cuda",
-        strategy=StrategyConfig(enabled=True, start=1000, every=200, reset_opacity_every=6000, max_gaussians=400_000),
-    ),
-}
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """``value`` (as parsed from TOML) checked against the field's type ``hint``."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise AvatarError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg, key, source)
+                except AvatarError:
+                    pass
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint in (bool, int, str) and type(value) is hint:
+        return value
+    raise AvatarError(f"{source}: {key} = {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def apply(cfg: TrainConfig, values: Mapping[str, Any], source: str = "settings") -> TrainConfig:
+    """``cfg`` with the fields in ``values`` replaced, each checked against its type.
+
+    ``values`` is shaped like a preset file: top-level ``TrainConfig`` fields and a ``strategy``
+    table of ``StrategyConfig`` fields. ``source`` names it in errors (e.g. the file's path).
+    """
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "strategy" and isinstance(value, Mapping):
+            hints = get_type_hints(StrategyConfig)
+            strat = {}
+            for k, v in value.items():
+                if k not in hints:
+                    raise AvatarError(f"{source}: unknown setting strategy.{k}; valid: {', '.join(hints)}")
+                strat[k] = _coerce(v, hints[k], f"strategy.{k}", source)
+            top["strategy"] = dataclasses.replace(cfg.strategy, **strat)
+            continue
+        hints = get_type_hints(TrainConfig)
+        if key not in hints or key == "strategy":
+            raise AvatarError(f"{source}: unknown setting {key!r}; valid: {', '.join(k for k in hints if k != 'strategy')}")
+        top[key] = _coerce(value, hints[key], key, source)
+    try:
+        return dataclasses.replace(cfg, **top)
+    except AvatarError as e:
+        raise AvatarError(f"{source}: {e}") from None
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """A TOML settings file (the format of ``configs/*.toml``) applied to ``base`` (defaults if None)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise AvatarError(f"{path}: no such settings file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise AvatarError(f"{path}: not valid TOML ({e}); see configs/fast-cpu.toml for the format") from None
+    return apply(base if base is not None else TrainConfig(), values, str(path))
+
+
+def _load_presets() -> dict[str, TrainConfig]:
+    from importlib.resources import as_file, files
+
+    presets = {}
+    for item in sorted(files("avatar_configs").iterdir(), key=lambda x: x.name):
+        if item.name.endswith(".toml"):
+            with as_file(item) as path:
+                presets[item.name[: -len(".toml")]] = load_config(path)
+    return presets
+
+
+# The named presets: configs/NAME.toml, each applied to TrainConfig's defaults.
+PRESETS: dict[str, TrainConfig] = _load_presets()
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
