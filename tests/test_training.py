@@ -61,6 +61,34 @@ def test_clip_loading_and_holdout(clip_dir):
     assert half.images.shape[1] == SIZE // 2 and torch.allclose(half.Ks[0, :2], clip.Ks[0, :2] / 2)
 
 
+def test_head_crop():
+    from avatar.training.data import head_crop
+
+    face = np.stack(np.meshgrid([210.0, 510.0], [350.0, 650.0]), -1).reshape(1, 4, 2).repeat(3, 0)  # 300 px, centre (360, 500)
+    assert head_crop(face, (720, 1280), 3.0) == (0, 140, 720, 720)  # portrait phone video: the short side, head centred
+    assert head_crop(face, (720, 1280), 2.0) == (60, 200, 600, 600)  # a small face in the frame: zoom in
+    assert head_crop(face + [0, 600], (720, 1280), 3.0) == (0, 560, 720, 720)  # near the edge: shifted inside
+    assert head_crop(face, (720, 1280), 0.0) == (0, 0, 720, 1280)  # off
+    assert head_crop(np.zeros((3, 4, 2)), (720, 1280), 3.0) == (0, 0, 720, 1280)  # no landmarks
+
+
+def test_clip_cropped_to_the_head(clip_dir, tmp_path):
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    with np.load(out / "tracking.npz") as z:
+        tr = dict(z)
+    # Landmarks squeezed to an 8 px face around (40, 30): a 24 px crop at (28, 18).
+    lm = tr["landmarks"]
+    lm[..., :2] = np.random.default_rng(0).uniform([36, 26], [44, 34], lm[..., :2].shape)
+    lm[:, :2, :2] = [[36, 26], [44, 34]]
+    np.savez(out / "tracking.npz", **tr)
+    whole = load_clip(out, SIZE)
+    crop = load_clip(out, 24, head_crop_faces=3.0)
+    assert crop.size == (24, 24)
+    assert np.array_equal(crop.images, whole.images[:, 18:42, 28:52]) and np.array_equal(crop.mattes, whole.mattes[:, 18:42, 28:52])
+    assert torch.allclose(crop.Ks[:, :2, 2], whole.Ks[:, :2, 2] - torch.tensor([28.0, 18.0]))
+    assert torch.equal(crop.Ks[:, 0, 0], whole.Ks[:, 0, 0])
+
+
 def test_training_lowers_loss_and_beats_init(clip_dir, tmp_path):
     out = _copy_clip(clip_dir, tmp_path / "run")
     losses = []
@@ -210,6 +238,10 @@ def test_photometric_loss_kinds():
     assert torch.isclose(l1, (a - b).abs().mean())
     assert torch.isclose(l2, 10 * ((a - b) ** 2).mean())
     assert parts["l1"] == pytest.approx(float(l1))  # the progress bar's l1 stays the absolute error
+    from avatar.training.losses import ssim_map
+
+    mixed, parts = photometric_loss(a, b, lambda_dssim=0.25, kind="l2")
+    assert torch.isclose(mixed, 0.75 * l2 + 0.25 * (1 - ssim_map(a, b).mean())) and "dssim" in parts
     # L2's minimiser over two equally likely targets is their mean; L1 is flat between them.
     x = torch.full((1, 4, 4, 3), 0.5, requires_grad=True)
     lo, hi = torch.zeros(1, 4, 4, 3), torch.ones(1, 4, 4, 3)

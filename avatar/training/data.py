@@ -5,7 +5,10 @@ The tracking contract is the fitting stage's (``avatar.fitting.load_tracking`` i
 exists; :func:`read_tracking_npz` is a small reader of the same layout). Mattes come from
 ``OUT/mattes.npz`` (``mattes [N, H, W]`` uint8 or float, any size; written by whoever knows
 better, e.g. a synthetic clip) or else from :class:`avatar.perception.matte.PersonMatte`.
-Decoded, resized frames and mattes are cached in ``OUT/cache/`` (atomic writes).
+Frames are cropped to a square around the head (:func:`head_crop`, from the tracked 2D
+landmarks; the intrinsics are shifted to match) before resizing, so a portrait phone video does not
+spend most of the training pixels on the torso. Decoded, cropped, resized frames and mattes are
+cached in ``OUT/cache/`` (atomic writes).
 """
 from __future__ import annotations
 
@@ -117,9 +120,41 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
 
 
+def head_crop(landmarks: np.ndarray, image_size: tuple[int, int], faces: float) -> tuple[int, int, int, int]:
+    """``(x0, y0, w, h)``: the part of the frame to train on, in source pixels.
+
+    A square ``faces`` times the face's size (the median extent of the 2D landmarks
+    ``[N, L, 2+]`` over the frames) centred on the median face centre, at most the frame's short
+    side and shifted to lie inside it. A portrait phone video keeps the head and shoulders
+    instead of spending most training pixels on the torso; a wide shot zooms in on the head.
+    The whole frame when ``faces <= 0`` or there are no landmarks.
+    """
+    W0, H0 = image_size
+    pts = np.asarray(landmarks, np.float64)[..., :2]
+    if faces <= 0 or pts.size == 0:
+        return 0, 0, W0, H0
+    lo, hi = pts.min(1), pts.max(1)
+    extent = float(np.median((hi - lo).max(1)))
+    if not np.isfinite(extent) or extent <= 0:  # no usable landmarks (e.g. a model without an embedding)
+        return 0, 0, W0, H0
+    cx, cy = np.median((lo + hi) / 2, axis=0)
+    side = int(round(min(W0, H0, max(faces * extent, 16.0))))
+    x0 = int(np.clip(round(cx - side / 2), 0, W0 - side))
+    y0 = int(np.clip(round(cy - side / 2), 0, H0 - side))
+    return x0, y0, side, side
+
+
+def _crop(img: np.ndarray, box: tuple[int, int, int, int], source_size: tuple[int, int]) -> np.ndarray:
+    """``box`` (in source pixels) out of ``img``, which may be stored at another size."""
+    x0, y0, w, h = box
+    sx, sy = img.shape[1] / source_size[0], img.shape[0] / source_size[1]
+    return img[round(y0 * sy): round((y0 + h) * sy), round(x0 * sx): round((x0 + w) * sx)]
+
+
 def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_frames: int | None = None,
-              progress: bool = True) -> Clip:  # fmt: skip
-    """Read ``out_dir/tracking.npz`` and the frames of its source (see the module docstring)."""
+              progress: bool = True, head_crop_faces: float = 0.0) -> Clip:  # fmt: skip
+    """Read ``out_dir/tracking.npz`` and the frames of its source (see the module docstring),
+    cropped to :func:`head_crop` (``head_crop_faces`` face sizes; 0 = whole frames)."""
     from avatar.io.video import FrameReader
 
     out_dir = Path(out_dir)
@@ -130,11 +165,16 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
         rows = rows[:max_frames]
     if rows.size < 1:
         raise AvatarError(f"{out_dir}/tracking.npz has no usable (tracked) frame; nothing to train on")
-    W0, H0 = (int(x) for x in tr["image_size"])
+    src_size = tuple(int(x) for x in tr["image_size"])
+    tracked = np.asarray(tr["tracked"], bool)[rows]
+    lms = np.asarray(tr["landmarks"])[rows][tracked] if "landmarks" in tr else np.zeros((0, 0, 2))
+    box = head_crop(lms, src_size, head_crop_faces)
+    W0, H0 = box[2], box[3]
     s = resolution / max(W0, H0)
     W, H = max(1, round(W0 * s)), max(1, round(H0 * s))
     frame_index = np.asarray(tr["frame_index"], np.int64)[rows]
-    cache = out_dir / "cache" / f"frames_{W}x{H}_{len(rows)}.npz"
+    whole = box == (0, 0, *src_size)
+    cache = out_dir / "cache" / (f"frames_{W}x{H}_{len(rows)}.npz" if whole else f"frames_{W}x{H}_{len(rows)}_crop{'_'.join(map(str, box))}.npz")
     images = mattes = None
     if cache.is_file():
         try:
@@ -154,17 +194,19 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
             last = int(frame_index.max())
             for k, frame in enumerate(reader):
                 if k in wanted:
-                    images[wanted[k]] = _resize(frame, W, H)
+                    images[wanted[k]] = _resize(_crop(frame, box, src_size), W, H)
                     found[wanted[k]] = True
                 if k >= last:
                     break
         if not found.all():
             raise AvatarError(f"{source}: frames {frame_index[~found][:5].tolist()}... named by the tracking are missing")
-        mattes = _mattes(out_dir, tr, rows, images, progress)
+        mattes = _mattes(out_dir, tr, rows, images, progress, box, src_size)
         with atomic_path(cache) as tmp:
             np.savez(tmp, images=images, mattes=mattes, frame_index=frame_index)
     params = {k: torch.as_tensor(np.asarray(tr[k], np.float32)[rows]) for k in PARAMS}
     Ks = torch.as_tensor(np.asarray(tr["K"], np.float32)[rows]).clone()
+    Ks[:, 0, 2] -= box[0]
+    Ks[:, 1, 2] -= box[1]
     Ks[:, 0, :] *= W / W0
     Ks[:, 1, :] *= H / H0
     train_ids, test_ids = split_holdout(len(rows), holdout)
@@ -173,7 +215,8 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
                 train_ids, test_ids, str(tr["source"]))  # fmt: skip
 
 
-def _mattes(out_dir: Path, tr: dict, rows: np.ndarray, images: np.ndarray, progress: bool) -> np.ndarray:
+def _mattes(out_dir: Path, tr: dict, rows: np.ndarray, images: np.ndarray, progress: bool,
+            box: tuple[int, int, int, int], src_size: tuple[int, int]) -> np.ndarray:  # fmt: skip
     n, H, W = images.shape[:3]
     given = out_dir / "mattes.npz"
     if given.is_file():
@@ -183,7 +226,7 @@ def _mattes(out_dir: Path, tr: dict, rows: np.ndarray, images: np.ndarray, progr
             raise AvatarError(f"{given}: {m.shape[0]} mattes for {len(tr['frame_index'])} tracked frames")
         m = m[rows]
         m = (m * 255.0).round().astype(np.uint8) if m.dtype != np.uint8 else m
-        return np.stack([_resize(x, W, H) for x in m])
+        return np.stack([_resize(np.ascontiguousarray(_crop(x, box, src_size)), W, H) for x in m])
     from tqdm import tqdm
 
     from avatar.perception.matte import PersonMatte

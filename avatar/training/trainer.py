@@ -209,7 +209,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     t_start = time.perf_counter()
     raster = RasterOptions(num_threads=config.raster_threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
-    clip = load_clip(out_dir, config.resolution, config.holdout, config.max_frames, progress=progress)
+    clip = load_clip(out_dir, config.resolution, config.holdout, config.max_frames, progress=progress,
+                     head_crop_faces=config.head_crop)  # fmt: skip
     # A single photo has nothing to hold out: it is evaluated on its training frame (the report says so).
     eval_ids = clip.test_ids if len(clip.test_ids) else clip.train_ids
     head = load_head_model(clip.model).to(device)
