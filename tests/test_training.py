@@ -153,6 +153,9 @@ def test_config_overrides():
         override(cfg, ["photometric=l3"])
     with pytest.raises(AvatarError, match="body_translation must be"):
         override(cfg, ["body_translation=2"])
+    with pytest.raises(AvatarError, match="device must be one of"):
+        override(cfg, ["device=tpu"])
+    assert override(cfg, ["max_frames=none"]).max_frames is None and override(cfg, ["max_frames=5"]).max_frames == 5
 
 
 def test_presets_are_the_files_in_configs():

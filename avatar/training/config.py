@@ -118,6 +118,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return value
         raise AvatarError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
     if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
         for arg in args:
             if arg is not type(None):
                 try:
@@ -212,8 +214,8 @@ def override(cfg: TrainConfig, items: tuple[str, ...] | list[str]) -> TrainConfi
         current = getattr(cfg.strategy if fields_of is StrategyConfig else cfg, name)
         target[name] = _parse(raw, current, key)
     if strat:
-        top["strategy"] = dataclasses.replace(cfg.strategy, **strat)
-    return dataclasses.replace(cfg, **top)
+        top["strategy"] = strat
+    return apply(cfg, top, "--set")  # the same type checks as a settings file
 
 
 def _parse(raw: str, current: Any, key: str) -> Any:
