@@ -148,7 +148,8 @@ def _crop(img: np.ndarray, box: tuple[int, int, int, int], source_size: tuple[in
     """``box`` (in source pixels) out of ``img``, which may be stored at another size."""
     x0, y0, w, h = box
     sx, sy = img.shape[1] / source_size[0], img.shape[0] / source_size[1]
-    return img[round(y0 * sy): round((y0 + h) * sy), round(x0 * sx): round((x0 + w) * sx)]
+    # Contiguous: OpenCV's resize wants it, and a whole-frame "crop" of a strided view stays valid.
+    return np.ascontiguousarray(img[round(y0 * sy): round((y0 + h) * sy), round(x0 * sx): round((x0 + w) * sx)])
 
 
 def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_frames: int | None = None,
@@ -226,7 +227,7 @@ def _mattes(out_dir: Path, tr: dict, rows: np.ndarray, images: np.ndarray, progr
             raise AvatarError(f"{given}: {m.shape[0]} mattes for {len(tr['frame_index'])} tracked frames")
         m = m[rows]
         m = (m * 255.0).round().astype(np.uint8) if m.dtype != np.uint8 else m
-        return np.stack([_resize(np.ascontiguousarray(_crop(x, box, src_size)), W, H) for x in m])
+        return np.stack([_resize(_crop(x, box, src_size), W, H) for x in m])
     from tqdm import tqdm
 
     from avatar.perception.matte import PersonMatte
