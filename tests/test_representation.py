@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from avatar.representations import MeshGaussians, load_avatar, load_representation, save_avatar, save_representation
+from avatar.representations import MeshGaussians, Splats, load_avatar, load_representation, render_splats, save_avatar, save_representation
+from avatar.representations.base import facing_factor
 from avatar.representations.geometry import matrix_to_quat, quat_multiply, quat_to_matrix
 from avatar.representations.mesh_gaussians import EYE, FACE, MOUTH
 from avatar.models.rotations import axis_angle_to_matrix
@@ -106,8 +107,9 @@ def test_save_load_round_trip(rep, anny_head, tmp_path):
     back = load_representation(path)
     v = anny_head(expression=torch.rand(2, 52) * 0.5).vertices.detach()
     a, b = rep(v), back(v)
-    for name in ("means", "quats", "scales", "opacities", "colors"):
+    for name in ("means", "quats", "scales", "opacities", "colors", "normals"):
         torch.testing.assert_close(getattr(b, name), getattr(a, name))
+    assert back.cull_backfacing  # the default of on_surface survives the round trip
     shape = torch.zeros(anny_head.num_shape)
     save_avatar(tmp_path / "avatar", rep, model="anny", shape=shape)
     av = load_avatar(tmp_path)  # OUT or OUT/avatar
@@ -116,3 +118,99 @@ def test_save_load_round_trip(rep, anny_head, tmp_path):
     vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
     rgb, alpha = av.render({"transl": torch.tensor([[0.0, -0.12, -0.7]])}, vm, K, 64, 64)
     assert rgb.shape == (1, 64, 64, 3) and alpha[0, 32, 32, 0] > 0.9 and alpha[0, 0, 0, 0] < 0.05
+
+
+def test_facing_factor():
+    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))  # camera at the origin looking down -z
+    vm[2, 3] = 1.0  # ... moved to z = +1
+    means = torch.zeros(6, 3)
+    c = math.sqrt(1 - 0.15**2)
+    normals = torch.tensor([[0, 0, 1.0], [0, 0, -1.0], [0, 0, 0.0], [1.0, 0, 0], [0, c, -0.15], [0, 0.6, -0.8]])
+    f = facing_factor(means, normals, vm)
+    # toward the camera, away, no normal (never hidden), edge-on (a silhouette), halfway down the ramp
+    torch.testing.assert_close(f, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5, 0.0]), atol=1e-5, rtol=0)
+
+
+def test_back_facing_surface_does_not_show_through():
+    """Two Gaussians on one line of sight: the nearer one's normal faces away from the camera, so
+    the image is the farther one's colour; turn the normal round and the nearer one covers it."""
+    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    K = torch.tensor([[40.0, 0, 8], [0, 40.0, 8], [0, 0, 1]])
+    means = torch.tensor([[[0.0, 0.0, -1.0], [0.0, 0.0, -1.2]]])
+    quats = torch.tensor([[[1.0, 0, 0, 0]] * 2])
+    scales = torch.full((1, 2, 3), 0.2)
+    colors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    for nz, expect in ((-1.0, [0.0, 0.0, 1.0]), (1.0, [1.0, 0.0, 0.0])):
+        normals = torch.tensor([[[0.0, 0.0, nz], [0.0, 0.0, 0.0]]])
+        s = Splats(means, quats, scales, torch.tensor([0.99, 0.99]), colors, None, normals)
+        rgb, _, _ = render_splats(s, vm, K, 16, 16, torch.ones(3))
+        torch.testing.assert_close(rgb[0, 8, 8], torch.tensor(expect), atol=0.02, rtol=0)
+
+
+def test_face_is_hidden_from_behind(rep, anny_head):
+    """With culling the face region's Gaussians face +z: a camera behind the head hides them all,
+    one in front draws them; hair and mouth Gaussians are never culled (zero normals)."""
+    s = rep(anny_head().vertices)
+    face = rep.region == FACE
+    front = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    front[2, 3] = 1.0
+    back = torch.eye(4)
+    back[2, 3] = 1.0  # camera at z = -1 looking down +z
+    f_front, f_back = facing_factor(s.means[0], s.normals[0], front), facing_factor(s.means[0], s.normals[0], back)
+    frontal = face & (s.normals[0, :, 2] > 0.8)  # the front of the face, not the sides of the cheeks
+    assert frontal.sum() > 1000
+    assert f_back[frontal].max() == 0 and f_front[frontal].min() == 1
+    assert (s.normals[0][rep.region == MOUTH] == 0).all()
+    old = MeshGaussians.from_state({k: v for k, v in rep.config().items() if k != "cull_backfacing"}, rep.state_dict())
+    assert old(anny_head().vertices).normals is None  # bundles from before culling render as they were trained
+
+
+def _see_through(rep: MeshGaussians) -> MeshGaussians:
+    """Opacity 0.3 everywhere: the state in which a trained head without culling showed its
+    back layers through its face."""
+    with torch.no_grad():
+        rep.opacity_logit.fill_(math.log(0.3 / 0.7))
+    return rep
+
+
+@pytest.mark.parametrize("cull", [True, False])
+def test_frames_from_the_front_cannot_paint_the_back_of_the_head(anny_head, cull):
+    rep = _see_through(MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1, cull_backfacing=cull))
+    v = anny_head(transl=torch.tensor([[0.0, -0.12, -0.7]])).vertices
+    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    K = torch.tensor([[120.0, 0, 32], [0, 120.0, 32], [0, 0, 1]])
+    rgb, _, _ = render_splats(rep(v), vm, K, 64, 64, torch.ones(3))
+    ((rgb - torch.tensor([1.0, 0.0, 0.0])) ** 2).mean().backward()
+    normals = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)(anny_head().vertices).normals[0]
+    back = normals[:, 2] < -0.7  # the back of the head faces away from a camera in front
+    grad = rep.sh_dc.grad.abs().sum(-1)
+    assert back.sum() > 300
+    if cull:
+        assert grad[back].max() == 0
+    else:  # what culling prevents: the back of the head learns the face seen through it
+        assert (grad[back] > 0).float().mean() > 0.2
+
+
+def test_back_of_the_head_is_a_closed_shell(anny_head):
+    """The unseen back of the scalp and neck, closed by close_unseen_surface, is opaque: a camera
+    behind the head sees the shell's colour, fully covered."""
+    from avatar.render.mesh import intrinsics, orbit_viewmat
+    from avatar.representations.mesh_gaussians import FREE
+    from avatar.training.trainer import close_unseen_surface
+
+    rep = _see_through(MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=2))
+    v = anny_head().vertices
+    seen = rep(v).normals[0, :, 2] > 0  # what a camera in front could see of the surface
+    rep.set_colors(torch.where((rep.region == FREE)[:, None], torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])))
+    scale_before = rep.log_scale.detach().clone()
+    assert close_unseen_surface(rep, seen) > 500
+    closed = (~seen) & (rep.region == FREE)
+    assert torch.allclose(rep.opacities()[closed], torch.tensor(0.95)) and torch.allclose(rep.opacities()[~closed], torch.tensor(0.3))
+    torch.testing.assert_close(rep.log_scale[closed, :2] - scale_before[closed, :2], torch.full_like(scale_before[closed, :2], math.log(1.5)))
+    torch.testing.assert_close(rep.log_scale[~closed], scale_before[~closed])
+    centre = (0.5 * (v[0].amax(0) + v[0].amin(0))).detach().double().numpy()
+    behind = torch.tensor(orbit_viewmat(centre, 0.8, 180.0, 0.0), dtype=torch.float32)
+    with torch.no_grad():
+        rgb, alpha, _ = render_splats(rep(v), behind, torch.tensor(intrinsics(64, 64, 30.0), dtype=torch.float32), 64, 64)
+    pix = rgb[0, 28:36, 28:36].reshape(-1, 3).mean(0)  # the back of the head, at eye height
+    assert alpha[0, 28:36, 28:36].min() > 0.99 and pix[2] > 0.95, (alpha[0, 28:36, 28:36].min(), pix)

@@ -29,6 +29,10 @@ class Splats:
         opacities: ``[N]`` in [0, 1].
         colors: ``[N, K, 3]`` SH coefficients when ``sh_degree`` is set, else ``[N, 3]`` RGB.
         sh_degree: degree to evaluate (<= the stored degree), or None for plain RGB.
+        normals: ``[B, N, 3]`` unit surface normals of Gaussians that belong to a closed surface,
+            zero rows for the others, or None. :func:`render_splats` fades a Gaussian whose
+            normal faces away from the camera (:func:`facing_factor`), so the back of a head
+            does not show through its face and is free to look like the back of a head.
     """
 
     means: Tensor
@@ -37,6 +41,7 @@ class Splats:
     opacities: Tensor
     colors: Tensor
     sh_degree: int | None
+    normals: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -98,6 +103,26 @@ class Representation(nn.Module):
         return self.forward(vertices).scales[0].amax(-1)
 
 
+# cos(normal, direction to the camera) below which a surface Gaussian is hidden, and above which it
+# is fully drawn. A little below 0, so that Gaussians on edge-on triangles (a silhouette, where
+# hair volume sits) still draw; the back of the head faces the camera at about -0.7 to -1.
+FACING_HIDDEN, FACING_SHOWN = -0.3, 0.0
+
+
+def facing_factor(means: Tensor, normals: Tensor, viewmat: Tensor) -> Tensor:
+    """``[N]`` opacity factor in [0, 1] for Gaussians at ``means [N, 3]`` with ``normals [N, 3]``
+    seen by the world-to-camera ``viewmat [4, 4]``: 1 facing the camera, 0 facing away (a
+    smoothstep between :data:`FACING_HIDDEN` and :data:`FACING_SHOWN` of the cosine), 1 where the
+    normal is zero."""
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    eye = -(R.T @ t)
+    to_cam = eye - means
+    cos = (normals * to_cam).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-12)
+    x = ((cos - FACING_HIDDEN) / (FACING_SHOWN - FACING_HIDDEN)).clamp(0.0, 1.0)
+    factor = x * x * (3.0 - 2.0 * x)
+    return torch.where(normals.abs().sum(-1) > 0, factor, torch.ones_like(factor))
+
+
 def render_splats(
     splats: Splats,
     viewmats: Tensor,  # [B, 4, 4] or [4, 4] (shared)
@@ -118,8 +143,11 @@ def render_splats(
     images, alphas, metas = [], [], []
     for b in range(B):
         bg = None if background is None else background.to(splats.means)[None]
+        frame = splats.frame(b)
+        if splats.normals is not None:
+            frame["opacities"] = frame["opacities"] * facing_factor(splats.means[b], splats.normals[b], viewmats[b].to(splats.means))
         img, alpha, meta = rasterize(
-            **splats.frame(b), viewmats=viewmats[b : b + 1].to(splats.means), Ks=Ks[b : b + 1].to(splats.means),
+            **frame, viewmats=viewmats[b : b + 1].to(splats.means), Ks=Ks[b : b + 1].to(splats.means),
             width=width, height=height, backgrounds=bg, options=opts,
         )  # fmt: skip
         images.append(img[0])

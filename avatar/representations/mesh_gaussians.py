@@ -22,6 +22,14 @@ Regions (``REGIONS``) control how far a Gaussian may go:
              cover (hair, shoulders; :mod:`avatar.training.seeding`), bound to a nearby scalp or
              neck triangle far outside it; their offset is free (no pull back to the surface).
 
+Back-face culling (``cull_backfacing``, on for new avatars): the face, free and eye Gaussians carry
+their triangle's normal (``Splats.normals``) and fade out when it faces away from the camera
+(:func:`~avatar.representations.base.facing_factor`). Without it, a video that only shows the
+front trains the back of the scalp as a second, see-through layer of the face, and a novel view
+from behind shows blotches of face colour; with it nothing the camera cannot see is trained, and
+the trainer closes the unseen back as an opaque shell in the colour of its seen neighbours.
+Off-surface hair and the mouth interior are never culled.
+
 Hair and shoulders do not all turn with the head: long hair rests on the shoulders, and the
 shoulders stay where the body is. So a ``hair`` Gaussian blends two positions with a learnt weight
 ``w = sigmoid(follow_logit)``: the head-bound one above and a body-fixed one, ``static_pos``,
@@ -128,12 +136,16 @@ class MeshGaussians(Representation):
 
     kind: ClassVar[str] = "mesh_gaussians"
 
-    def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, sh_degree: int = 0) -> None:
+    def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, sh_degree: int = 0,
+                 cull_backfacing: bool = False) -> None:  # fmt: skip
         super().__init__()
         if not 0 <= sh_degree <= 3:
             raise AvatarError(f"sh_degree must be 0..3, got {sh_degree}")
         n = int(face_id.shape[0])
         self.max_sh_degree = int(sh_degree)
+        # Surface Gaussians (face, free, eye) fade when their triangle faces away from the camera
+        # (Splats.normals): see the module docstring.
+        self.cull_backfacing = bool(cull_backfacing)
         self.register_buffer("faces", faces.long().clone())
         self.register_buffer("face_id", face_id.long().clone())
         self.register_buffer("region", region.long().clone())
@@ -164,13 +176,14 @@ class MeshGaussians(Representation):
         sh_degree: int = 0,
         vertices: Tensor | None = None,
         seed: int = 0,
+        cull_backfacing: bool = True,
     ) -> "MeshGaussians":
         """Gaussians sampled on the surface: ``per_face`` per triangle, ``per_face_face`` on the
         face region, flat (thin along the normal) and sized to tile their triangle."""
         region_f = face_regions(head, vertices)
         counts = torch.where(region_f == FACE, per_face_face, per_face)
         face_id = torch.repeat_interleave(torch.arange(region_f.shape[0]), counts)
-        rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree)
+        rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree, cull_backfacing)
         g = torch.Generator().manual_seed(seed)
         # Uniform barycentrics (square-root trick); the first sample of a triangle is its centroid.
         r1, r2 = torch.rand(face_id.shape[0], generator=g), torch.rand(face_id.shape[0], generator=g)
@@ -196,11 +209,15 @@ class MeshGaussians(Representation):
         return rep
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "sh_degree": self.max_sh_degree, "num_gaussians": self.num_gaussians}
+        return {"kind": self.kind, "sh_degree": self.max_sh_degree, "num_gaussians": self.num_gaussians,
+                "cull_backfacing": self.cull_backfacing}  # fmt: skip
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "MeshGaussians":
-        rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]))
+        # Bundles written before back-face culling were trained without it (their faces rely on
+        # the layers behind them): they keep rendering without it.
+        rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]),
+                  bool(config.get("cull_backfacing", False)))  # fmt: skip
         # Bundles written before hair could stay with the body: every Gaussian follows the head.
         defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
                     "reference_pose": rep.reference_pose, "body_logit": rep.body_logit.detach(),
@@ -321,7 +338,11 @@ class MeshGaussians(Representation):
         scales = torch.exp(log_scale)[None] * s[..., None]
         deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
         colors = torch.cat([self.sh_dc[:, None], self.sh_rest[:, : (deg + 1) ** 2 - 1]], 1)
-        return Splats(means, quats, scales, self.opacities(), colors, deg)
+        normals = None
+        if self.cull_backfacing:
+            surface = (self.region == FACE) | (self.region == FREE) | (self.region == EYE)
+            normals = rot[:, fid, :, 2] * surface[None, :, None].to(rot.dtype)
+        return Splats(means, quats, scales, self.opacities(), colors, deg, normals)
 
     # --- regularisers -------------------------------------------------------------------------
     def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0) -> dict[str, Tensor]:

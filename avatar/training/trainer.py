@@ -20,6 +20,7 @@ Files (all written atomically):
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation, render_splats, save_avatar
+from avatar.representations.mesh_gaussians import FREE
 from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.training.config import TrainConfig
 from avatar.training.data import PARAMS, Clip, load_clip
@@ -95,11 +97,11 @@ def _spread(ids: np.ndarray, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def init_colors_from_frames(rep: MeshGaussians, head: Any, clip: Clip, shape: Tensor, rows: np.ndarray) -> int:
+def init_colors_from_frames(rep: MeshGaussians, head: Any, clip: Clip, shape: Tensor, rows: np.ndarray) -> Tensor:
     """Base colour of each Gaussian = mean of the frame colours at its projection over ``rows``
     where it is visible (depth within 5 mm of the mesh's z-buffer) and in the matte. Gaussians
     never seen take the colour of their nearest seen neighbours on the neutral head (the back of
-    the scalp gets hair colour, not an average of the face). Returns how many were seen."""
+    the scalp gets hair colour, not an average of the face). Returns the ``[N]`` seen mask."""
     from avatar.render.mesh import rasterize_triangles
 
     device = rep.offset.device
@@ -124,7 +126,7 @@ def init_colors_from_frames(rep: MeshGaussians, head: Any, clip: Clip, shape: Te
         cnt[vis] += 1
     seen = cnt > 0
     if not seen.any():
-        return 0
+        return seen
     rgb = torch.empty(rep.num_gaussians, 3, dtype=torch.float64)
     rgb[seen] = acc[seen] / cnt[seen, None]
     unseen = ~seen
@@ -133,7 +135,19 @@ def init_colors_from_frames(rep: MeshGaussians, head: Any, clip: Clip, shape: Te
             pos = rep(_vertices(head, shape, {})).means[0].double().cpu()
         rgb[unseen] = nearest_colors(pos[unseen], pos[seen], rgb[seen])
     rep.set_colors(rgb.float().to(device))
-    return int(seen.sum())
+    return seen
+
+
+@torch.no_grad()
+def close_unseen_surface(rep: MeshGaussians, seen: Tensor, opacity: float = 0.95, grow: float = 1.5) -> int:
+    """Make the surface no frame shows (the back of the scalp and neck: ``free`` Gaussians not in
+    ``seen``) an opaque shell: opacity ``opacity``, in-plane scale x ``grow``. With back-face
+    culling nothing trains them, and at their initial 0.7 opacity on flat, gapped discs a novel
+    view from behind saw through them to the inside of the face. Returns how many were closed."""
+    shell = (~seen.to(rep.region.device)) & (rep.region == FREE)
+    rep.opacity_logit[shell] = math.log(opacity / (1.0 - opacity))
+    rep.log_scale[shell, :2] += math.log(grow)
+    return int(shell.sum())
 
 
 def nearest_colors(query: Tensor, points: Tensor, colors: Tensor, k: int = 8, chunk: int = 2048) -> Tensor:
@@ -229,8 +243,11 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         with torch.no_grad():
             neutral = head(shape=shape[None]).vertices[0]
         rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
-                                       sh_degree=config.sh_degree, vertices=neutral, seed=config.seed).to(device)  # fmt: skip
-        init_colors_from_frames(rep, head, clip, shape, _spread(clip.train_ids, config.color_init_frames))
+                                       sh_degree=config.sh_degree, vertices=neutral, seed=config.seed,
+                                       cull_backfacing=config.cull_backfacing).to(device)  # fmt: skip
+        seen = init_colors_from_frames(rep, head, clip, shape, _spread(clip.train_ids, config.color_init_frames))
+        if config.cull_backfacing:
+            close_unseen_surface(rep, seen)
         with torch.no_grad():  # body-fixed hair is stored relative to the mean training head pose
             train_params = _frame_params(clip, clip.train_ids, device, None)
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
