@@ -120,9 +120,15 @@ def test_save_load_round_trip(rep, anny_head, tmp_path):
     assert rgb.shape == (1, 64, 64, 3) and alpha[0, 32, 32, 0] > 0.9 and alpha[0, 0, 0, 0] < 0.05
 
 
+def _front_camera(z: float = 0.0) -> torch.Tensor:
+    """The tracking's world-to-camera matrix (camera looking down -z) for a camera at (0, 0, z)."""
+    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    vm[2, 3] = z
+    return vm
+
+
 def test_facing_factor():
-    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))  # camera at the origin looking down -z
-    vm[2, 3] = 1.0  # ... moved to z = +1
+    vm = _front_camera(1.0)
     means = torch.zeros(6, 3)
     c = math.sqrt(1 - 0.15**2)
     normals = torch.tensor([[0, 0, 1.0], [0, 0, -1.0], [0, 0, 0.0], [1.0, 0, 0], [0, c, -0.15], [0, 0.6, -0.8]])
@@ -134,7 +140,7 @@ def test_facing_factor():
 def test_back_facing_surface_does_not_show_through():
     """Two Gaussians on one line of sight: the nearer one's normal faces away from the camera, so
     the image is the farther one's colour; turn the normal round and the nearer one covers it."""
-    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    vm = _front_camera()
     K = torch.tensor([[40.0, 0, 8], [0, 40.0, 8], [0, 0, 1]])
     means = torch.tensor([[[0.0, 0.0, -1.0], [0.0, 0.0, -1.2]]])
     quats = torch.tensor([[[1.0, 0, 0, 0]] * 2])
@@ -152,8 +158,7 @@ def test_face_is_hidden_from_behind(rep, anny_head):
     one in front draws them; hair and mouth Gaussians are never culled (zero normals)."""
     s = rep(anny_head().vertices)
     face = rep.region == FACE
-    front = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
-    front[2, 3] = 1.0
+    front = _front_camera(1.0)
     back = torch.eye(4)
     back[2, 3] = 1.0  # camera at z = -1 looking down +z
     f_front, f_back = facing_factor(s.means[0], s.normals[0], front), facing_factor(s.means[0], s.normals[0], back)
@@ -177,7 +182,7 @@ def _see_through(rep: MeshGaussians) -> MeshGaussians:
 def test_frames_from_the_front_cannot_paint_the_back_of_the_head(anny_head, cull):
     rep = _see_through(MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1, cull_backfacing=cull))
     v = anny_head(transl=torch.tensor([[0.0, -0.12, -0.7]])).vertices
-    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    vm = _front_camera()
     K = torch.tensor([[120.0, 0, 32], [0, 120.0, 32], [0, 0, 1]])
     rgb, _, _ = render_splats(rep(v), vm, K, 64, 64, torch.ones(3))
     ((rgb - torch.tensor([1.0, 0.0, 0.0])) ** 2).mean().backward()
