@@ -39,7 +39,7 @@ def main() -> int:
 
     import torch
 
-    from avatar.fitting.apertures import aperture_report, tracked_landmarks
+    from avatar.fitting.apertures import aperture_report, iris_report, tracked_landmarks
     from avatar.fitting.pipeline import track_clip
     from avatar.models import load_head_model
 
@@ -58,7 +58,9 @@ def main() -> int:
                 tr, s = track_clip(path, tmp if args.overlay else None, head=head, limit=args.limit,
                                   threads=args.threads, overlay=args.overlay, progress=False)
                 s["wall_s"] = time.perf_counter() - t0
-                s["apertures"] = aperture_report(*tracked_landmarks(tr, head))
+                det, fit = tracked_landmarks(tr, head)
+                s["apertures"] = aperture_report(det, fit)
+                s["iris"] = iris_report(det, fit)
             if best is None or s["fps"] > best["fps"]:
                 best = s
         t = best["timings_s"]
@@ -71,7 +73,8 @@ def main() -> int:
               f"{best['reprojection_px_median']:.2f} px = {best['reprojection_pct_iod_median']:.2f}% IOD "
               f"(mean {best['reprojection_pct_iod_mean']:.2f}%, worst frame {best['reprojection_pct_iod_max']:.2f}%)")
         print(f"{'':22s} apertures, MAE % IOD / corr: " + ", ".join(
-            f"{k} {r['mae_pct_iod']:.2f}/{r['corr']:.2f}" for k, r in best["apertures"].items()))
+            f"{k} {r['mae_pct_iod']:.2f}/{r['corr']:.2f}" for k, r in best["apertures"].items())
+              + " | iris centres on open eyes, % IOD: mean {mean_pct_iod:.2f}, p95 {p95_pct_iod:.2f}, max {max_pct_iod:.2f}".format(**best["iris"]))
         rows.append(dict(video=name, **best))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

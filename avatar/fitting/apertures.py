@@ -8,15 +8,22 @@ projected landmarks.
 
     >>> det, fit = tracked_landmarks(tracking, head)           # doctest: +SKIP
     >>> aperture_report(det, fit)["eye_right"]["mae_pct_iod"]  # doctest: +SKIP
+    >>> iris_report(det, fit)["p95_pct_iod"]                   # doctest: +SKIP
+
+Gaze is judged the same way: the 2D distance between the detected and the fitted iris centres, on
+the frames where both eyes are open (on a closed eye FaceMesh's iris is a guess the tracker ignores).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from avatar.fitting.energy import EYE_OUTER
+from avatar.fitting.energy import EYE_OUTER, IRIS
 
-__all__ = ["APERTURES", "apertures", "aperture_report", "tracked_landmarks", "format_report"]
+#: The two iris centres (FaceMesh: the first point of each iris block).
+IRIS_CENTRES = [int(IRIS[0]), int(IRIS[5])]
+
+__all__ = ["APERTURES", "apertures", "aperture_report", "iris_report", "tracked_landmarks", "format_report"]
 
 #: name -> (landmark a, landmark b): MediaPipe indices whose 2D distance is measured.
 #: 159/145 and 386/374 are the mid upper/lower lid of the subject's right and left eye; 13/14 the
@@ -65,6 +72,22 @@ def aperture_report(detected: np.ndarray, fitted: np.ndarray) -> dict[str, dict[
             frames=int(len(d)),
         )
     return out
+
+
+def iris_report(detected: np.ndarray, fitted: np.ndarray, open_pct_iod: float = 5.0) -> dict[str, float]:
+    """Error of the fitted iris centres (landmarks 468 and 473) against the detected ones, in % of
+    the detected inter-ocular distance, over the frames where both detected eye apertures are at
+    least ``open_pct_iod``: mean, 95th percentile and max over those (frame, eye) pairs."""
+    det = np.asarray(detected, dtype=np.float64)[..., :2]
+    fit = np.asarray(fitted, dtype=np.float64)[..., :2]
+    ap = apertures(det)
+    open_ = (ap["eye_right"] >= open_pct_iod) & (ap["eye_left"] >= open_pct_iod) & np.isfinite(fit).all((1, 2))
+    iod = np.maximum(np.linalg.norm(det[:, EYE_OUTER[0]] - det[:, EYE_OUTER[1]], axis=-1), 1e-6)
+    err = (100.0 * np.linalg.norm(det[:, IRIS_CENTRES] - fit[:, IRIS_CENTRES], axis=-1) / iod[:, None])[open_]
+    if err.size == 0:
+        return dict(mean_pct_iod=float("nan"), p95_pct_iod=float("nan"), max_pct_iod=float("nan"), frames=0)
+    return dict(mean_pct_iod=float(err.mean()), p95_pct_iod=float(np.percentile(err, 95)), max_pct_iod=float(err.max()),
+                frames=int(open_.sum()))
 
 
 def tracked_landmarks(tracking, head, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,8 @@ def levenberg_marquardt(
     per_frame: Callable[[Tensor], Tensor],  # theta -> [N] objective per frame (no temporal terms)
     coupled: Callable[[Tensor], Tensor],  # theta -> scalar (temporal terms), or 0
     data_hessian: Callable[[Tensor], Tensor],  # theta -> [N, P, P] approximate Hessian of the data term
-    prior_hessian: Tensor,  # [N, P, P] or [P, P] Hessian of the regularisers (and temporal diagonal)
+    prior_hessian: Tensor | Callable[[Tensor], Tensor],  # [N, P, P] or [P, P] Hessian of the regularisers
+    # (and temporal diagonal), or theta -> [N, P, P] when it depends on theta (IRLS weights of a robust term)
     active: Tensor,  # [P] bool: parameters that move
     lower: Tensor | None = None,  # [P] bounds (use -inf/inf where free)
     upper: Tensor | None = None,
@@ -43,8 +44,13 @@ def levenberg_marquardt(
     k = len(idx)
     lam_n = torch.full((n,), lam, dtype=theta.dtype)
     eye_k = torch.eye(k, dtype=theta.dtype)
-    ph = prior_hessian if prior_hessian.ndim == 3 else prior_hessian[None]
-    ph = ph[:, idx][:, :, idx]
+
+    def prior(th: Tensor) -> Tensor:
+        ph = prior_hessian(th) if callable(prior_hessian) else prior_hessian
+        ph = ph if ph.ndim == 3 else ph[None]
+        return ph[:, idx][:, :, idx]
+
+    ph = None if callable(prior_hessian) else prior(theta)
     for _ in range(iterations):
         th = theta.clone().requires_grad_(True)
         f = per_frame(th)
@@ -53,7 +59,7 @@ def levenberg_marquardt(
         g = g[:, idx]
         with torch.no_grad():
             H = data_hessian(theta)[:, idx][:, :, idx]
-        H = H + ph
+        H = H + (prior(theta) if ph is None else ph)
         f0 = f.detach()
         with torch.no_grad():
             # Active set: parameters at a bound with the gradient pushing outward stay put.

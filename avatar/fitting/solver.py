@@ -12,7 +12,8 @@ Energy (residuals in units of each frame's inter-ocular distance, outer eye corn
       + w_eyes * |eyes|^2 + w_vergence * |eye_L - eye_R|^2                    gaze prior, conjugate eyes
       + w_shape * |shape|^2 (once per clip)                                   identity near the real-size template
       + w_focal * (log f - log f0)^2                                          focal prior
-      + temporal: w_smooth_* * |theta_t - theta_t-1|^2 / gap                  (videos only)
+      + temporal: w_smooth_* * |theta_t - theta_t-1|^2 / gap                  (videos only; for the
+        gaze a Charbonnier of the change instead of its square, so saccades are not smeared)
 
 Stages (all frames at once, vectorised; no per-frame Python loop except OpenCV's PnP in stage 1):
 
@@ -44,6 +45,9 @@ Decisions:
   iris landmarks sit on the eyeball, which the eye joints rotate rigidly; the same parameter works
   for FLAME. AnnyHead's ARKit ``eyeLook*`` blendshapes also move the eyeballs, so they are held at 0
   (fitting both is ambiguous); ``tongueOut`` is held at 0 too (no landmark sees the tongue).
+  Each eye's iris points are weighted by how open the detected lids are (0 on a blink, where
+  FaceMesh guesses an iris), and the LM first solves the gaze without its smoothness term (blinks
+  then interpolated) before the robust smoothing: see ``FitConfig.smooth_eyes_scale``.
 - ``neck`` stays 0: from the face alone a neck bend is a head rotation plus a translation, so all
   head motion goes to ``global_orient``/``transl``.
 """
@@ -59,11 +63,13 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.fitting.energy import (
+    IRIS,
     NUM_MESH,
     STABLE,
     charbonnier,
     geman_mcclure,
     interocular_px,
+    iris_visibility,
     landmark_weights,
     prior_focal,
     project_planes,
@@ -100,6 +106,10 @@ class FitConfig:
     robust_frames: str = "charbonnier"
     contour_weight: float = 0.3
     iris_weight: float = 1.0
+    # An eye's iris points count fully when its lids are this far apart (IODs), not at all below
+    # iris_closed (a blink: FaceMesh's iris is a guess there), so gaze carries through blinks.
+    iris_closed: float = 0.025
+    iris_open: float = 0.05
     # Eye and mouth apertures (see energy.APERTURE_POINTS / UPPER_LID_SKIN). With every landmark at
     # weight 1, blinks were fitted at a third of their closure (hdtf_katiehill: eyeBlink max 0.24/0.30
     # where the lids nearly meet): ~14 lid-margin points per eye against 14 lid-skin points embedded on
@@ -118,6 +128,12 @@ class FitConfig:
     w_smooth_transl: float = 0.05  # on translation / model IOD
     w_smooth_expr: float = 3e-4  # a blink closes in 2-3 frames: 1e-3 flattened it
     w_smooth_eyes: float = 1e-3
+    # Gaze moves in saccades: a jump of 10-25 deg within a frame or two, then a fixation. A quadratic
+    # smoothness term that damps FaceMesh's iris jitter also drags every saccade over many frames
+    # (liveportrait_d10: gaze held at 8 deg where the iris sat at the eye corner, ~23 deg). So the eye
+    # term is Charbonnier in the per-frame change of each eye's (pitch, yaw): quadratic below this
+    # scale (jitter is smoothed as before), linear above it (saccades pass). 0 = quadratic.
+    smooth_eyes_scale: float = 0.02  # radians
     lr_rot: float = 0.02
     lr_transl: float = 0.004  # metres (x, y); depth is log-parameterised with lr_depth
     lr_depth: float = 0.02
@@ -195,6 +211,13 @@ class _Problem:
         self.cx, self.cy = self.W / 2.0, self.H / 2.0
         self.iod = interocular_px(self.det).clamp_min(1.0)  # [M]
         self.w = torch.as_tensor(landmark_weights(cfg.contour_weight, cfg.iris_weight, upper_lid_skin=cfg.upper_lid_skin_weight, aperture=cfg.aperture_weight), dtype=dtype)
+        # Per frame and landmark: 1, or the iris points scaled by their eye's openness. The
+        # normaliser stays w.sum(), so a blink does not re-weight the other points.
+        self.frame_w = torch.ones(self.det.shape[0], self.det.shape[1], dtype=dtype)
+        if self.det.shape[1] > IRIS[-1]:
+            vis = iris_visibility(self.det, cfg.iris_closed, cfg.iris_open)  # [M, 2]
+            self.frame_w[:, IRIS[:5]] = vis[:, :1]
+            self.frame_w[:, IRIS[5:]] = vis[:, 1:]
         self.stable = torch.as_tensor(STABLE)
         self.bounded = head.name == "anny"
         E = head.num_expressions
@@ -219,12 +242,12 @@ class _Problem:
         u, v, depth = project_planes(planes, focal, self.cx, self.cy)
         det = self.det[frames]
         iod = self.iod[frames][:, None]
-        w = self.w
+        w, fw = self.w, self.frame_w[frames]
         if subset is not None:
-            u, v, depth, det, w = u[:, subset], v[:, subset], depth[:, subset], det[:, subset], w[subset]
+            u, v, depth, det, w, fw = u[:, subset], v[:, subset], depth[:, subset], det[:, subset], w[subset], fw[:, subset]
         r2 = ((u - det[..., 0]) ** 2 + (v - det[..., 1]) ** 2) / iod**2
         rho = charbonnier(r2, self.cfg.robust_sigma) if robust == "charbonnier" else geman_mcclure(r2, self.cfg.robust_sigma)
-        e = (rho * w).sum(1) / w.sum()
+        e = (rho * w * fw).sum(1) / w.sum()
         if self.cfg.w_depth > 0 and subset is None:
             d = depth[:, :NUM_MESH]
             zm = (d - d.mean(1, keepdim=True)) * focal / d.mean(1, keepdim=True) / iod
@@ -287,6 +310,18 @@ def _smooth(x: Tensor, gap_w: Tensor) -> Tensor:
         return x.sum() * 0.0
     d = (x[1:] - x[:-1]).reshape(x.shape[0] - 1, -1)
     return ((d * d).sum(1) * gap_w).sum() / x.shape[0]
+
+
+def _smooth_gaze(eyes: Tensor, gap_w: Tensor, scale: float) -> Tensor:
+    """Temporal term of the gaze ``[n, 2, 2]``: :func:`_smooth`, but per eye and frame pair
+    ``2 s^2 (sqrt(1 + |d|^2 / s^2) - 1)`` (equal to ``|d|^2`` for small changes ``d``, linear in
+    ``|d|`` beyond the scale ``s``, so a saccade is not smeared); ``scale = 0`` is quadratic."""
+    if scale <= 0 or eyes.shape[0] < 2:
+        return _smooth(eyes, gap_w)
+    d2 = ((eyes[1:] - eyes[:-1]) ** 2).sum(-1)  # [n-1, 2]: per eye
+    s2 = scale * scale
+    rho = 2.0 * s2 * (torch.sqrt(1.0 + d2 / s2) - 1.0)
+    return (rho.sum(1) * gap_w).sum() / eyes.shape[0]
 
 
 def fit_landmarks(
@@ -448,7 +483,7 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
         loss = (P.data(planes, fk, slice(None), None, cfg.robust_frames) + P.regularisers(e, eyes_f, jaw_f if fit_jaw else None)).mean()
         loss = loss + _temporal(cfg, temporal, gap_w, rot_f, xy_f, logd_f, P.iod_m)
         if temporal:
-            loss = loss + cfg.w_smooth_expr * _smooth(e, gap_w) + cfg.w_smooth_eyes * _smooth(eyes_f, gap_w)
+            loss = loss + cfg.w_smooth_expr * _smooth(e, gap_w) + cfg.w_smooth_eyes * _smooth_gaze(eyes_f, gap_w, cfg.smooth_eyes_scale)
         return loss
 
     params = [rot_f, xy_f, logd_f, e_f, eyes_f] + ([jaw_f] if fit_jaw else [])
@@ -536,12 +571,13 @@ def _frames_lm(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConf
         pl = lm.planes(ident, ex, r, _transl(q, d), eyes=_eyes3(ey), jaw=j)
         return P.data(pl, fk, slice(None), None, cfg.robust_frames) + P.regularisers(ex, ey, j)
 
-    def coupled(th: Tensor) -> Tensor:
+    def coupled(th: Tensor, gaze: bool = True) -> Tensor:
         if not temporal:
             return th.sum() * 0.0
         r, q, d, ex, ey, _ = _unpack(th, E, fit_jaw)
-        t = _temporal(cfg, True, gap_w, r, q, d, P.iod_m)
-        t = t + cfg.w_smooth_expr * _smooth(P.expression(ex), gap_w) + cfg.w_smooth_eyes * _smooth(ey, gap_w)
+        t = _temporal(cfg, True, gap_w, r, q, d, P.iod_m) + cfg.w_smooth_expr * _smooth(P.expression(ex), gap_w)
+        if gaze:
+            t = t + cfg.w_smooth_eyes * _smooth_gaze(ey, gap_w, cfg.smooth_eyes_scale)
         return t * n
 
     def data_hessian(th: Tensor) -> Tensor:
@@ -563,6 +599,8 @@ def _frames_lm(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConf
     if fit_jaw:
         ij = torch.arange(10 + E, 13 + E)
         Hp[:, ij, ij] += 2.0 * cfg.w_jaw
+    active = torch.ones(p, dtype=torch.bool)
+    active[6 : 6 + E] = mask > 0
     if temporal and n > 1:
         nb = torch.zeros(n, dtype=dtype)
         nb[1:] += gap_w
@@ -573,17 +611,59 @@ def _frames_lm(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConf
         diag[:, 3:5] = 2 * cfg.w_smooth_transl / P.iod_m**2
         diag[:, 5] = 2 * cfg.w_smooth_transl * dz2 / P.iod_m**2
         diag[:, ie] = 2 * cfg.w_smooth_expr * mask
-        diag[:, 6 + E : 10 + E] = 2 * cfg.w_smooth_eyes
+        if cfg.smooth_eyes_scale <= 0:
+            diag[:, 6 + E : 10 + E] = 2 * cfg.w_smooth_eyes
         Hp += torch.diag_embed(diag * nb[:, None])
-    active = torch.ones(p, dtype=torch.bool)
-    active[6 : 6 + E] = mask > 0
-    lower = upper = None
-    if P.bounded:
-        lower = torch.full((p,), -torch.inf, dtype=dtype)
-        upper = torch.full((p,), torch.inf, dtype=dtype)
-        lower[ie], upper[ie] = 0.0, 1.0
-    return levenberg_marquardt(theta0, per_frame, coupled, data_hessian, Hp, active, lower, upper,
+        if cfg.smooth_eyes_scale > 0:  # the robust gaze term's curvature depends on theta: IRLS weights
+            eye_cols = torch.arange(6 + E, 10 + E)
+
+            def prior(th: Tensor) -> Tensor:
+                ey = _unpack(th, E, fit_jaw)[4]  # [n, 2 eyes, 2]
+                w_pair = gap_w[:, None] / torch.sqrt(1.0 + ((ey[1:] - ey[:-1]) ** 2).sum(-1) / cfg.smooth_eyes_scale**2)
+                nb_eye = torch.zeros(n, 2, dtype=dtype)
+                nb_eye[1:] += w_pair
+                nb_eye[:-1] += w_pair
+                H = Hp.clone()
+                H[:, eye_cols, eye_cols] += 2 * cfg.w_smooth_eyes * nb_eye.repeat_interleave(2, 1)
+                return H
+
+            # Warm start: the gaze of every frame from its own iris points first. From stage 2's start
+            # (each frame takes its nearest keyframe's gaze) the smoothness term, strongest where
+            # neighbours agree, holds whole fixations back, and the block-diagonal step moves them
+            # slowly: 6 iterations left d10's iris points 5 % IOD off at p95, 20 still 2 %.
+            theta0 = levenberg_marquardt(theta0, per_frame, lambda th: coupled(th, gaze=False), data_hessian, Hp, active,
+                                         *_bounds(P, p, ie, dtype), iterations=cfg.frame_iterations)
+            if P.frame_w.shape[1] > IRIS[-1]:
+                theta0[:, eye_cols] = _gaze_through_blinks(theta0[:, eye_cols], P.frame_w[:, IRIS].amin(1))
+            return levenberg_marquardt(theta0, per_frame, coupled, data_hessian, prior, active, *_bounds(P, p, ie, dtype),
+                                       iterations=cfg.frame_iterations)
+    return levenberg_marquardt(theta0, per_frame, coupled, data_hessian, Hp, active, *_bounds(P, p, ie, dtype),
                                iterations=cfg.frame_iterations)
+
+
+def _gaze_through_blinks(gaze: Tensor, visible: Tensor) -> Tensor:
+    """``gaze [n, 4]`` with the frames whose iris is hidden (``visible [n] < 0.5``, a blink) set by
+    linear interpolation between the nearest frames that see it (held at the ends). Without iris
+    points only the prior acts there, which pulls the gaze to 0; and a step that the smoothness term
+    alone asks for is refused by the per-frame acceptance test of the LM, so we start them here."""
+    seen = (visible >= 0.5).numpy()
+    if seen.all() or not seen.any():
+        return gaze
+    rows = np.arange(gaze.shape[0])
+    out = gaze.clone()
+    for c in range(gaze.shape[1]):
+        out[:, c] = torch.as_tensor(np.interp(rows, rows[seen], gaze[seen, c].numpy()), dtype=gaze.dtype)
+    return out
+
+
+def _bounds(P: "_Problem", p: int, ie: slice, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+    """Box bounds ``[p]`` of the flat per-frame parameters: expressions in [0, 1] when bounded."""
+    if not P.bounded:
+        return None, None
+    lower = torch.full((p,), -torch.inf, dtype=dtype)
+    upper = torch.full((p,), torch.inf, dtype=dtype)
+    lower[ie], upper[ie] = 0.0, 1.0
+    return lower, upper
 
 
 def _rotation_derivatives(aa: Tensor, h: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -655,7 +735,7 @@ def _data_hessian(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitC
     s2 = cfg.robust_sigma**2
     rho1 = 1.0 / torch.sqrt(1.0 + r2 / s2) if cfg.robust_frames == "charbonnier" else s2 * s2 / (r2 + s2) ** 2
     scale = lm.num_landmarks / L  # the subset stands in for all landmarks
-    c = 2.0 * wl[sub][None] * rho1 / iod2 * scale  # [n, L]
+    c = 2.0 * wl[sub][None] * P.frame_w[:, sub] * rho1 / iod2 * scale  # [n, L]
     J = torch.cat(rows, 2)  # [n, p, 2L]
     cw = torch.cat([c, c], 1)[:, None, :]
     return (J * cw) @ J.transpose(1, 2)
