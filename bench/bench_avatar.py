@@ -23,7 +23,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video
 def error_breakdown(out: Path, cfg) -> dict[str, float]:
     """Where the held-out error lies: PSNR on foreground pixels covered by the posed mesh's face
     region, by the rest of the mesh, and not covered by the mesh at all (hair, shoulders), plus
-    the share of the foreground squared error in each, and the background PSNR (stray splats)."""
+    the share of the foreground squared error in each, and the background PSNR (stray splats).
+    ``psnr_eyes``: over boxes around the detected eyes (corners, lids and iris, padded by 0.12
+    inter-ocular distances), where gaze tracking shows; these pixels also count in the classes above."""
     import math
 
     import numpy as np
@@ -38,8 +40,9 @@ def error_breakdown(out: Path, cfg) -> dict[str, float]:
     av = load_avatar(out / "avatar")
     tri_region = face_regions(av.head).numpy()
     faces = av.head.faces.numpy()
-    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background")}
+    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes")}
     counts = dict.fromkeys(sums, 0)
+    tracking = np.load(out / "tracking.npz")
     with torch.no_grad():
         for r in clip.test_ids:
             params = {k: v[r : r + 1] for k, v in clip.params.items()}
@@ -56,13 +59,33 @@ def error_breakdown(out: Path, cfg) -> dict[str, float]:
                            ("background", ~fg)):  # fmt: skip
                 sums[k] += float(err[sel].sum())
                 counts[k] += int(sel.sum())
+            eyes = _eye_boxes(tracking["landmarks"][r, :, :2], clip.Ks[r].double().numpy() @ np.linalg.inv(tracking["K"][r]),
+                              err.shape)  # fmt: skip
+            sums["eyes"] += float(err[eyes].sum())
+            counts["eyes"] += int(eyes.sum())
     fg_err = sums["face"] + sums["mesh_other"] + sums["off_mesh"]
     out_row = {}
     for k in sums:
         out_row[f"psnr_{k}"] = round(10 * math.log10(counts[k] / max(sums[k], 1e-12)), 2) if counts[k] else float("nan")
-        if k != "background":
+        if k not in ("background", "eyes"):
             out_row[f"share_{k}"] = round(sums[k] / max(fg_err, 1e-12), 3)
     return out_row
+
+
+def _eye_boxes(landmarks, to_image, shape: tuple[int, int], pad: float = 0.12):
+    """``[H, W]`` bool: boxes around each eye's corners, mid lids and iris centre of one frame's
+    detected FaceMesh ``landmarks [478, 2]`` (source pixels), mapped by ``to_image [3, 3]`` (the
+    crop and resize of the training frames)."""
+    import numpy as np
+
+    p = np.c_[landmarks, np.ones(len(landmarks))] @ to_image.T
+    p = p[:, :2] / p[:, 2:]
+    pad_px = pad * np.linalg.norm(p[33] - p[263])
+    mask = np.zeros(shape, bool)
+    for idx in ((33, 133, 159, 145, 468), (362, 263, 386, 374, 473)):
+        (x0, y0), (x1, y1) = p[list(idx)].min(0) - pad_px, p[list(idx)].max(0) + pad_px
+        mask[max(int(y0), 0) : max(int(y1) + 1, 0), max(int(x0), 0) : max(int(x1) + 1, 0)] = True
+    return mask
 
 
 def main() -> None:
@@ -146,10 +169,11 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
                 cells.append(f"{key} {v.mean():.2f} +- {v.std():.2f} ({v.min():.2f} .. {v.max():.2f})")
             print(f"{clip:<20} " + "   ".join(cells))
     print("where the held-out error is: PSNR (share of the foreground squared error) per pixel class")
-    print("clip                 seed  mesh face region   rest of mesh       off mesh (hair...)  background PSNR")
+    print("clip                 seed  mesh face region   rest of mesh       off mesh (hair...)  background PSNR  eye boxes PSNR")
     for r in rows:
         print(f"{r['clip']:<20} {r['seed']:>4} " + "".join(f"{r['psnr_' + k]:>6} ({100 * r['share_' + k]:4.1f}%)     "
-                                            for k in ("face", "mesh_other", "off_mesh")) + f"{r['psnr_background']:>6}")
+                                            for k in ("face", "mesh_other", "off_mesh"))
+              + f"{r['psnr_background']:>6}           {r['psnr_eyes']:>6}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ and correlation over frames).
 
     python bench/bench_tracking.py                       # every shared video, all frames
     python bench/bench_tracking.py --videos hdtf_aoc.mp4 --limit 200 --repeats 2
+    python bench/bench_tracking.py --fit smooth_eyes_scale=0 iris_open=1e-6 iris_closed=0   # solver knobs
 
 fps = frames / (decode + landmarks + fit) seconds, measured inside ``avatar.fitting.track_clip``;
 model loading, writing files and the overlay are excluded (``--overlay`` times the overlay too).
@@ -35,6 +36,8 @@ def main() -> int:
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--overlay", action="store_true", help="also write and time the overlay video")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="FitConfig overrides (avatar/fitting/solver.py), e.g. smooth_eyes_scale=0")
     args = ap.parse_args()
 
     import torch
@@ -44,6 +47,7 @@ def main() -> int:
     from avatar.models import load_head_model
 
     torch.set_num_threads(args.torch_threads)
+    config = _fit_config(args.fit)
     head = load_head_model("anny")
     rows = []
     for name in args.videos:
@@ -56,7 +60,7 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 tr, s = track_clip(path, tmp if args.overlay else None, head=head, limit=args.limit,
-                                  threads=args.threads, overlay=args.overlay, progress=False)
+                                  threads=args.threads, overlay=args.overlay, progress=False, config=config)
                 s["wall_s"] = time.perf_counter() - t0
                 det, fit = tracked_landmarks(tr, head)
                 s["apertures"] = aperture_report(det, fit)
@@ -79,6 +83,26 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def _fit_config(items: list[str]):
+    """``KEY=VALUE`` strings -> a :class:`FitConfig`, each value parsed like the field's default."""
+    import dataclasses
+
+    from avatar.fitting.solver import FitConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in defaults:
+            raise SystemExit(f"--fit {item!r}: expected KEY=VALUE with KEY one of {', '.join(defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            values[key] = raw.lower() in ("1", "true", "yes")
+        else:
+            values[key] = type(default)(raw) if default is not None else raw
+    return FitConfig(**values)
 
 
 if __name__ == "__main__":
