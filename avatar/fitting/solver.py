@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -614,30 +615,31 @@ def _frames_lm(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConf
         if cfg.smooth_eyes_scale <= 0:
             diag[:, 6 + E : 10 + E] = 2 * cfg.w_smooth_eyes
         Hp += torch.diag_embed(diag * nb[:, None])
-        if cfg.smooth_eyes_scale > 0:  # the robust gaze term's curvature depends on theta: IRLS weights
-            eye_cols = torch.arange(6 + E, 10 + E)
+    bounds = _bounds(P, p, ie, dtype)
+    prior: Tensor | Callable[[Tensor], Tensor] = Hp
+    if temporal and n > 1 and cfg.smooth_eyes_scale > 0:
+        eye_cols = torch.arange(6 + E, 10 + E)
 
-            def prior(th: Tensor) -> Tensor:
-                ey = _unpack(th, E, fit_jaw)[4]  # [n, 2 eyes, 2]
-                w_pair = gap_w[:, None] / torch.sqrt(1.0 + ((ey[1:] - ey[:-1]) ** 2).sum(-1) / cfg.smooth_eyes_scale**2)
-                nb_eye = torch.zeros(n, 2, dtype=dtype)
-                nb_eye[1:] += w_pair
-                nb_eye[:-1] += w_pair
-                H = Hp.clone()
-                H[:, eye_cols, eye_cols] += 2 * cfg.w_smooth_eyes * nb_eye.repeat_interleave(2, 1)
-                return H
+        def gaze_prior(th: Tensor) -> Tensor:  # the robust gaze term's curvature depends on theta: IRLS weights
+            ey = _unpack(th, E, fit_jaw)[4]  # [n, 2 eyes, 2]
+            w_pair = gap_w[:, None] / torch.sqrt(1.0 + ((ey[1:] - ey[:-1]) ** 2).sum(-1) / cfg.smooth_eyes_scale**2)
+            nb_eye = torch.zeros(n, 2, dtype=dtype)
+            nb_eye[1:] += w_pair
+            nb_eye[:-1] += w_pair
+            H = Hp.clone()
+            H[:, eye_cols, eye_cols] += 2 * cfg.w_smooth_eyes * nb_eye.repeat_interleave(2, 1)
+            return H
 
-            # Warm start: the gaze of every frame from its own iris points first. From stage 2's start
-            # (each frame takes its nearest keyframe's gaze) the smoothness term, strongest where
-            # neighbours agree, holds whole fixations back, and the block-diagonal step moves them
-            # slowly: 6 iterations left d10's iris points 5 % IOD off at p95, 20 still 2 %.
-            theta0 = levenberg_marquardt(theta0, per_frame, lambda th: coupled(th, gaze=False), data_hessian, Hp, active,
-                                         *_bounds(P, p, ie, dtype), iterations=cfg.frame_iterations)
-            if P.frame_w.shape[1] > IRIS[-1]:
-                theta0[:, eye_cols] = _gaze_through_blinks(theta0[:, eye_cols], P.frame_w[:, IRIS].amin(1))
-            return levenberg_marquardt(theta0, per_frame, coupled, data_hessian, prior, active, *_bounds(P, p, ie, dtype),
-                                       iterations=cfg.frame_iterations)
-    return levenberg_marquardt(theta0, per_frame, coupled, data_hessian, Hp, active, *_bounds(P, p, ie, dtype),
+        # Warm start: the gaze of every frame from its own iris points first. From stage 2's start
+        # (each frame takes its nearest keyframe's gaze) the smoothness term, strongest where
+        # neighbours agree, holds whole fixations back, and the block-diagonal step moves them
+        # slowly: 6 iterations left d10's iris points 5 % IOD off at p95, 20 still 2 %.
+        theta0 = levenberg_marquardt(theta0, per_frame, lambda th: coupled(th, gaze=False), data_hessian, Hp, active,
+                                     *bounds, iterations=cfg.frame_iterations)
+        if P.frame_w.shape[1] > IRIS[-1]:
+            theta0[:, eye_cols] = _gaze_through_blinks(theta0[:, eye_cols], P.frame_w[:, IRIS].amin(1))
+        prior = gaze_prior
+    return levenberg_marquardt(theta0, per_frame, coupled, data_hessian, prior, active, *bounds,
                                iterations=cfg.frame_iterations)
 
 
