@@ -86,10 +86,13 @@ def main() -> int:
 
 
 def _fit_config(items: list[str]):
-    """``KEY=VALUE`` strings -> a :class:`FitConfig`, each value parsed like the field's default."""
+    """``KEY=VALUE`` strings -> a :class:`FitConfig`, each value parsed like the field's default
+    (the same parser as ``avatar train --set``)."""
     import dataclasses
 
+    from avatar.errors import AvatarError
     from avatar.fitting.solver import FitConfig
+    from avatar.training.config import _parse
 
     defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
     values = {}
@@ -97,11 +100,10 @@ def _fit_config(items: list[str]):
         key, sep, raw = item.partition("=")
         if not sep or key not in defaults:
             raise SystemExit(f"--fit {item!r}: expected KEY=VALUE with KEY one of {', '.join(defaults)}")
-        default = defaults[key]
-        if isinstance(default, bool):
-            values[key] = raw.lower() in ("1", "true", "yes")
-        else:
-            values[key] = type(default)(raw) if default is not None else raw
+        try:
+            values[key] = _parse(raw, defaults[key], key)
+        except AvatarError as e:
+            raise SystemExit(f"--fit: {e}") from None
     return FitConfig(**values)
 
 
