@@ -65,7 +65,7 @@ class Render:
             K = torch.tensor(intrinsics(W, H, fov), dtype=torch.float32)
             # No global pose: the head at rest at the origin (body-fixed hair placed as at the clip's
             # mean pose), the camera moves instead.
-            params = {k: v for k, v in params.items() if k not in ("global_orient", "transl")}
+            params = {k: v for k, v in params.items() if k not in ("global_orient", "transl", "body")}
             if self.camera == "orbit":
                 total = self.frames
                 rows = np.arange(total) % n
@@ -87,8 +87,8 @@ class Render:
         import torch
 
         if self.drive is None:
-            if av.performance:
-                return {k: av.performance[k].float() for k in names}, av.config.get("fps")
+            if av.performance:  # with the tracked body motion when the avatar was trained with it
+                return {k: av.performance[k].float() for k in (*names, "body") if k in av.performance}, av.config.get("fps")
             tr = load_tracking(Path(av.path).parent / "tracking.npz")
             return {k: torch.as_tensor(tr[k]).float() for k in names}, tr["fps"]
         tr = load_tracking(self.drive)

@@ -36,7 +36,8 @@ def error_breakdown(out: Path, cfg) -> dict[str, float]:
     from avatar.representations.mesh_gaussians import FACE, face_regions
     from avatar.training.data import load_clip
 
-    clip = load_clip(out, cfg.resolution, cfg.holdout, cfg.max_frames, progress=False, head_crop_faces=cfg.head_crop)
+    clip = load_clip(out, cfg.resolution, cfg.holdout, cfg.max_frames, progress=False, head_crop_faces=cfg.head_crop,
+                     track_body=cfg.track_body)  # fmt: skip
     av = load_avatar(out / "avatar")
     tri_region = face_regions(av.head).numpy()
     faces = av.head.faces.numpy()

@@ -241,3 +241,32 @@ def test_body_translation_is_learnt_from_where_the_body_hair_is_seen(anny_head, 
         opt.step()
     share = rep.body_translation.detach()
     assert share[0] > 0.95 and torch.allclose(share[1:], torch.tensor([0.5, 0.5]))
+
+
+def test_body_fixed_hair_follows_the_tracked_body_motion(anny_head, scene):
+    """Seeded on a frame whose body had moved, a body-fixed seed is placed where it was seen; on
+    another frame it moves by the difference of the tracked body motions, and the head doesn't."""
+    from avatar.representations.geometry import rigid_transforms
+
+    verts, transl, _, matte, image, K, vm = scene
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    n0 = rep.num_gaussians
+    pose = rigid_transforms(torch.zeros(1, 3), transl)
+    with torch.no_grad():
+        rep.reference_pose.copy_(pose[0])
+    seen_body = torch.tensor([[0.004, -0.003, 0.0]])
+    seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2, head_poses=pose, body=seen_body)
+    hair = torch.arange(n0, rep.num_gaussians)
+    with torch.no_grad():
+        rep.follow_logit[hair] = -20.0
+    at_seed = rep(verts, head_pose=pose, body=seen_body).means[0]
+    with torch.no_grad():
+        rep.follow_logit[hair] = 20.0
+    assert torch.allclose(at_seed[hair], rep(verts, head_pose=pose).means[0, hair], atol=1e-5)  # seen where it was
+    with torch.no_grad():
+        rep.follow_logit[hair] = -20.0
+    other = torch.tensor([[-0.01, 0.02, 0.005]])
+    moved = rep(verts, head_pose=pose, body=other).means[0]
+    assert torch.allclose(moved[hair], at_seed[hair] + (other - seen_body), atol=1e-5)
+    assert torch.allclose(moved[:n0], at_seed[:n0])
+    assert torch.allclose(rep(verts, body=other).means[0], rep(verts).means[0])  # no pose (rest): no body motion

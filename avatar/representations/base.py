@@ -63,9 +63,11 @@ class Representation(nn.Module):
 
     kind: ClassVar[str] = "base"
 
-    def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None) -> Splats:
+    def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
+                body: Tensor | None = None) -> Splats:  # fmt: skip
         """``vertices [B, V, 3]``; ``head_pose [B, 4, 4]`` the frames' head-to-world transforms in
-        the training coordinates, or None for the head at rest (representations may ignore it)."""
+        the training coordinates, or None for the head at rest; ``body [B, 3]`` the tracked body
+        motion (:func:`avatar.training.data.body_motion`), or None (representations may ignore both)."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:

@@ -72,13 +72,15 @@ class Avatar:
     def splats(self, params: dict[str, Tensor], sh_degree: int | None = None) -> Splats:
         """With ``global_orient``/``transl`` in ``params`` they are a pose in the coordinates the
         avatar was trained in (tracked, or a driver's placed there) and body-fixed hair stays where
-        the body was; without them the head is at rest at the origin and the body with it (the
-        pose of an orbit render or an export). See :mod:`avatar.representations.mesh_gaussians`."""
+        the body was (moved by ``body [B, 3]``, the tracked body motion, when given); without them
+        the head is at rest at the origin and the body with it (the pose of an orbit render or an
+        export). See :mod:`avatar.representations.mesh_gaussians`."""
         from avatar.representations.geometry import params_pose
 
         verts = self.vertices(params)
         pose = params_pose({k: v.to(verts) for k, v in params.items() if k in ("global_orient", "transl")}, verts.shape[0])
-        return self.representation(verts, sh_degree=sh_degree, head_pose=pose)
+        body = params.get("body") if pose is not None else None
+        return self.representation(verts, sh_degree=sh_degree, head_pose=pose, body=None if body is None else body.to(verts))
 
     @torch.no_grad()
     def render(

@@ -38,8 +38,11 @@ stored in the head frame at the clip's ``reference_pose`` (its mean head pose)::
     mean = w * mean_head + (1 - w) * B(t) @ static_pos       when the frame's head pose is given
     mean = w * mean_head + (1 - w) * static_pos              otherwise (the head at rest, e.g. exports)
 
-The body frame ``B(t)`` (:meth:`MeshGaussians.body_frame`) starts from the reference pose and
-follows the head by two shares in 0..1, both learnable:
+The body frame ``B(t)`` (:meth:`MeshGaussians.body_frame`) starts from the reference pose, is
+moved by the frame's tracked body motion when there is one (``body``: a world translation measured
+from the mattes below the chin, :func:`avatar.training.data.body_motion`; the person leaning or
+shifting in the chair, which the head pose does not tell), and follows the head by two shares in
+0..1, both learnable:
     ``body_translation`` (one per axis, shared by all hair) of the head's translation away from
         the reference. At 1 the body carries the neck: when the person shifts, shoulders and
         hanging hair shift with the head. At 0 the body stays put, as when the tracked translation
@@ -289,17 +292,20 @@ class MeshGaussians(Representation):
         """Set every Gaussian's rotation share to ``value`` (a number or ``[N]``)."""
         _set_share(self.turn_logit, value)
 
-    def body_origin(self, head_pose: Tensor) -> Tensor:
+    def body_origin(self, head_pose: Tensor, body: Tensor | None = None) -> Tensor:
         """``[B, 3]`` origin of the body frame for head poses ``[B, 4, 4]``: the reference pose's
-        translation, moved per axis by ``body_translation`` times the head's translation away from it."""
+        translation, moved per axis by ``body_translation`` times the head's translation away from
+        it, plus the tracked body motion ``body [B, 3]`` when given."""
         t_ref = self.reference_pose[:3, 3].to(head_pose)
-        return t_ref + self.body_translation.to(head_pose) * (head_pose[:, :3, 3] - t_ref)
+        origin = t_ref + self.body_translation.to(head_pose) * (head_pose[:, :3, 3] - t_ref)
+        return origin if body is None else origin + body.to(head_pose)
 
-    def body_frame(self, head_pose: Tensor, share: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def body_frame(self, head_pose: Tensor, share: Tensor | None = None, body: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``([B, M, 3, 3], [B, 3])`` rotations and origin of the body frames for head poses
         ``[B, 4, 4]`` and rotation shares ``share [M]`` (default: every Gaussian's
         ``body_rotation``): body-fixed point m is ``R[:, m] @ static_pos[m] + origin``. Each rotation
-        is the reference pose's, turned by its share of the head's rotation away from it."""
+        is the reference pose's, turned by its share of the head's rotation away from it; the
+        origin is :meth:`body_origin`'s."""
         from avatar.models.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
         share = (self.body_rotation if share is None else share).to(head_pose)
@@ -307,18 +313,21 @@ class MeshGaussians(Representation):
         with torch.no_grad():  # how far the head turned: data, not a parameter of the body frame
             turn = matrix_to_axis_angle(r_ref.T @ head_pose[:, :3, :3])  # [B, 3]
         part = axis_angle_to_matrix((share[None, :, None] * turn[:, None, :]).reshape(-1, 3))
-        return r_ref @ part.reshape(head_pose.shape[0], -1, 3, 3), self.body_origin(head_pose)
+        return r_ref @ part.reshape(head_pose.shape[0], -1, 3, 3), self.body_origin(head_pose, body)
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         return {"body_logit": self.body_logit}
 
-    def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None) -> Splats:
+    def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
+                body: Tensor | None = None) -> Splats:  # fmt: skip
         """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.
 
         ``sh_degree``: evaluate up to this degree (default: all stored); 0 still uses SH.
         ``head_pose``: ``[B, 4, 4]`` head-to-world transforms of the frames (global_orient, transl;
         :func:`~avatar.representations.geometry.rigid_transforms`), in the coordinates the
-        representation was trained in; body-fixed hair uses it (see the module docstring)."""
+        representation was trained in; body-fixed hair uses it (see the module docstring).
+        ``body``: ``[B, 3]`` tracked body motion (world translation away from the reference; used
+        with ``head_pose`` only)."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise AvatarError(f"vertices must be [B, V, 3], got {list(vertices.shape)}")
         origin, rot, k = triangle_frames(vertices, self.faces)
@@ -330,7 +339,7 @@ class MeshGaussians(Representation):
         if hair.numel():  # the blend (module docstring), evaluated for the hair Gaussians only
             static = self.static_pos[hair][None].expand(means.shape[0], -1, -1)
             if head_pose is not None:
-                body_rot, origin = self.body_frame(head_pose.to(means), torch.sigmoid(self.turn_logit[hair]))
+                body_rot, origin = self.body_frame(head_pose.to(means), torch.sigmoid(self.turn_logit[hair]), body)
                 static = (body_rot @ static[..., None]).squeeze(-1) + origin[:, None]
             w = torch.sigmoid(self.follow_logit[hair])[None, :, None]
             means = means.index_copy(1, hair, w * means[:, hair] + (1.0 - w) * static)

@@ -61,6 +61,7 @@ class TrainConfig:
     lr_sh_rest: float = 5e-4
     lr_follow: float = 0.05  # hair: logit of how much it turns with the head (vs stays with the body)
     lr_static: float = 2e-5  # hair: body-fixed position (metres)
+    track_body: bool = True  # measure the body's motion from the mattes below the chin; body-fixed hair/shoulders follow it (avatar.perception.body)
     body_translation: float = 0.0  # share of the head's translation body-fixed hair follows, per axis (see MeshGaussians)
     lr_body: float = 0.0  # learn that share (its logit) at this rate; 0 keeps it (learnt or fixed at 1: no net gain measured)
     body_rotation: float = 0.02  # hair: initial share of the head's rotation its body frame turns with (see MeshGaussians)

@@ -25,6 +25,9 @@ from avatar.errors import AvatarError
 from avatar.utils.files import atomic_path
 
 PARAMS = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
+#: Per-frame key of the tracked body motion (``[N, 3]`` world translation of the shoulders away from
+#: their mean training position; see :func:`body_motion`), beside the head's :data:`PARAMS`.
+BODY = "body"
 _REQUIRED = ("frame_index", "tracked", "expression", "jaw", "neck", "eyes", "global_orient", "transl",
              "K", "viewmat", "shape", "model", "image_size", "source")  # fmt: skip
 
@@ -78,7 +81,8 @@ class Clip:
 
     Attributes:
         images: ``[N, H, W, 3]`` uint8.  mattes: ``[N, H, W]`` uint8 (255 = foreground).
-        params: name -> ``[N, ...]`` float32 tensors (expression, jaw, neck, eyes, global_orient, transl).
+        params: name -> ``[N, ...]`` float32 tensors (expression, jaw, neck, eyes, global_orient, transl;
+            and ``body`` when the body motion was tracked, :func:`body_motion`).
         Ks: ``[N, 3, 3]`` (scaled to the training size).  viewmat: ``[4, 4]``.
         shape: ``[S]`` identity.  train_ids / test_ids: row indices (test = the last ``holdout``).
     """
@@ -153,9 +157,10 @@ def _crop(img: np.ndarray, box: tuple[int, int, int, int], source_size: tuple[in
 
 
 def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_frames: int | None = None,
-              progress: bool = True, head_crop_faces: float = 0.0) -> Clip:  # fmt: skip
+              progress: bool = True, head_crop_faces: float = 0.0, track_body: bool = False) -> Clip:  # fmt: skip
     """Read ``out_dir/tracking.npz`` and the frames of its source (see the module docstring),
-    cropped to :func:`head_crop` (``head_crop_faces`` face sizes; 0 = whole frames)."""
+    cropped to :func:`head_crop` (``head_crop_faces`` face sizes; 0 = whole frames). With
+    ``track_body`` the body's motion is measured from the mattes (``params["body"]``, :func:`body_motion`)."""
     from avatar.io.video import FrameReader
 
     out_dir = Path(out_dir)
@@ -211,9 +216,41 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
     Ks[:, 0, :] *= W / W0
     Ks[:, 1, :] *= H / H0
     train_ids, test_ids = split_holdout(len(rows), holdout)
+    if track_body:
+        chin = (lms[:, CHIN, 1] - box[1]) * (H / H0) if lms.size else np.zeros(0)
+        params[BODY] = torch.as_tensor(body_motion(mattes, chin, train_ids, Ks.numpy(), np.asarray(tr["viewmat"], np.float64),
+                                                   params["transl"].numpy()), dtype=torch.float32)  # fmt: skip
     return Clip(images, mattes, params, Ks, torch.as_tensor(np.asarray(tr["viewmat"], np.float32)),
                 torch.as_tensor(np.asarray(tr["shape"], np.float32)), tr["model"], float(tr["fps"]),
                 train_ids, test_ids, str(tr["source"]))  # fmt: skip
+
+
+#: FaceMesh's chin point.
+CHIN = 152
+
+
+def body_motion(mattes: np.ndarray, chin_rows: np.ndarray, reference: np.ndarray, Ks: np.ndarray, viewmat: np.ndarray,
+                transl: np.ndarray) -> np.ndarray:  # fmt: skip
+    """``[N, 3]`` world translation of the body in each frame away from its mean over ``reference``.
+
+    The 2D shift of the matte below the chin (:func:`avatar.perception.body.body_shifts`; the band
+    starts at the 95th percentile of the tracked chin rows ``chin_rows [M]``) lifted to 3D at the
+    depth of the mean reference head (``transl [N, 3]`` in world, ``viewmat [4, 4]``
+    world-to-camera, ``Ks [N, 3, 3]`` at the mattes' size): a translation parallel to the image.
+    Zeros when no chin was tracked or the crop shows nothing below it.
+    """
+    from avatar.perception.body import body_shifts
+
+    n = len(mattes)
+    if len(chin_rows) == 0 or len(reference) == 0:
+        return np.zeros((n, 3))
+    shifts = body_shifts(mattes, int(np.ceil(np.percentile(chin_rows, 95))), reference)
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    depth = float((R @ transl[reference].mean(0) + t)[2])
+    cam = np.zeros((n, 3))
+    cam[:, 0] = shifts[:, 0] * depth / Ks[:, 0, 0]
+    cam[:, 1] = shifts[:, 1] * depth / Ks[:, 1, 1]
+    return cam @ R  # R^T cam, row-wise: a direction, so no translation
 
 
 def _mattes(out_dir: Path, tr: dict, rows: np.ndarray, images: np.ndarray, progress: bool,

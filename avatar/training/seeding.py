@@ -55,6 +55,7 @@ def seed_off_mesh(
     margin: int = 2,
     max_new: int = 30_000,
     head_poses: Tensor | None = None,
+    body: Tensor | None = None,
     turn: float = 0.0,
     options: Any = None,
 ) -> int:
@@ -69,6 +70,7 @@ def seed_off_mesh(
         head_poses: ``[F, 4, 4]`` head-to-world transforms of the frames; each seed's body-fixed
             position (``static_pos``, relative to ``rep.reference_pose``) is where it was seen.
             Without them every frame is taken to be at the reference pose.
+        body: ``[F, 3]`` the frames' tracked body motion (moves that body frame; with ``head_poses``).
         turn: the seeds' initial ``body_rotation`` share (their body frame's share of the head's turn).
     """
     import cv2
@@ -97,7 +99,8 @@ def seed_off_mesh(
             continue
         near_mesh = cv2.dilate(covered.astype(np.uint8), kernel) > 0
         pose = None if head_poses is None else head_poses[f : f + 1].to(device)
-        _, alpha, _ = render_splats(rep(vertices[f : f + 1].to(device), head_pose=pose), viewmat.to(device), Ks[f].to(device),
+        b = None if body is None or pose is None else body[f : f + 1].to(device)
+        _, alpha, _ = render_splats(rep(vertices[f : f + 1].to(device), head_pose=pose, body=b), viewmat.to(device), Ks[f].to(device),
                                     W, H, bg, options)  # fmt: skip
         cand = (mattes[f] > 127) & ~near_mesh & (alpha[0, ..., 0].cpu().numpy() < 0.5)
         grid = np.zeros_like(cand)
@@ -123,7 +126,8 @@ def seed_off_mesh(
         region = torch.full((ys.size,), HAIR, dtype=torch.long)
         static = world  # without poses the frame is taken to be at the reference pose
         if head_poses is not None:  # the same world point, in each seed's body frame at this frame's pose
-            rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu(), torch.tensor([float(turn)]))
+            rot, origin = rep.body_frame(head_poses[f : f + 1].double().cpu(), torch.tensor([float(turn)]),
+                                         None if b is None else b.double().cpu())  # fmt: skip
             static = (world - origin) @ rot[0, 0]  # R^T (world - origin), row-wise; one share for all seeds
         rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float(), turn=turn)
         added += int(ys.size)

@@ -35,7 +35,7 @@ from avatar.representations import MeshGaussians, Representation, render_splats,
 from avatar.representations.mesh_gaussians import FREE
 from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.training.config import TrainConfig
-from avatar.training.data import PARAMS, Clip, load_clip
+from avatar.training.data import BODY, PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
 from avatar.training.seeding import seed_off_mesh
 from avatar.training.strategy import DensifyStrategy
@@ -80,15 +80,21 @@ def _save_checkpoint(folder: Path, state: dict[str, Any], keep: int) -> Path:
 
 # --- helpers -------------------------------------------------------------------------------------
 def _frame_params(clip: Clip, rows: Tensor | np.ndarray, device: torch.device, deltas: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """The head parameters (refined by ``deltas``) and, when tracked, the body motion of ``rows``."""
     rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
-    out = {k: clip.params[k][rows_t].to(device) for k in PARAMS}
+    out = {k: clip.params[k][rows_t].to(device) for k in (*PARAMS, BODY) if k in clip.params}
     if deltas:
-        out = {k: v + deltas[k][rows_t.to(device)] for k, v in out.items()}
+        out = {k: v + deltas[k][rows_t.to(device)] if k in deltas else v for k, v in out.items()}
     return out
 
 
 def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
-    return head(shape=shape[None], **params).vertices
+    return head(shape=shape[None], **{k: v for k, v in params.items() if k in PARAMS}).vertices
+
+
+def _splats(rep: Representation, verts: Tensor, params: dict[str, Tensor], sh_degree: int | None = None) -> Any:
+    """The representation posed for frames ``params`` (:func:`_frame_params`)."""
+    return rep(verts, sh_degree=sh_degree, head_pose=params_pose(params), body=params.get(BODY))
 
 
 def _spread(ids: np.ndarray, n: int) -> np.ndarray:
@@ -174,7 +180,7 @@ def evaluate(
     for r in rows:
         params = _frame_params(clip, [r], device, deltas)
         verts = _vertices(head, shape, params)
-        rgb, _, _ = render_splats(rep(verts, sh_degree=sh_degree, head_pose=params_pose(params)), clip.viewmat.to(device),
+        rgb, _, _ = render_splats(_splats(rep, verts, params, sh_degree), clip.viewmat.to(device),
                                   clip.Ks[r].to(device), *clip.size, background, options)  # fmt: skip
         gt, m = clip.target([r], background, device)
         pred = rgb.clamp(0, 1)
@@ -224,7 +230,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     raster = RasterOptions(num_threads=config.raster_threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     clip = load_clip(out_dir, config.resolution, config.holdout, config.max_frames, progress=progress,
-                     head_crop_faces=config.head_crop)  # fmt: skip
+                     head_crop_faces=config.head_crop, track_body=config.track_body)  # fmt: skip
     # A single photo has nothing to hold out: it is evaluated on its training frame (the report says so).
     eval_ids = clip.test_ids if len(clip.test_ids) else clip.train_ids
     head = load_head_model(clip.model).to(device)
@@ -260,6 +266,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                 seed_verts = _vertices(head, shape, seed_params)
             n_seeded = seed_off_mesh(rep, head, seed_verts, clip.images[seed_rows], clip.mattes[seed_rows], clip.viewmat,
                                      clip.Ks[seed_rows], stride=config.seed_stride, head_poses=params_pose(seed_params),
+                                     body=seed_params.get(BODY),
                                      turn=config.body_rotation, options=raster)  # fmt: skip
             if progress:
                 print(f"seeded {n_seeded} off-mesh (hair) Gaussians from {len(seed_rows)} frames")
@@ -321,7 +328,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             verts = fixed_verts[torch.as_tensor(rows, device=device)]
         else:
             verts = _vertices(head, shape, params)
-        splats = rep(verts, sh_degree=sh_active, head_pose=params_pose(params))
+        splats = _splats(rep, verts, params, sh_active)
         pred, alpha, metas = render_splats(splats, clip.viewmat.to(device), clip.Ks[rows].to(device), W, H, bg, raster)
         gt, matte = clip.target(rows, bg, device)
         loss, parts = photometric_loss(pred, gt, config.lambda_dssim, config.photometric)
@@ -357,6 +364,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
 
     # --- export + evaluation ---------------------------------------------------------------------
     perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if deltas else 0)).cpu() for k in PARAMS}
+    if BODY in clip.params:
+        perf[BODY] = clip.params[BODY]
     final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
     train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster)
     report = {
