@@ -47,9 +47,10 @@ def scene(anny_head):
     return verts, transl, frags.mask, matte, image, torch.from_numpy(K), torch.from_numpy(FRONTAL_VIEWMAT.astype(np.float32))
 
 
-def _seeded(anny_head, scene, reference, body_translation=0.0, stride=2):
-    """Surface Gaussians plus hair seeded from the scene's frame (head pose: ``scene``'s translation),
-    with the given reference pose ``[1, 4, 4]``; returns (rep, surface count, frame pose, seeds added)."""
+def _seeded(anny_head, scene, reference, body_translation=0.0, stride=2, body=None):
+    """Surface Gaussians plus hair seeded from the scene's frame (head pose: ``scene``'s translation;
+    tracked body motion ``body``), with the given reference pose ``[1, 4, 4]`` (None: the frame's);
+    returns (rep, surface count, frame pose, seeds added)."""
     from avatar.representations.geometry import rigid_transforms
 
     verts, transl, _, matte, image, K, vm = scene
@@ -57,9 +58,9 @@ def _seeded(anny_head, scene, reference, body_translation=0.0, stride=2):
     n0 = rep.num_gaussians
     pose = rigid_transforms(torch.zeros(1, 3), transl)
     with torch.no_grad():
-        rep.reference_pose.copy_(reference[0])
+        rep.reference_pose.copy_((pose if reference is None else reference)[0])
     rep.set_body_translation(body_translation)
-    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=stride, head_poses=pose)
+    added = seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=stride, head_poses=pose, body=body)
     return rep, n0, pose, added
 
 
@@ -246,16 +247,9 @@ def test_body_translation_is_learnt_from_where_the_body_hair_is_seen(anny_head, 
 def test_body_fixed_hair_follows_the_tracked_body_motion(anny_head, scene):
     """Seeded on a frame whose body had moved, a body-fixed seed is placed where it was seen; on
     another frame it moves by the difference of the tracked body motions, and the head doesn't."""
-    from avatar.representations.geometry import rigid_transforms
-
-    verts, transl, _, matte, image, K, vm = scene
-    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
-    n0 = rep.num_gaussians
-    pose = rigid_transforms(torch.zeros(1, 3), transl)
-    with torch.no_grad():
-        rep.reference_pose.copy_(pose[0])
+    verts = scene[0]
     seen_body = torch.tensor([[0.004, -0.003, 0.0]])
-    seed_off_mesh(rep, anny_head, verts, image[None], matte[None], vm, K[None], stride=2, head_poses=pose, body=seen_body)
+    rep, n0, pose, _ = _seeded(anny_head, scene, None, body=seen_body)
     hair = torch.arange(n0, rep.num_gaussians)
     with torch.no_grad():
         rep.follow_logit[hair] = -20.0
