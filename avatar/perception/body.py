@@ -2,12 +2,13 @@
 
 The head tracker says where the head is; nothing said where the shoulders are. A seated speaker
 leans, shifts in the chair, breathes: the shoulders, and the long hair resting on them, move in
-the frame while the head's pose only partly predicts it (on the shared clips the held-out part of
-the video had the shoulders 1.5-3 px, at 256 px, from where they were on average in training).
+the frame while the head's pose only partly predicts it (on four shared clips the held-out last
+15 % of the video had the shoulders 0.3-10 px, at 256 px, from where they were on average in
+training).
 
 :func:`body_shifts` measures that motion in the image: the 2D translation that best aligns the
 matte below the chin in each frame with the mean matte of some reference frames (OpenCV's ECC
-alignment of the blurred mattes, each frame started from the previous one's answer). The matte's
+alignment of the blurred mattes, each frame aligned on its own, from zero: no drift). The matte's
 silhouette edges (shoulder line, neck and arm sides) carry the signal; the inside of the
 foreground has none, which is why the mattes are used and not the colours (clothes are often
 plain, and a static background would pull a colour alignment to zero).
