@@ -28,6 +28,8 @@ PARAMS = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
 #: Per-frame key of the tracked body motion (``[N, 3]`` world translation of the shoulders away from
 #: their mean training position; see :func:`body_motion`), beside the head's :data:`PARAMS`.
 BODY = "body"
+#: FaceMesh's chin point (the body band starts below it).
+CHIN = 152
 _REQUIRED = ("frame_index", "tracked", "expression", "jaw", "neck", "eyes", "global_orient", "transl",
              "K", "viewmat", "shape", "model", "image_size", "source")  # fmt: skip
 
@@ -223,10 +225,6 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
     return Clip(images, mattes, params, Ks, torch.as_tensor(np.asarray(tr["viewmat"], np.float32)),
                 torch.as_tensor(np.asarray(tr["shape"], np.float32)), tr["model"], float(tr["fps"]),
                 train_ids, test_ids, str(tr["source"]))  # fmt: skip
-
-
-#: FaceMesh's chin point.
-CHIN = 152
 
 
 def body_motion(mattes: np.ndarray, chin_rows: np.ndarray, reference: np.ndarray, Ks: np.ndarray, viewmat: np.ndarray,
