@@ -185,7 +185,7 @@ def export_ply(out: Path, dest: Path, frame: int | None) -> Path:
         name = f"gaussians_frame{frame:05d}.ply"
     with torch.no_grad():
         splats = av.splats(params)
-    colors = splats.colors.cpu().numpy()
+    colors = splats.frame_colors(0).cpu().numpy()  # SH turned to this frame's head pose
     path = dest / name
     n = write_gaussians_ply(
         path, means=splats.means[0].cpu().numpy(), quats=splats.quats[0].cpu().numpy(),

@@ -39,7 +39,7 @@ class Render:
         from avatar.io.video import VideoWriter
         from avatar.representations import load_avatar
         from avatar.render.mesh import intrinsics, orbit_viewmat
-        from avatar.training.data import PARAMS, load_tracking
+        from avatar.training.data import BODY, PARAMS, load_tracking
 
         av = load_avatar(self.out)
         cfg = av.config
@@ -65,7 +65,7 @@ class Render:
             K = torch.tensor(intrinsics(W, H, fov), dtype=torch.float32)
             # No global pose: the head at rest at the origin (body-fixed hair placed as at the clip's
             # mean pose), the camera moves instead.
-            params = {k: v for k, v in params.items() if k not in ("global_orient", "transl", "body")}
+            params = {k: v for k, v in params.items() if k not in ("global_orient", "transl", BODY)}
             if self.camera == "orbit":
                 total = self.frames
                 rows = np.arange(total) % n
@@ -86,9 +86,11 @@ class Render:
         """Per-frame head parameters: the avatar's own (refined) performance, or the driver's."""
         import torch
 
+        from avatar.representations.base import BODY
+
         if self.drive is None:
             if av.performance:  # with the tracked body motion when the avatar was trained with it
-                return {k: av.performance[k].float() for k in (*names, "body") if k in av.performance}, av.config.get("fps")
+                return {k: av.performance[k].float() for k in (*names, BODY) if k in av.performance}, av.config.get("fps")
             tr = load_tracking(Path(av.path).parent / "tracking.npz")
             return {k: torch.as_tensor(tr[k]).float() for k in names}, tr["fps"]
         tr = load_tracking(self.drive)

@@ -197,6 +197,23 @@ def test_sh_basis_values():
     assert torch.allclose(out, torch.full((1, 3), 0.28209479177387814 + 2 * 0.4886025119029199, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("sh_degree", [0, 1, 2, 3])
+def test_sh_rotation_turns_the_function(sh_degree):
+    from avatar.models.rotations import axis_angle_to_matrix
+    from avatar.render._sh import sh_rotation, spherical_harmonics
+
+    g = torch.Generator().manual_seed(2)
+    R = axis_angle_to_matrix(torch.randn(3, 3, generator=g, dtype=torch.float64))  # [3, 3, 3]
+    k = (sh_degree + 1) ** 2
+    coeffs = torch.randn(k, 3, generator=g, dtype=torch.float64)
+    d = torch.randn(3, 40, 3, generator=g, dtype=torch.float64)
+    M = sh_rotation(sh_degree, R)
+    assert M.shape == (3, k, k)
+    turned = spherical_harmonics(sh_degree, d, (M @ coeffs)[:, None])  # world coefficients, world dirs
+    torch.testing.assert_close(turned, spherical_harmonics(sh_degree, d @ R, coeffs), atol=1e-10, rtol=0)
+    torch.testing.assert_close(sh_rotation(sh_degree, torch.eye(3, dtype=torch.float64)), torch.eye(k, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
 def test_matches_reference_float32():
     # Bigger scene in float32: the two paths sum in different orders, so allow float32 round-off
     # amplified by the blending (rtol 1e-4, atol 2e-5 on images; gradients 2e-3 of their max).

@@ -65,6 +65,33 @@ def test_rigid_motion_is_equivariant(rep, anny_head):
     torch.testing.assert_close(quat_to_matrix(b.quats[0]), R @ quat_to_matrix(a.quats[0]), atol=2e-3, rtol=0)
 
 
+def test_view_dependent_colour_turns_with_the_head(anny_head):
+    """Head and camera turned together: every Gaussian shows the same colour (SH in the head's
+    frame); with world-frame SH (old bundles) it would not."""
+    from avatar.render._sh import spherical_harmonics
+    from avatar.representations.geometry import rigid_transforms
+
+    r = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1, sh_degree=2)
+    with torch.no_grad():
+        r.sh_rest.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+    aa, t = torch.tensor([[0.3, -0.4, 0.2]]), torch.tensor([[0.0, 0.0, -0.6]])
+    pose = rigid_transforms(aa, t)
+    eye = torch.tensor([0.05, 0.02, 0.5])  # camera centre in the head's frame
+    with torch.no_grad():
+        rest = r(anny_head().vertices, head_pose=torch.eye(4)[None])
+        turned = r(anny_head(global_orient=aa, transl=t).vertices, head_pose=pose)
+    assert turned.colors.shape == (1, r.num_gaussians, 9, 3) and turned.per_frame_colors
+    R = axis_angle_to_matrix(aa)[0]
+    seen_rest = spherical_harmonics(2, rest.means[0] - eye, rest.frame_colors(0))
+    seen_turned = spherical_harmonics(2, turned.means[0] - (R @ eye + t[0]), turned.frame_colors(0))
+    torch.testing.assert_close(seen_turned, seen_rest, atol=1e-4, rtol=0)
+    r.sh_follows_head = False
+    with torch.no_grad():
+        world = r(anny_head(global_orient=aa, transl=t).vertices, head_pose=pose)
+    assert not world.per_frame_colors
+    assert (spherical_harmonics(2, world.means[0] - (R @ eye + t[0]), world.colors) - seen_rest).abs().max() > 0.05
+
+
 def test_eye_gaussians_rotate_with_the_eyes(rep, anny_head):
     eyes = torch.zeros(2, 2, 3)
     eyes[1, :, 1] = 0.4  # both eyes look sideways

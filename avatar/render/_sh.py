@@ -71,3 +71,29 @@ def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     bases = sh_bases(degree, unit)  # [..., n]
     return (bases.unsqueeze(-1) * coeffs[..., :n, :]).sum(dim=-2)
+
+
+def _sphere_samples(n: int) -> Tensor:
+    """``[n, 3]`` unit directions spread evenly over the sphere (Fibonacci lattice), float64."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = i * (torch.pi * (3.0 - 5.0**0.5))
+    r = (1.0 - z * z).sqrt()
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], -1)
+
+
+def sh_rotation(degree: int, rotations: Tensor) -> Tensor:
+    """``[..., K, K]`` matrices M (K = (degree+1)^2) that turn coefficients with a frame.
+
+    For coefficients ``c [K, 3]`` defined in a frame that is rotated by ``R`` (``rotations
+    [..., 3, 3]``, frame-to-world), ``M @ c`` are the world coefficients of the same function:
+    ``basis(d) @ (M @ c) == basis(R^T d) @ c`` for every world direction d. Each band is closed
+    under rotation, so M is found exactly by least squares on a fixed set of sample directions
+    (simpler than Wigner-D recursions and differentiable in R).
+    """
+    k = (degree + 1) ** 2
+    s = _sphere_samples(max(4 * k, 16)).to(rotations.device)
+    basis = sh_bases(degree, s)  # [S, K]
+    pinv = torch.linalg.pinv(basis).to(rotations.dtype)  # [K, S]
+    turned = sh_bases(degree, s.to(rotations.dtype) @ rotations)  # rows R^T s: [..., S, K]
+    return pinv @ turned

@@ -17,6 +17,11 @@ from torch import Tensor, nn
 
 from avatar.errors import AvatarError
 
+#: Per-frame key of the tracked body motion (``[N, 3]`` world translation of the shoulders away from
+#: their mean training position; :func:`avatar.training.data.body_motion`), beside the head's
+#: parameters. Representations with body-fixed parts take it as ``body``.
+BODY = "body"
+
 
 @dataclass(frozen=True)
 class Splats:
@@ -27,7 +32,8 @@ class Splats:
         quats: ``[B, N, 4]`` wxyz rotations.
         scales: ``[B, N, 3]`` linear standard deviations.
         opacities: ``[N]`` in [0, 1].
-        colors: ``[N, K, 3]`` SH coefficients when ``sh_degree`` is set, else ``[N, 3]`` RGB.
+        colors: ``[N, K, 3]`` SH coefficients when ``sh_degree`` is set, else ``[N, 3]`` RGB; or
+            ``[B, N, K, 3]`` / ``[B, N, 3]`` when they differ per frame (SH turned with the head).
         sh_degree: degree to evaluate (<= the stored degree), or None for plain RGB.
         normals: ``[B, N, 3]`` unit surface normals of Gaussians that belong to a closed surface,
             zero rows for the others, or None. :func:`render_splats` fades a Gaussian whose
@@ -51,10 +57,18 @@ class Splats:
     def num_gaussians(self) -> int:
         return int(self.means.shape[1])
 
+    @property
+    def per_frame_colors(self) -> bool:
+        return self.colors.dim() == (3 if self.sh_degree is None else 4)
+
+    def frame_colors(self, b: int) -> Tensor:
+        """Frame ``b``'s colours: ``[N, K, 3]`` or ``[N, 3]``."""
+        return self.colors[b] if self.per_frame_colors else self.colors
+
     def frame(self, b: int) -> dict[str, Any]:
         """Keyword arguments for :func:`avatar.render.rasterize` for frame ``b``."""
         return dict(means=self.means[b], quats=self.quats[b], scales=self.scales[b],
-                    opacities=self.opacities, colors=self.colors, sh_degree=self.sh_degree)  # fmt: skip
+                    opacities=self.opacities, colors=self.frame_colors(b), sh_degree=self.sh_degree)  # fmt: skip
 
 
 class Representation(nn.Module):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from avatar.errors import AvatarError
-from avatar.representations.base import Representation, Splats, render_splats
+from avatar.representations.base import BODY, Representation, Splats, render_splats
 from avatar.representations.mesh_gaussians import MeshGaussians
 from avatar.utils.files import atomic_path, atomic_write
 
@@ -79,7 +79,7 @@ class Avatar:
 
         verts = self.vertices(params)
         pose = params_pose({k: v.to(verts) for k, v in params.items() if k in ("global_orient", "transl")}, verts.shape[0])
-        body = params.get("body") if pose is not None else None
+        body = params.get(BODY) if pose is not None else None
         return self.representation(verts, sh_degree=sh_degree, head_pose=pose, body=None if body is None else body.to(verts))
 
     @torch.no_grad()

@@ -30,6 +30,15 @@ from behind shows blotches of face colour; with it nothing the camera cannot see
 the trainer closes the unseen back as an opaque shell in the colour of its seen neighbours.
 Off-surface hair and the mouth interior are never culled.
 
+View-dependent colour (``sh_follows_head``, on for new avatars): the light in a phone clip is fixed
+and the head turns under it, so the shading a Gaussian shows depends on the view direction *in the
+head's frame*, not in the world. The SH coefficients are therefore stored in the head frame at the
+reference pose and turned each frame by the head's rotation away from it
+(:func:`~avatar.render._sh.sh_rotation`), giving per-frame colours ``[B, N, K, 3]``. In world
+space the view direction barely changes when the head turns in front of a still camera, so the
+colour could not follow the shading; in the head frame camera and light sit in a fixed relation,
+and the view direction tells the SH where the light is.
+
 Hair and shoulders do not all turn with the head: long hair rests on the shoulders, and the
 shoulders stay where the body is. So a ``hair`` Gaussian blends two positions with a learnt weight
 ``w = sigmoid(follow_logit)``: the head-bound one above and a body-fixed one, ``static_pos``,
@@ -67,6 +76,7 @@ import torch
 from torch import Tensor, nn
 
 from avatar.errors import AvatarError
+from avatar.render._sh import sh_rotation
 from avatar.representations.base import Representation, Splats
 from avatar.representations.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, triangle_frames
 
@@ -140,7 +150,7 @@ class MeshGaussians(Representation):
     kind: ClassVar[str] = "mesh_gaussians"
 
     def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, sh_degree: int = 0,
-                 cull_backfacing: bool = False) -> None:  # fmt: skip
+                 cull_backfacing: bool = False, sh_follows_head: bool = False) -> None:  # fmt: skip
         super().__init__()
         if not 0 <= sh_degree <= 3:
             raise AvatarError(f"sh_degree must be 0..3, got {sh_degree}")
@@ -149,6 +159,9 @@ class MeshGaussians(Representation):
         # Surface Gaussians (face, free, eye) fade when their triangle faces away from the camera
         # (Splats.normals): see the module docstring.
         self.cull_backfacing = bool(cull_backfacing)
+        # View-dependent colour (SH degree >= 1) is stored in the head's frame at the reference
+        # pose and turned with the head (see the module docstring).
+        self.sh_follows_head = bool(sh_follows_head)
         self.register_buffer("faces", faces.long().clone())
         self.register_buffer("face_id", face_id.long().clone())
         self.register_buffer("region", region.long().clone())
@@ -180,13 +193,14 @@ class MeshGaussians(Representation):
         vertices: Tensor | None = None,
         seed: int = 0,
         cull_backfacing: bool = True,
+        sh_follows_head: bool = True,
     ) -> "MeshGaussians":
         """Gaussians sampled on the surface: ``per_face`` per triangle, ``per_face_face`` on the
         face region, flat (thin along the normal) and sized to tile their triangle."""
         region_f = face_regions(head, vertices)
         counts = torch.where(region_f == FACE, per_face_face, per_face)
         face_id = torch.repeat_interleave(torch.arange(region_f.shape[0]), counts)
-        rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree, cull_backfacing)
+        rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree, cull_backfacing, sh_follows_head)
         g = torch.Generator().manual_seed(seed)
         # Uniform barycentrics (square-root trick); the first sample of a triangle is its centroid.
         r1, r2 = torch.rand(face_id.shape[0], generator=g), torch.rand(face_id.shape[0], generator=g)
@@ -213,14 +227,15 @@ class MeshGaussians(Representation):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "sh_degree": self.max_sh_degree, "num_gaussians": self.num_gaussians,
-                "cull_backfacing": self.cull_backfacing}  # fmt: skip
+                "cull_backfacing": self.cull_backfacing, "sh_follows_head": self.sh_follows_head}  # fmt: skip
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "MeshGaussians":
         # Bundles written before back-face culling were trained without it (their faces rely on
         # the layers behind them): they keep rendering without it.
+        # Likewise bundles from before view-dependent colour turned with the head (world-frame SH).
         rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]),
-                  bool(config.get("cull_backfacing", False)))  # fmt: skip
+                  bool(config.get("cull_backfacing", False)), bool(config.get("sh_follows_head", False)))  # fmt: skip
         # Bundles written before hair could stay with the body: every Gaussian follows the head.
         defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
                     "reference_pose": rep.reference_pose, "body_logit": rep.body_logit.detach(),
@@ -347,6 +362,9 @@ class MeshGaussians(Representation):
         scales = torch.exp(log_scale)[None] * s[..., None]
         deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
         colors = torch.cat([self.sh_dc[:, None], self.sh_rest[:, : (deg + 1) ** 2 - 1]], 1)
+        if self.sh_follows_head and head_pose is not None and deg > 0:
+            turn = head_pose[:, :3, :3].to(colors) @ self.reference_pose[:3, :3].to(colors).T  # [B, 3, 3]
+            colors = torch.einsum("bkj,njc->bnkc", sh_rotation(deg, turn), colors)  # per frame
         normals = None
         if self.cull_backfacing:
             surface = (self.region == FACE) | (self.region == FREE) | (self.region == EYE)

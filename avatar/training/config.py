@@ -52,6 +52,7 @@ class TrainConfig:
     per_face_face: int = 3  # Gaussians per triangle on the face
     sh_degree: int = 1
     sh_increase_every: int = 1000  # active SH degree +1 every this many steps
+    sh_follows_head: bool = True  # view-dependent colour is kept in the head's frame and turns with it (shading that changes as the head turns under fixed light)
     lr_offset: float = 3e-3
     lr_offset_final_fraction: float = 0.05  # exponential decay of lr_offset to this fraction
     lr_rot: float = 1e-3

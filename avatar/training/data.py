@@ -22,12 +22,10 @@ import torch
 from torch import Tensor
 
 from avatar.errors import AvatarError
+from avatar.representations.base import BODY
 from avatar.utils.files import atomic_path
 
 PARAMS = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
-#: Per-frame key of the tracked body motion (``[N, 3]`` world translation of the shoulders away from
-#: their mean training position; see :func:`body_motion`), beside the head's :data:`PARAMS`.
-BODY = "body"
 #: FaceMesh's chin point (the body band starts below it).
 CHIN = 152
 _REQUIRED = ("frame_index", "tracked", "expression", "jaw", "neck", "eyes", "global_orient", "transl",

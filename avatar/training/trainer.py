@@ -250,7 +250,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             neutral = head(shape=shape[None]).vertices[0]
         rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
                                        sh_degree=config.sh_degree, vertices=neutral, seed=config.seed,
-                                       cull_backfacing=config.cull_backfacing).to(device)  # fmt: skip
+                                       cull_backfacing=config.cull_backfacing,
+                                       sh_follows_head=config.sh_follows_head).to(device)  # fmt: skip
         seen = init_colors_from_frames(rep, head, clip, shape, _spread(clip.train_ids, config.color_init_frames))
         if config.cull_backfacing:
             close_unseen_surface(rep, seen)
