@@ -61,8 +61,9 @@ def _blink_clip(head, n: int) -> dict[str, torch.Tensor]:
 def test_blinks_reach_their_closure(anny_head) -> None:
     """Strong blinks (0.9) with the upper-lid skin landmarks left open, plus detector-like noise:
     the fitted blinks reach near 0.9 and the fitted eye/mouth apertures follow the landmarks.
-    Measured: blinks 0.68-0.86 on the 0.9 frames; before the fix
-    (every landmark weight 1, expression prior 1e-4, smoothing 1e-3) 0.16-0.22, eye apertures MAE 2.8 % IOD."""
+    Measured: blinks 0.82-0.85 on the 0.9 frames (0.68 on one with the blink channels smoothed like
+    the others, FitConfig.blink_smooth = 1); before the first fix (every landmark weight 1,
+    expression prior 1e-4, smoothing 1e-3) 0.16-0.22, eye apertures MAE 2.8 % IOD."""
     n, size, focal = 18, 512, 900.0
     gt = _blink_clip(anny_head, n)
     det = _project(anny_head, gt, focal, size)
@@ -88,7 +89,7 @@ def test_blinks_reach_their_closure(anny_head) -> None:
     jaw_err = np.abs(res.expression[:, names.index("jawOpen")] - gt["expression"][:, names.index("jawOpen")].numpy())
     print(f"\nblinks (true 0.9): fitted {np.round(blink_fit[strong].min(1), 2)}; "
           f"blink MAE {np.abs(blink_fit - blink_gt).mean():.3f}; jawOpen MAE {jaw_err.mean():.3f}\n  {format_report(rep)}")
-    assert blink_fit[strong].min() >= 0.6, "blinks stop short of their closure"
+    assert blink_fit[strong].min() >= 0.78, "blinks stop short of their closure"
     assert np.abs(blink_fit - blink_gt).mean() < 0.1
     assert rep["eye_right"]["mae_pct_iod"] < 1.0 and rep["eye_left"]["mae_pct_iod"] < 1.0
     assert rep["mouth_open"]["mae_pct_iod"] < 1.5 and rep["mouth_width"]["mae_pct_iod"] < 1.5

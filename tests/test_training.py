@@ -171,7 +171,7 @@ def test_presets_are_the_files_in_configs():
     # A file names only what it changes: default.toml changes nothing.
     assert preset("default") == TrainConfig()
     fast = preset("fast-cpu")
-    assert (fast.resolution, fast.steps, fast.sh_degree, fast.strategy.max_gaussians) == (256, 1500, 0, 40_000)
+    assert (fast.resolution, fast.steps, fast.sh_degree, fast.strategy.max_gaussians) == (256, 1500, 1, 40_000)
     assert fast.strategy.grad_threshold == StrategyConfig().grad_threshold  # untouched fields keep defaults
 
 
@@ -253,3 +253,24 @@ def test_photometric_loss_kinds():
     assert x.grad.abs().max() < 1e-6
     with pytest.raises(ValueError, match="l1' or 'l2"):
         photometric_loss(a, b, kind="huber")
+
+
+def test_densify_at_the_cap_takes_the_largest_gradients(anny_head):
+    from avatar.representations import MeshGaussians
+    from avatar.training.strategy import DensifyStrategy
+
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1, sh_degree=0)
+    n = rep.num_gaussians
+    params = rep.primitive_parameters()
+    opt = torch.optim.Adam([{"params": [p], "lr": 1e-3, "name": k} for k, p in params.items()])
+    strat = DensifyStrategy(StrategyConfig(grad_threshold=1e-3, split_scale=1e9, prune_opacity=0.0, max_gaussians=n + 5), 100)
+    g = torch.Generator().manual_seed(0)
+    grad = torch.rand(n, generator=g) * 1e-4  # below the threshold ...
+    hot = torch.randperm(n, generator=g)[:40]
+    grad[hot] = 2e-3 + torch.rand(40, generator=g) * 1e-3  # ... but 40 candidates for 5 places
+    strat.grad_sum, strat.count = grad.clone(), torch.ones(n)
+    rep.sh_dc.data[hot] = torch.arange(40, dtype=torch.float32)[:, None] + 10.0  # tag i + 10 on hot[i]
+    result = strat._refine(rep, opt, g)
+    assert result["cloned"] == 5 and result["total"] == n + 5
+    expected = {float(i) + 10.0 for i in torch.argsort(grad[hot], descending=True)[:5].tolist()}
+    assert set(rep.sh_dc.detach()[n:, 0].tolist()) == expected  # the clones: the 5 largest gradients

@@ -128,6 +128,11 @@ class FitConfig:
     w_smooth_rot: float = 0.05
     w_smooth_transl: float = 0.05  # on translation / model IOD
     w_smooth_expr: float = 3e-4  # a blink closes in 2-3 frames: 1e-3 flattened it
+    # Factor on w_smooth_expr for eyeBlinkLeft/Right. A blink shuts and reopens within 2-3 frames, so
+    # any smoothing of it clips the peak: at 1 the fitted lids never came closer than 3.1-4.2 % IOD
+    # on hdtf_aoc where FaceMesh saw them at 1.2-1.4 (AnnyHead's lids meet at ~2.5), and the avatar
+    # was trained to show half-open eyes on closed-eye frames.
+    blink_smooth: float = 0.0
     w_smooth_eyes: float = 1e-3
     # Gaze moves in saccades: a jump of 10-25 deg within a frame or two, then a fixation. A quadratic
     # smoothness term that damps FaceMesh's iris jitter also drags every saccade over many frames
@@ -227,6 +232,10 @@ class _Problem:
             for n in FROZEN_ANNY:
                 if n in head.expression_names:
                     self.expr_mask[head.expression_names.index(n)] = 0.0
+        self.smooth_w = torch.ones(E, dtype=dtype)  # per-channel factor of the temporal expression term
+        for n in ("eyeBlinkLeft", "eyeBlinkRight"):
+            if n in head.expression_names:
+                self.smooth_w[head.expression_names.index(n)] = cfg.blink_smooth
         with torch.no_grad():
             ident = lmodel.identity(torch.zeros(1, head.num_shape, dtype=dtype))
             rest = ident["rest"]  # [3, L]
@@ -305,12 +314,14 @@ def _eyes3(eyes2: Tensor) -> Tensor:
     return torch.cat([eyes2, torch.zeros_like(eyes2[..., :1])], -1)
 
 
-def _smooth(x: Tensor, gap_w: Tensor) -> Tensor:
-    """Sum over consecutive solved frames of ``|x_t - x_t-1|^2 / gap`` -> scalar (divided by n)."""
+def _smooth(x: Tensor, gap_w: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Sum over consecutive solved frames of ``|x_t - x_t-1|^2 / gap`` -> scalar (divided by n);
+    ``weight [D]`` scales each of the D components of ``x [n, D]``."""
     if x.shape[0] < 2:
         return x.sum() * 0.0
     d = (x[1:] - x[:-1]).reshape(x.shape[0] - 1, -1)
-    return ((d * d).sum(1) * gap_w).sum() / x.shape[0]
+    d2 = d * d if weight is None else d * d * weight
+    return (d2.sum(1) * gap_w).sum() / x.shape[0]
 
 
 def _smooth_gaze(eyes: Tensor, gap_w: Tensor, scale: float) -> Tensor:
@@ -484,7 +495,7 @@ def _fit(head, landmarks, image_size, frame_index, temporal, focal, known_shape,
         loss = (P.data(planes, fk, slice(None), None, cfg.robust_frames) + P.regularisers(e, eyes_f, jaw_f if fit_jaw else None)).mean()
         loss = loss + _temporal(cfg, temporal, gap_w, rot_f, xy_f, logd_f, P.iod_m)
         if temporal:
-            loss = loss + cfg.w_smooth_expr * _smooth(e, gap_w) + cfg.w_smooth_eyes * _smooth_gaze(eyes_f, gap_w, cfg.smooth_eyes_scale)
+            loss = loss + cfg.w_smooth_expr * _smooth(e, gap_w, P.smooth_w) + cfg.w_smooth_eyes * _smooth_gaze(eyes_f, gap_w, cfg.smooth_eyes_scale)
         return loss
 
     params = [rot_f, xy_f, logd_f, e_f, eyes_f] + ([jaw_f] if fit_jaw else [])
@@ -576,7 +587,7 @@ def _frames_lm(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConf
         if not temporal:
             return th.sum() * 0.0
         r, q, d, ex, ey, _ = _unpack(th, E, fit_jaw)
-        t = _temporal(cfg, True, gap_w, r, q, d, P.iod_m) + cfg.w_smooth_expr * _smooth(P.expression(ex), gap_w)
+        t = _temporal(cfg, True, gap_w, r, q, d, P.iod_m) + cfg.w_smooth_expr * _smooth(P.expression(ex), gap_w, P.smooth_w)
         if gaze:
             t = t + cfg.w_smooth_eyes * _smooth_gaze(ey, gap_w, cfg.smooth_eyes_scale)
         return t * n
@@ -611,7 +622,7 @@ def _frames_lm(P: "_Problem", lm: LandmarkModel, ident, fk: Tensor, cfg: FitConf
         diag[:, :3] = 2 * cfg.w_smooth_rot
         diag[:, 3:5] = 2 * cfg.w_smooth_transl / P.iod_m**2
         diag[:, 5] = 2 * cfg.w_smooth_transl * dz2 / P.iod_m**2
-        diag[:, ie] = 2 * cfg.w_smooth_expr * mask
+        diag[:, ie] = 2 * cfg.w_smooth_expr * mask * P.smooth_w
         if cfg.smooth_eyes_scale <= 0:
             diag[:, 6 + E : 10 + E] = 2 * cfg.w_smooth_eyes
         Hp += torch.diag_embed(diag * nb[:, None])

@@ -84,8 +84,13 @@ class DensifyStrategy:
         big_grad = mean_grad > cfg.grad_threshold
         large = params["log_scale"].amax(-1) > math.log(cfg.split_scale) if "log_scale" in params else torch.zeros_like(big_grad)
         room = max(0, cfg.max_gaussians - n)
-        clone_idx = torch.nonzero(big_grad & ~large).squeeze(-1)[:room]
-        split_idx = torch.nonzero(big_grad & large).squeeze(-1)[: max(0, room - clone_idx.numel())]
+        # Near the cap there is room for only some candidates: the largest gradients go first
+        # (in index order the oldest Gaussians, the surface, would always win over hair seeds).
+        # A split adds one net Gaussian (two children, parent removed), a clone one.
+        cand = torch.nonzero(big_grad).squeeze(-1)
+        cand = cand[torch.argsort(mean_grad[cand], descending=True, stable=True)][:room]
+        clone_idx = cand[~large[cand]].sort().values
+        split_idx = cand[large[cand]].sort().values
         # New primitives: copies of the clones, two children per split; the split parents are removed.
         new: dict[str, list[Tensor]] = {k: [] for k in [*params, *rep.primitive_buffers()]}
         if clone_idx.numel():
