@@ -74,8 +74,9 @@ def error_breakdown(out: Path, cfg) -> dict[str, float]:
 
 
 def _pose_spread(orient, train_ids, test_ids) -> dict[str, float]:
-    """How far the held-out frames turn the head, against the training frames: the angle (degrees)
-    of each frame's ``orient [n, 3]`` (axis-angle) from the training frames' mean, averaged over
+    """How far the held-out frames turn the head, against the training frames: the length (degrees)
+    of each frame's ``orient [n, 3]`` (axis-angle) minus the training frames' mean axis-angle (close to
+    the rotation angle between them for turns of a few tens of degrees), averaged over
     each set, and the share of held-out frames beyond the training frames' 95th percentile. A high
     share means the held-out PSNR measures unseen head angles (e.g. hdtf_katiehill: 77 %), not
     re-rendering of poses the avatar was trained on."""

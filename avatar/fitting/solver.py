@@ -83,6 +83,8 @@ __all__ = ["FitConfig", "FitResult", "fit_landmarks"]
 #: Expression channels held at 0 for AnnyHead (see the module docstring).
 FROZEN_ANNY = ("eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
                "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "tongueOut")
+#: The blink channels, which the temporal expression term weights by ``FitConfig.blink_smooth``.
+BLINKS = ("eyeBlinkLeft", "eyeBlinkRight")
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ class _Problem:
                 if n in head.expression_names:
                     self.expr_mask[head.expression_names.index(n)] = 0.0
         self.smooth_w = torch.ones(E, dtype=dtype)  # per-channel factor of the temporal expression term
-        for n in ("eyeBlinkLeft", "eyeBlinkRight"):
+        for n in BLINKS:
             if n in head.expression_names:
                 self.smooth_w[head.expression_names.index(n)] = cfg.blink_smooth
         with torch.no_grad():
