@@ -246,3 +246,56 @@ def test_back_of_the_head_is_a_closed_shell(anny_head):
         rgb, alpha, _ = render_splats(rep(v), behind, torch.tensor(intrinsics(64, 64, 30.0), dtype=torch.float32), 64, 64)
     pix = rgb[0, 28:36, 28:36].reshape(-1, 3).mean(0)  # the back of the head, at eye height
     assert alpha[0, 28:36, 28:36].min() > 0.99 and pix[2] > 0.95, (alpha[0, 28:36, 28:36].min(), pix)
+
+
+def test_expression_blendshapes_change_colour_and_shape_with_the_expression(anny_head, tmp_path):
+    from avatar.representations.mesh_gaussians import HAIR
+
+    r = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1, sh_degree=1, expr_rank=4)
+    r.append(torch.arange(3), torch.full((3,), HAIR), torch.zeros(3, 3), torch.full((3, 3), -2.0), torch.rand(3, 3))
+    E = len(anny_head.expression_names)
+    assert r.config()["expr_channels"] == E and r.expr_color.shape == (r.num_gaussians, 4, 3)
+    expr = torch.zeros(2, E)
+    expr[1, anny_head.expression_names.index("jawOpen")] = 0.8
+    v = anny_head(expression=expr).vertices
+    before = r(v, expression=expr)
+    assert torch.allclose(before.means, r(v).means) and torch.allclose(before.colors[1], r(v).colors)  # zero blendshapes: no change
+    with torch.no_grad():
+        r.expr_color.normal_(generator=torch.Generator().manual_seed(1))
+        r.expr_offset.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+    s = r(v, expression=expr)
+    hair = r.region == HAIR
+    assert s.colors.shape == (2, r.num_gaussians, 4, 3)
+    assert torch.allclose(s.colors[0], r(v[:1]).colors)  # neutral expression: code 0
+    moved = (s.colors[1, :, 0] - s.colors[0, :, 0]).abs().amax(-1)
+    assert (moved[~hair] > 0).all() and (moved[hair] == 0).all()  # hair carries no blendshapes
+    assert torch.equal(s.colors[1, :, 1:], s.colors[0, :, 1:])  # only the base colour changes
+    shift = (s.means[1] - r(v[1:]).means[0]).norm(dim=-1)
+    assert shift[~hair].amax() > 1e-4 and shift[hair].amax() == 0
+    # the regulariser sees them; gradients reach the shared projection and the coefficients
+    reg = r.regularization_terms()["expression"]
+    (reg + s.colors[1].sum()).backward()
+    assert r.expr_proj.grad.abs().sum() > 0 and r.expr_color.grad[~hair].abs().sum() > 0
+    # the offset regulariser holds the Gaussians where the blendshapes take them, too
+    with torch.no_grad():
+        r.expr_offset[~hair] = 0.0
+        r.expr_offset[~hair, :, 2] = 1.0  # straight off the surface at any non-zero code
+    r.zero_grad()
+    assert r.regularization_terms(expression=expr)["offset"] > r.regularization_terms(expression=expr[:1])["offset"] + 1e-3
+    r.regularization_terms(expression=expr)["offset"].backward()
+    assert r.expr_offset.grad[~hair, :, 2].abs().sum() > 0
+    # round trip
+    save_representation(r, tmp_path / "rep.safetensors")
+    back = load_representation(tmp_path / "rep.safetensors")
+    assert torch.allclose(back(v, expression=expr).colors, s.colors.detach(), atol=1e-6)
+    with pytest.raises(Exception, match="channels"):
+        back(v, expression=torch.zeros(2, E + 1))
+
+
+def test_no_expression_blendshapes_by_default(rep, anny_head):
+    assert rep.expr_rank == 0 and rep.expr_color is None
+    assert not any(k.startswith("expr_") for k in rep.state_dict())
+    assert not any(k.startswith("expr_") for k in rep.primitive_parameters())
+    v = anny_head().vertices
+    s = rep(v, expression=torch.ones(1, len(anny_head.expression_names)))
+    assert torch.equal(s.colors, rep(v).colors) and torch.equal(s.means, rep(v).means)

@@ -103,6 +103,7 @@ def test_training_lowers_loss_and_beats_init(clip_dir, tmp_path):
     assert on_disk["steps"] == 150 and on_disk["frames"]["held_out_rows"] == [10, 11] and on_disk["lpips"] is None
     assert (out / "eval.mp4").stat().st_size > 0
     av = load_avatar(out)
+    assert on_disk["expression_blendshapes"] == 16 == av.representation.expr_rank  # the default, on 10 training frames
     assert av.performance["body"].shape == (12, 3) and torch.isfinite(av.performance["body"]).all()  # tracked body motion kept
     perf = {k: v[10:11] for k, v in av.performance.items()}
     rgb, alpha = av.render(perf, torch.tensor(av.config["viewmat"]), torch.tensor(av.config["K"]), SIZE, SIZE)
@@ -274,3 +275,9 @@ def test_densify_at_the_cap_takes_the_largest_gradients(anny_head):
     assert result["cloned"] == 5 and result["total"] == n + 5
     expected = {float(i) + 10.0 for i in torch.argsort(grad[hot], descending=True)[:5].tolist()}
     assert set(rep.sh_dc.detach()[n:, 0].tolist()) == expected  # the clones: the 5 largest gradients
+
+
+def test_too_few_frames_for_expression_blendshapes(clip_dir, tmp_path):
+    out = _copy_clip(clip_dir, tmp_path / "few")
+    report = train(out, tiny(steps=4, max_frames=6, checkpoint_every=1000), progress=False)  # 5 training frames
+    assert report["expression_blendshapes"] == 0 and load_avatar(out).representation.expr_color is None

@@ -78,10 +78,11 @@ class Representation(nn.Module):
     kind: ClassVar[str] = "base"
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
-                body: Tensor | None = None) -> Splats:  # fmt: skip
+                body: Tensor | None = None, expression: Tensor | None = None) -> Splats:  # fmt: skip
         """``vertices [B, V, 3]``; ``head_pose [B, 4, 4]`` the frames' head-to-world transforms in
         the training coordinates, or None for the head at rest; ``body [B, 3]`` the tracked body
-        motion (:func:`avatar.training.data.body_motion`), or None (representations may ignore both)."""
+        motion (:func:`avatar.training.data.body_motion`), or None; ``expression [B, E]`` the
+        frames' expression weights, or None (representations may ignore the last three)."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:

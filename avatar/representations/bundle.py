@@ -80,7 +80,9 @@ class Avatar:
         verts = self.vertices(params)
         pose = params_pose({k: v.to(verts) for k, v in params.items() if k in ("global_orient", "transl")}, verts.shape[0])
         body = params.get(BODY) if pose is not None else None
-        return self.representation(verts, sh_degree=sh_degree, head_pose=pose, body=None if body is None else body.to(verts))
+        expr = params.get("expression")
+        return self.representation(verts, sh_degree=sh_degree, head_pose=pose, body=None if body is None else body.to(verts),
+                                   expression=None if expr is None else expr.to(verts))  # fmt: skip
 
     @torch.no_grad()
     def render(

@@ -63,6 +63,18 @@ shifting in the chair, which the head pose does not tell), and follows the head 
         clip and lost up to 4 dB on others; learnt per Gaussian from 0.02 it keeps most of that
         gain and costs the others at most about 0.3 dB (bench/bench_avatar.py).
 
+Expression-dependent appearance (``expr_rank`` > 0, off by default): a mesh follows an
+expression, but what the camera sees changes beyond that - teeth hide behind puckered lips,
+creases darken, the lids fold. Each Gaussian may carry ``expr_rank`` colour and offset
+blendshapes, mixed by a code shared by all Gaussians, ``code = expression @ expr_proj`` (the
+frame's ARKit weights projected to ``expr_rank`` numbers):
+
+    sh_dc(t)  = sh_dc  + code(t) @ expr_color[n]     ([r] @ [r, 3], per Gaussian n)
+    offset(t) = offset + code(t) @ expr_offset[n]    (triangle units; eye/mouth clamps still apply)
+
+With no expression given (exports, the viewer's rest pose) nothing is added. Off-surface hair
+carries none (the deltas of its neighbours would swing it with the mouth).
+
 Seeded hair starts at w = 0.5 and at the rotation share the seeding is given; every other Gaussian
 follows the head (``follow_logit`` and ``turn_logit`` unused).
 """
@@ -150,7 +162,8 @@ class MeshGaussians(Representation):
     kind: ClassVar[str] = "mesh_gaussians"
 
     def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, sh_degree: int = 0,
-                 cull_backfacing: bool = False, sh_follows_head: bool = False) -> None:  # fmt: skip
+                 cull_backfacing: bool = False, sh_follows_head: bool = False, expr_channels: int = 0,
+                 expr_rank: int = 0) -> None:  # fmt: skip
         super().__init__()
         if not 0 <= sh_degree <= 3:
             raise AvatarError(f"sh_degree must be 0..3, got {sh_degree}")
@@ -180,6 +193,17 @@ class MeshGaussians(Representation):
         # Per axis, how far the body frame moves with the head's translation: sigmoid(body_logit), 1 = the
         # body carries the neck, 0 = it stays put (see the module docstring). Learnt per clip.
         self.body_logit = nn.Parameter(torch.full((3,), -20.0))
+        # Expression blendshapes of colour and offset (module docstring); None when off.
+        self.expr_rank = int(expr_rank) if expr_channels > 0 else 0
+        self.expr_channels = int(expr_channels) if self.expr_rank else 0
+        self.expr_proj: nn.Parameter | None = None
+        self.expr_color: nn.Parameter | None = None
+        self.expr_offset: nn.Parameter | None = None
+        if self.expr_rank:
+            g = torch.Generator().manual_seed(0)
+            self.expr_proj = nn.Parameter(torch.randn(self.expr_channels, self.expr_rank, generator=g) / self.expr_channels**0.5)
+            self.expr_color = nn.Parameter(torch.zeros(n, self.expr_rank, 3))
+            self.expr_offset = nn.Parameter(torch.zeros(n, self.expr_rank, 3))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -194,13 +218,17 @@ class MeshGaussians(Representation):
         seed: int = 0,
         cull_backfacing: bool = True,
         sh_follows_head: bool = True,
+        expr_rank: int = 0,
     ) -> "MeshGaussians":
         """Gaussians sampled on the surface: ``per_face`` per triangle, ``per_face_face`` on the
-        face region, flat (thin along the normal) and sized to tile their triangle."""
+        face region, flat (thin along the normal) and sized to tile their triangle.
+        ``expr_rank``: expression blendshapes per Gaussian (module docstring), over the head
+        model's expression channels."""
         region_f = face_regions(head, vertices)
         counts = torch.where(region_f == FACE, per_face_face, per_face)
         face_id = torch.repeat_interleave(torch.arange(region_f.shape[0]), counts)
-        rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree, cull_backfacing, sh_follows_head)
+        channels = len(getattr(head, "expression_names", ())) if expr_rank else 0
+        rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree, cull_backfacing, sh_follows_head, channels, expr_rank)
         g = torch.Generator().manual_seed(seed)
         # Uniform barycentrics (square-root trick); the first sample of a triangle is its centroid.
         r1, r2 = torch.rand(face_id.shape[0], generator=g), torch.rand(face_id.shape[0], generator=g)
@@ -227,7 +255,8 @@ class MeshGaussians(Representation):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "sh_degree": self.max_sh_degree, "num_gaussians": self.num_gaussians,
-                "cull_backfacing": self.cull_backfacing, "sh_follows_head": self.sh_follows_head}  # fmt: skip
+                "cull_backfacing": self.cull_backfacing, "sh_follows_head": self.sh_follows_head,
+                "expr_channels": self.expr_channels, "expr_rank": self.expr_rank}  # fmt: skip
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "MeshGaussians":
@@ -235,7 +264,8 @@ class MeshGaussians(Representation):
         # the layers behind them): they keep rendering without it.
         # Likewise bundles from before view-dependent colour turned with the head (world-frame SH).
         rep = cls(state["faces"], state["face_id"], state["region"], int(config["sh_degree"]),
-                  bool(config.get("cull_backfacing", False)), bool(config.get("sh_follows_head", False)))  # fmt: skip
+                  bool(config.get("cull_backfacing", False)), bool(config.get("sh_follows_head", False)),
+                  int(config.get("expr_channels", 0)), int(config.get("expr_rank", 0)))  # fmt: skip
         # Bundles written before hair could stay with the body: every Gaussian follows the head.
         defaults = {"follow_logit": torch.full_like(rep.follow_logit, 20.0), "static_pos": rep.static_pos.detach(),
                     "reference_pose": rep.reference_pose, "body_logit": rep.body_logit.detach(),
@@ -272,6 +302,8 @@ class MeshGaussians(Representation):
             "turn_logit": _share_logit(turn).expand(m),
             "static_pos": static_pos if static_pos is not None else torch.zeros(m, 3),
         }  # fmt: skip
+        if self.expr_rank:
+            new.update(expr_color=torch.zeros(m, self.expr_rank, 3), expr_offset=torch.zeros(m, self.expr_rank, 3))
         self.set_primitives(
             {k: torch.cat([p.detach(), new[k].to(p)]) for k, p in params.items()},
             {"face_id": torch.cat([self.face_id, face_id.long().to(dev)]), "region": torch.cat([self.region, region.long().to(dev)])},
@@ -281,11 +313,13 @@ class MeshGaussians(Representation):
         return torch.sigmoid(self.opacity_logit)
 
     # --- evaluation ---------------------------------------------------------------------------
-    def _local(self) -> tuple[Tensor, Tensor]:
-        """Effective offset and log-scale, with the eye/mouth clamps applied."""
+    def _local(self, offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Effective offset (``[N, 3]``, or ``offset [B, N, 3]`` when given) and log-scale, with
+        the eye/mouth clamps applied."""
+        offset = self.offset if offset is None else offset
         rigid = (self.region == EYE) | (self.region == MOUTH)
         lim = self.offset.new_tensor([_RIGID_INPLANE, _RIGID_INPLANE, _RIGID_NORMAL])
-        offset = torch.where(rigid[:, None], torch.maximum(torch.minimum(self.offset, lim), -lim), self.offset)
+        offset = torch.where(rigid[:, None], torch.maximum(torch.minimum(offset, lim), -lim), offset)
         log_scale = torch.where(rigid[:, None], self.log_scale.clamp(max=math.log(_RIGID_SCALE)), self.log_scale)
         return offset, log_scale
 
@@ -331,10 +365,26 @@ class MeshGaussians(Representation):
         return r_ref @ part.reshape(head_pose.shape[0], -1, 3, 3), self.body_origin(head_pose, body)
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
-        return {"body_logit": self.body_logit}
+        return {"body_logit": self.body_logit, **({"expr_proj": self.expr_proj} if self.expr_rank else {})}
+
+    def _frame_offsets(self, code: Tensor | None) -> Tensor:
+        """``[B, N, 3]`` offsets at blendshape weights ``code [B, r]`` (``[1, N, 3]`` without)."""
+        if code is None:
+            return self.offset[None]
+        keep = (self.region != HAIR).to(code)[None, :, None]  # hair carries no blendshapes (module docstring)
+        return self.offset[None] + keep * torch.einsum("br,nrc->bnc", code, self.expr_offset)
+
+    def expression_code(self, expression: Tensor | None) -> Tensor | None:
+        """``[B, expr_rank]`` blendshape weights for expressions ``[B, E]``, or None when the
+        representation has no expression blendshapes or no expression is given."""
+        if not self.expr_rank or expression is None:
+            return None
+        if expression.shape[-1] != self.expr_channels:
+            raise AvatarError(f"expression has {expression.shape[-1]} channels, this avatar was trained with {self.expr_channels}")
+        return expression.to(self.expr_proj) @ self.expr_proj
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
-                body: Tensor | None = None) -> Splats:  # fmt: skip
+                body: Tensor | None = None, expression: Tensor | None = None) -> Splats:  # fmt: skip
         """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.
 
         ``sh_degree``: evaluate up to this degree (default: all stored); 0 still uses SH.
@@ -342,14 +392,16 @@ class MeshGaussians(Representation):
         :func:`~avatar.representations.geometry.rigid_transforms`), in the coordinates the
         representation was trained in; body-fixed hair uses it (see the module docstring).
         ``body``: ``[B, 3]`` tracked body motion (world translation away from the reference; used
-        with ``head_pose`` only)."""
+        with ``head_pose`` only). ``expression``: ``[B, E]`` the frames' expression weights, for
+        the expression blendshapes (ignored without them)."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise AvatarError(f"vertices must be [B, V, 3], got {list(vertices.shape)}")
         origin, rot, k = triangle_frames(vertices, self.faces)
         fid = self.face_id
         o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
-        offset, log_scale = self._local()
-        means = o + s[..., None] * (r * offset[None, :, None, :]).sum(-1)
+        code = self.expression_code(expression)
+        offset, log_scale = self._local(self._frame_offsets(code))
+        means = o + s[..., None] * (r * offset[:, :, None, :]).sum(-1)
         hair = torch.nonzero(self.region == HAIR).squeeze(-1)
         if hair.numel():  # the blend (module docstring), evaluated for the hair Gaussians only
             static = self.static_pos[hair][None].expand(means.shape[0], -1, -1)
@@ -365,6 +417,11 @@ class MeshGaussians(Representation):
         if self.sh_follows_head and head_pose is not None and deg > 0:
             turn = head_pose[:, :3, :3].to(colors) @ self.reference_pose[:3, :3].to(colors).T  # [B, 3, 3]
             colors = torch.einsum("bkj,njc->bnkc", sh_rotation(deg, turn), colors)  # per frame
+        if code is not None:  # degree 0 is rotation-invariant: add the per-frame base colour change
+            keep = (self.region != HAIR).to(code)[None, :, None]
+            dc = keep * torch.einsum("br,nrc->bnc", code, self.expr_color)  # [B, N, 3]
+            colors = colors.expand(code.shape[0], *colors.shape[-3:]) if colors.dim() == 3 else colors
+            colors = torch.cat([colors[:, :, :1] + dc[:, :, None], colors[:, :, 1:]], 2)
         normals = None
         if self.cull_backfacing:
             surface = (self.region == FACE) | (self.region == FREE) | (self.region == EYE)
@@ -372,28 +429,38 @@ class MeshGaussians(Representation):
         return Splats(means, quats, scales, self.opacities(), colors, deg, normals)
 
     # --- regularisers -------------------------------------------------------------------------
-    def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0) -> dict[str, Tensor]:
+    def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0,
+                             expression: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
         """Scalar terms for the trainer to weight.
 
         ``offset``: squared offset beyond ``offset_tolerance`` triangle units from the triangle's
         centroid plane (the normal part counts fully: leaving the surface costs), weighted per
-        region (face 1, free 0.1 - hair and shoulders may drift, eye/mouth 10).
+        region (face 1, free 0.1 - hair and shoulders may drift, eye/mouth 10). With expression
+        blendshapes and the batch's ``expression [B, E]``, of the offsets at those expressions
+        (the blendshapes move Gaussians too, and must not take them where the offset may not go).
         ``scale``: squared log-excess of the largest scale over ``scale_tolerance`` triangle units.
+        ``expression`` (with expression blendshapes): their squared size, per Gaussian.
         """
-        offset, log_scale = self._local()
+        offset, log_scale = self._local(self._frame_offsets(self.expression_code(expression)))
         w = self.offset.new_tensor([1.0, 0.1, 10.0, 10.0, 0.0])[self.region]
-        inplane = torch.relu(offset[:, :2].norm(dim=-1) - offset_tolerance)
-        normal = offset[:, 2]
+        inplane = torch.relu(offset[..., :2].norm(dim=-1) - offset_tolerance)
+        normal = offset[..., 2]
         off = (w * (inplane**2 + normal**2)).mean()
         sc = (torch.relu(log_scale.amax(-1) - math.log(scale_tolerance)) ** 2).mean()
-        return {"offset": off, "scale": sc}
+        terms = {"offset": off, "scale": sc}
+        if self.expr_rank:  # the blendshapes' size per unit of code (the code's scale is free)
+            proj = self.expr_proj.norm(dim=0)  # [r]
+            terms["expression"] = ((self.expr_color * proj[:, None]) ** 2).sum((1, 2)).mean() + \
+                ((self.expr_offset * proj[:, None]) ** 2).sum((1, 2)).mean()
+        return terms
 
     # --- per-primitive protocol (densification) -------------------------------------------------
     def primitive_parameters(self) -> dict[str, nn.Parameter]:
         return {"offset": self.offset, "rot": self.rot, "log_scale": self.log_scale,
                 "opacity_logit": self.opacity_logit, "sh_dc": self.sh_dc, "sh_rest": self.sh_rest,
                 "follow_logit": self.follow_logit, "turn_logit": self.turn_logit,
-                "static_pos": self.static_pos}  # fmt: skip
+                "static_pos": self.static_pos,
+                **({"expr_color": self.expr_color, "expr_offset": self.expr_offset} if self.expr_rank else {})}  # fmt: skip
 
     def primitive_buffers(self) -> dict[str, Tensor]:
         return {"face_id": self.face_id, "region": self.region}

@@ -94,7 +94,12 @@ def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
 
 def _splats(rep: Representation, verts: Tensor, params: dict[str, Tensor], sh_degree: int | None = None) -> Any:
     """The representation posed for frames ``params`` (:func:`_frame_params`)."""
-    return rep(verts, sh_degree=sh_degree, head_pose=params_pose(params), body=params.get(BODY))
+    return rep(verts, sh_degree=sh_degree, head_pose=params_pose(params), body=params.get(BODY), expression=params.get("expression"))
+
+
+# Fewer training frames than this show too few expressions to learn expression blendshapes from
+# (one photo: a second offset and colour for its one expression, which only the regularisers hold).
+MIN_EXPRESSION_FRAMES = 8
 
 
 def _spread(ids: np.ndarray, n: int) -> np.ndarray:
@@ -251,7 +256,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
                                        sh_degree=config.sh_degree, vertices=neutral, seed=config.seed,
                                        cull_backfacing=config.cull_backfacing,
-                                       sh_follows_head=config.sh_follows_head).to(device)  # fmt: skip
+                                       sh_follows_head=config.sh_follows_head,
+                                       expr_rank=config.expr_rank if len(clip.train_ids) >= MIN_EXPRESSION_FRAMES else 0).to(device)  # fmt: skip
         seen = init_colors_from_frames(rep, head, clip, shape, _spread(clip.train_ids, config.color_init_frames))
         if config.cull_backfacing:
             close_unseen_surface(rep, seen)
@@ -279,10 +285,12 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in PARAMS}
     lrs = {"offset": config.lr_offset, "rot": config.lr_rot, "log_scale": config.lr_scale,
            "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
-           "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static}  # fmt: skip
+           "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static,
+           "expr_color": config.lr_expr, "expr_offset": config.lr_expr, "body_logit": config.lr_body,
+           "expr_proj": config.lr_expr_proj}  # fmt: skip
     groups = [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.primitive_parameters().items()]
     groups += [{"params": [d], "lr": config.lr_tracking, "name": f"track.{k}"} for k, d in deltas.items()]
-    groups += [{"params": [p], "lr": config.lr_body, "name": k} for k, p in rep.shared_parameters().items()]
+    groups += [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.shared_parameters().items()]
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     strategy = DensifyStrategy(config.strategy, config.steps)
     if resumed is not None:
@@ -337,8 +345,10 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             l_alpha = (alpha - matte).abs().mean()
             loss = loss + config.lambda_alpha * l_alpha
             parts["alpha"] = float(l_alpha.detach())
-        reg = rep.regularization_terms(config.offset_tolerance, config.scale_tolerance)
+        reg = rep.regularization_terms(config.offset_tolerance, config.scale_tolerance, params.get("expression"))
         loss = loss + config.w_offset * reg["offset"] + config.w_scale * reg["scale"]
+        if "expression" in reg:
+            loss = loss + config.w_expr * reg["expression"]
         if deltas:
             rows_t = torch.as_tensor(rows, device=device)
             loss = loss + config.w_tracking * sum((d[rows_t] ** 2).mean() for d in deltas.values())
@@ -381,6 +391,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         "held_out_initial": {k: init_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in init_metrics},
         "held_out_note": None if len(clip.test_ids) else "one usable frame: nothing held out; 'held_out' is measured on the training frame",
         "train_sample": {k: train_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in train_metrics},
+        "expression_blendshapes": rep.expr_rank,
         "lpips": None,
         "lpips_note": "LPIPS not computed: its network weights are not available offline.",
         "metric_note": ("psnr/ssim: over foreground pixels only (matte > 0.5), the stricter figure; psnr_full/ssim_full: "
