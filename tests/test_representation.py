@@ -268,10 +268,14 @@ def test_expression_blendshapes_change_colour_and_shape_with_the_expression(anny
     assert s.colors.shape == (2, r.num_gaussians, 4, 3)
     assert torch.allclose(s.colors[0], r(v[:1]).colors)  # neutral expression: code 0
     moved = (s.colors[1, :, 0] - s.colors[0, :, 0]).abs().amax(-1)
-    assert (moved[~hair] > 0).all() and (moved[hair] == 0).all()  # hair carries no blendshapes
+    reached = r.expr_reach[r.face_id, anny_head.expression_names.index("jawOpen")] > 0
+    assert 0.1 < reached[~hair].float().mean() < 0.9  # the lower face, not all of the head
+    assert (moved[reached & ~hair] > 0).all() and (moved[~reached | hair] == 0).all()  # nor hair (no blendshapes)
+    brow = r.expr_reach[r.face_id, anny_head.expression_names.index("browInnerUp")] > 0
+    assert (brow & ~reached).sum() > 0 and (moved[brow & ~reached] == 0).all()  # opening the jaw does not repaint the brow
     assert torch.equal(s.colors[1, :, 1:], s.colors[0, :, 1:])  # only the base colour changes
     shift = (s.means[1] - r(v[1:]).means[0]).norm(dim=-1)
-    assert shift[~hair].amax() > 1e-4 and shift[hair].amax() == 0
+    assert shift[reached & ~hair].amax() > 1e-4 and shift[~reached | hair].amax() == 0
     # the regulariser sees them; gradients reach the shared projection and the coefficients
     reg = r.regularization_terms()["expression"]
     (reg + s.colors[1].sum()).backward()
@@ -280,6 +284,7 @@ def test_expression_blendshapes_change_colour_and_shape_with_the_expression(anny
     with torch.no_grad():
         r.expr_offset[~hair] = 0.0
         r.expr_offset[~hair, :, 2] = 1.0  # straight off the surface at any non-zero code
+        r.expr_proj.abs_()  # codes of one sign: the offsets cannot cancel
     r.zero_grad()
     assert r.regularization_terms(expression=expr)["offset"] > r.regularization_terms(expression=expr[:1])["offset"] + 1e-3
     r.regularization_terms(expression=expr)["offset"].backward()
@@ -287,7 +292,9 @@ def test_expression_blendshapes_change_colour_and_shape_with_the_expression(anny
     # round trip
     save_representation(r, tmp_path / "rep.safetensors")
     back = load_representation(tmp_path / "rep.safetensors")
-    assert torch.allclose(back(v, expression=expr).colors, s.colors.detach(), atol=1e-6)
+    again, now = back(v, expression=expr), r(v, expression=expr)
+    assert torch.allclose(again.colors, now.colors.detach(), atol=1e-6) and torch.allclose(again.means, now.means.detach(), atol=1e-6)
+    assert torch.equal(back.expr_reach, r.expr_reach)
     with pytest.raises(Exception, match="channels"):
         back(v, expression=torch.zeros(2, E + 1))
 

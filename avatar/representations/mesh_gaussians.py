@@ -67,10 +67,13 @@ Expression-dependent appearance (``expr_rank`` > 0, off by default): a mesh foll
 expression, but what the camera sees changes beyond that - teeth hide behind puckered lips,
 creases darken, the lids fold. Each Gaussian may carry ``expr_rank`` colour and offset
 blendshapes, mixed by a code shared by all Gaussians, ``code = expression @ expr_proj`` (the
-frame's ARKit weights projected to ``expr_rank`` numbers):
+frame's ARKit weights projected to ``expr_rank`` numbers). Each Gaussian hears only the channels
+that move its own triangle (``expr_reach [F, E]``: more than 0.3 mm per unit on the head model),
+so opening the jaw cannot repaint the brow:
 
-    sh_dc(t)  = sh_dc  + code(t) @ expr_color[n]     ([r] @ [r, 3], per Gaussian n)
-    offset(t) = offset + code(t) @ expr_offset[n]    (triangle units; eye/mouth clamps still apply)
+    code_n(t) = (expression(t) * expr_reach[face_n]) @ expr_proj
+    sh_dc(t)  = sh_dc  + code_n(t) @ expr_color[n]     ([r] @ [r, 3], per Gaussian n)
+    offset(t) = offset + code_n(t) @ expr_offset[n]    (triangle units; eye/mouth clamps still apply)
 
 With no expression given (exports, the viewer's rest pose) nothing is added. Off-surface hair
 carries none (the deltas of its neighbours would swing it with the mouth).
@@ -109,6 +112,9 @@ SH_C0 = 0.28209479177387814
 # Limits for the clamped (eye, mouth) regions, in triangle units: in-plane offset, normal offset,
 # largest scale.
 _RIGID_INPLANE, _RIGID_NORMAL, _RIGID_SCALE = 0.6, 0.05, 0.5
+# An expression channel reaches a triangle's Gaussians when a full unit of it moves one of the
+# triangle's corners further than this (metres, on the neutral head).
+_EXPR_REACH = 3e-4
 
 
 def rgb_to_sh_dc(rgb: Tensor) -> Tensor:
@@ -197,6 +203,7 @@ class MeshGaussians(Representation):
         self.expr_rank = int(expr_rank) if expr_channels > 0 else 0
         self.expr_channels = int(expr_channels) if self.expr_rank else 0
         self.expr_proj: nn.Parameter | None = None
+        self.register_buffer("expr_reach", None)
         self.expr_color: nn.Parameter | None = None
         self.expr_offset: nn.Parameter | None = None
         if self.expr_rank:
@@ -204,6 +211,7 @@ class MeshGaussians(Representation):
             self.expr_proj = nn.Parameter(torch.randn(self.expr_channels, self.expr_rank, generator=g) / self.expr_channels**0.5)
             self.expr_color = nn.Parameter(torch.zeros(n, self.expr_rank, 3))
             self.expr_offset = nn.Parameter(torch.zeros(n, self.expr_rank, 3))
+            self.expr_reach = torch.ones(faces.shape[0], self.expr_channels)  # [F, E] 0/1, a buffer
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -229,6 +237,11 @@ class MeshGaussians(Representation):
         face_id = torch.repeat_interleave(torch.arange(region_f.shape[0]), counts)
         channels = len(getattr(head, "expression_names", ())) if expr_rank else 0
         rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree, cull_backfacing, sh_follows_head, channels, expr_rank)
+        if rep.expr_rank:
+            with torch.no_grad():  # which channels move each triangle (module docstring)
+                moved = (head(expression=torch.eye(channels, dtype=head.dtype, device=head.device)).vertices
+                         - head().vertices).norm(dim=-1).cpu()  # [E, V]  # fmt: skip
+                rep.expr_reach.copy_((moved[:, rep.faces].amax(-1) > _EXPR_REACH).T.float())
         g = torch.Generator().manual_seed(seed)
         # Uniform barycentrics (square-root trick); the first sample of a triangle is its centroid.
         r1, r2 = torch.rand(face_id.shape[0], generator=g), torch.rand(face_id.shape[0], generator=g)
@@ -368,20 +381,21 @@ class MeshGaussians(Representation):
         return {"body_logit": self.body_logit, **({"expr_proj": self.expr_proj} if self.expr_rank else {})}
 
     def _frame_offsets(self, code: Tensor | None) -> Tensor:
-        """``[B, N, 3]`` offsets at blendshape weights ``code [B, r]`` (``[1, N, 3]`` without)."""
+        """``[B, N, 3]`` offsets at blendshape weights ``code [B, N, r]`` (``[1, N, 3]`` without)."""
         if code is None:
             return self.offset[None]
         keep = (self.region != HAIR).to(code)[None, :, None]  # hair carries no blendshapes (module docstring)
-        return self.offset[None] + keep * torch.einsum("br,nrc->bnc", code, self.expr_offset)
+        return self.offset[None] + keep * torch.einsum("bnr,nrc->bnc", code, self.expr_offset)
 
     def expression_code(self, expression: Tensor | None) -> Tensor | None:
-        """``[B, expr_rank]`` blendshape weights for expressions ``[B, E]``, or None when the
-        representation has no expression blendshapes or no expression is given."""
+        """``[B, N, expr_rank]`` each Gaussian's blendshape weights for expressions ``[B, E]``, or
+        None when the representation has no expression blendshapes or no expression is given."""
         if not self.expr_rank or expression is None:
             return None
         if expression.shape[-1] != self.expr_channels:
             raise AvatarError(f"expression has {expression.shape[-1]} channels, this avatar was trained with {self.expr_channels}")
-        return expression.to(self.expr_proj) @ self.expr_proj
+        reach = self.expr_reach[self.face_id]  # [N, E]
+        return torch.einsum("be,ne,er->bnr", expression.to(self.expr_proj), reach, self.expr_proj)
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
                 body: Tensor | None = None, expression: Tensor | None = None) -> Splats:  # fmt: skip
@@ -419,7 +433,7 @@ class MeshGaussians(Representation):
             colors = torch.einsum("bkj,njc->bnkc", sh_rotation(deg, turn), colors)  # per frame
         if code is not None:  # degree 0 is rotation-invariant: add the per-frame base colour change
             keep = (self.region != HAIR).to(code)[None, :, None]
-            dc = keep * torch.einsum("br,nrc->bnc", code, self.expr_color)  # [B, N, 3]
+            dc = keep * torch.einsum("bnr,nrc->bnc", code, self.expr_color)  # [B, N, 3]
             colors = colors.expand(code.shape[0], *colors.shape[-3:]) if colors.dim() == 3 else colors
             colors = torch.cat([colors[:, :, :1] + dc[:, :, None], colors[:, :, 1:]], 2)
         normals = None

@@ -218,7 +218,7 @@ class AvatarViewer:
             with torch.no_grad():
                 vertices = self.head(shape=self._shape, **params).vertices[0]
             t1 = time.perf_counter()
-            sent: SceneUpdate = self.drawable.update(vertices)
+            sent: SceneUpdate = self.drawable.update(vertices, expression=params.get("expression"))
             self._place_root(*rigid)
             timing = UpdateTiming(time.perf_counter() - t0, t1 - t0, sent.bytes_sent, sent.messages)
             self.timings.append(timing)

@@ -19,6 +19,9 @@ EYE_RGB = (238, 238, 230)
 
 # vertices [V, 3] -> means [N, 3], quats [N, 4] (wxyz), scales [N, 3]
 Deform = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+# (posed vertices [V, 3], expression [1, E]) -> (means, quats, scales, rgb [N, 3]): for Gaussians whose
+# shape and colour depend on the expression beyond the mesh (expression blendshapes).
+ExpressionDeform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class MeshScene:
         self.scene = scene
         self._handles: list = []
 
-    def update(self, vertices: Tensor) -> SceneUpdate:
+    def update(self, vertices: Tensor, expression: Tensor | None = None) -> SceneUpdate:
+        # ``expression`` is unused: the mesh shows it through its vertices.
         v = vertices.detach().cpu().numpy().astype(np.float32)
         sent = messages = 0
         for k, (ids, faces, color, node) in enumerate(self._parts):
@@ -88,12 +92,16 @@ class SplatScene:
         parent_face, faces: ``[N]`` triangle of each Gaussian and the ``[F, 3]`` triangles, when
             ``deform(vertices, index)`` can evaluate a subset: an update then evaluates only the
             Gaussians on triangles whose vertices moved since the last update.
+        expression_deform: used instead of ``deform`` when an update gives the expression; it
+            returns colours too, and every Gaussian is evaluated.
     """
 
     def __init__(self, scene, deform: Deform, rest_vertices: Tensor, rgb, opacities, chunk_size: int = 2048,
                  name: str = "/avatar/splats", parent_face: Tensor | None = None,
-                 faces: Tensor | None = None) -> None:  # fmt: skip
+                 faces: Tensor | None = None, expression_deform: ExpressionDeform | None = None) -> None:  # fmt: skip
         self.deform = deform
+        self.expression_deform = expression_deform
+        self._last_expression: Tensor | None = None
         rest_means = deform(rest_vertices)[0]
         self.splats = ChunkedSplats(scene, name, rest_means, rgb, opacities, chunk_size=chunk_size)
         self.parent_face, self.faces = parent_face, faces
@@ -115,8 +123,20 @@ class SplatScene:
             return None
         return torch.nonzero(moved).squeeze(1)
 
-    def update(self, vertices: Tensor) -> SceneUpdate:
+    def update(self, vertices: Tensor, expression: Tensor | None = None) -> SceneUpdate:
+        """Move the Gaussians to ``vertices [V, 3]``; with ``expression [1, E]`` and an
+        ``expression_deform``, also change their shape and colour with the expression."""
         vertices = vertices.detach()
+        if self.expression_deform is not None and expression is not None:
+            expression = expression.detach().reshape(1, -1)
+            if (self._last is not None and self._last_expression is not None and torch.equal(vertices, self._last)
+                    and torch.equal(expression, self._last_expression)):  # fmt: skip
+                return SceneUpdate(0, 0)
+            means, quats, scales, rgb = self.expression_deform(vertices, expression)
+            info = self.splats.update(means, quats, scales, rgb=rgb)
+            self.last_evaluated = self.num_gaussians
+            self._last, self._last_expression = vertices.clone(), expression.clone()
+            return SceneUpdate(info.bytes_sent, info.chunks_sent)
         index = self._moved(vertices)
         if index is None:
             means, quats, scales = self.deform(vertices)
@@ -140,12 +160,17 @@ _SH_C0 = 0.28209479177387814
 
 def splat_scene_from_representation(scene, representation, rest_vertices: Tensor, chunk_size: int = 2048) -> SplatScene:
     """A :class:`SplatScene` for a trained representation (``avatar.representations``): its
-    ``forward(vertices [1, V, 3]) -> Splats``; colours from the degree-0 SH (view-independent)."""
+    ``forward(vertices [1, V, 3]) -> Splats``; colours from the degree-0 SH (view-independent).
+    A representation with expression blendshapes (``expr_rank`` > 0) also gets the expression."""
+
+    def rgb_of(s) -> np.ndarray:
+        colors = s.colors if s.colors.dim() == 2 else s.frame_colors(0)  # [N, 3] or [N, K, 3]
+        rgb = (0.5 + _SH_C0 * colors[:, 0]) if colors.dim() == 3 else colors
+        return rgb.clamp(0, 1).cpu().numpy()
+
     with torch.no_grad():
         s = representation(rest_vertices[None], sh_degree=0)
-        colors = s.colors
-        rgb = (0.5 + _SH_C0 * colors[:, 0]) if colors.dim() == 3 else colors
-        rgb = rgb.clamp(0, 1).cpu().numpy()
+        rgb = rgb_of(s)
         opacities = s.opacities.detach().cpu().numpy()
 
     def deform(vertices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,4 +178,11 @@ def splat_scene_from_representation(scene, representation, rest_vertices: Tensor
             out = representation(vertices[None], sh_degree=0)
         return out.means[0], out.quats[0], out.scales[0]
 
-    return SplatScene(scene, deform, rest_vertices, rgb, opacities, chunk_size=chunk_size)
+    def expression_deform(vertices: Tensor, expression: Tensor) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+        with torch.no_grad():
+            out = representation(vertices[None], sh_degree=0, expression=expression)
+        return out.means[0], out.quats[0], out.scales[0], rgb_of(out)
+
+    expressive = bool(getattr(representation, "expr_rank", 0))
+    return SplatScene(scene, deform, rest_vertices, rgb, opacities, chunk_size=chunk_size,
+                      expression_deform=expression_deform if expressive else None)  # fmt: skip

@@ -150,7 +150,7 @@ class ChunkedSplats:
         scene: ``server.scene`` (viser's scene API).
         name: scene-node prefix, e.g. ``"/avatar/splats"``.
         rest_means: ``[N, 3]`` positions used to make spatially compact chunks.
-        rgb, opacities: per-Gaussian colour and opacity in [0, 1] (static).
+        rgb, opacities: per-Gaussian colour and opacity in [0, 1] (colours may change: :meth:`update`).
         chunk_size: Gaussians per chunk (the unit of re-sending).
     """
 
@@ -165,7 +165,8 @@ class ChunkedSplats:
         self.position[self.order] = np.arange(n)  # Gaussian i is buffer row position[i]
         self.chunk_size = max(1, int(chunk_size))
         self._buffer = np.zeros((n, 8), dtype=np.uint32)
-        self._buffer[:, 7] = pack_rgba(_np(rgb)[self.order], _np(opacities).reshape(-1)[self.order])
+        self._opacities = _np(opacities).reshape(-1)[self.order]
+        self._buffer[:, 7] = pack_rgba(_np(rgb)[self.order], self._opacities)
         self._sent = np.zeros_like(self._buffer)
         self._handles: list = []
         self._order_t = torch.from_numpy(self.order)
@@ -175,10 +176,11 @@ class ChunkedSplats:
     def num_chunks(self) -> int:
         return -(-self.num_gaussians // self.chunk_size)
 
-    def update(self, means, quats, scales, index=None) -> SplatUpdate:
+    def update(self, means, quats, scales, index=None, rgb=None) -> SplatUpdate:
         """Show the Gaussians at ``means``/``quats``/``scales`` (shapes as in :func:`pack_geometry`):
         all of them in their original order, or only those listed in ``index [n]`` (the others
-        keep their last values). The first call must be complete; it adds the scene nodes."""
+        keep their last values). The first call must be complete; it adds the scene nodes.
+        ``rgb``: ``[N, 3]`` new colours of all Gaussians (original order), or None to keep them."""
         if index is None:
             rows = self.order
             geometry = pack_geometry(*(torch.as_tensor(x)[self._order_t] for x in (means, quats, scales)))
@@ -190,8 +192,13 @@ class ChunkedSplats:
             order = np.argsort(rows)
             rows, geometry = rows[order], geometry[order]
         with self._lock:
-            if index is None:
-                self._buffer[:, :7] = geometry[:, :7]
+            if rgb is not None:
+                self._buffer[:, 7] = pack_rgba(_np(rgb)[self.order], self._opacities)
+            if index is None or rgb is not None:
+                if index is None:
+                    self._buffer[:, :7] = geometry[:, :7]
+                else:
+                    self._buffer[rows, :7] = geometry[:, :7]
                 touched = np.arange(self.num_chunks)
             else:
                 self._buffer[rows, :7] = geometry[:, :7]
