@@ -200,3 +200,40 @@ def test_head_pose_moves_the_parent_frame_not_the_splats(anny_head):
         rot = quat_to_matrix(torch.tensor([root.wxyz], dtype=torch.float64))[0]
         assert torch.allclose(rot, axis_angle_to_matrix(turn.double())[0], atol=1e-6)
         assert np.allclose(root.position, (0.0, 0.1, -0.6), atol=1e-6)
+
+
+def test_splat_scene_shows_expression_blendshapes(anny_head):
+    """An avatar with expression blendshapes changes colour (and shape) in the viewer with the
+    expression; without an expression the update is the plain mesh-following one."""
+    from types import SimpleNamespace
+
+    from avatar.representations import MeshGaussians
+    from avatar.viewer.scene import splat_scene_from_representation
+    from avatar.viewer.splats import pack_geometry, pack_rgba
+
+    class Scene:  # viser's scene API, as much as ChunkedSplats uses
+        def add_gaussian_splats(self, name, **kw):
+            return SimpleNamespace(buffer=None, remove=lambda: None)
+
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1, expr_rank=4)
+    with torch.no_grad():
+        rep.expr_color.normal_(generator=torch.Generator().manual_seed(0))
+        rep.expr_offset.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        rest = anny_head().vertices[0]
+    scene = splat_scene_from_representation(Scene(), rep, rest, chunk_size=1000)
+    scene.update(rest)
+    before = scene.splats._buffer.copy()
+    expr = torch.zeros(1, len(anny_head.expression_names))
+    expr[0, anny_head.expression_names.index("jawOpen")] = 0.7
+    with torch.no_grad():
+        v = anny_head(expression=expr).vertices[0]
+        want = rep(v[None], sh_degree=0, expression=expr)
+    sent = scene.update(v, expression=expr)
+    s = scene.splats
+    rgb = (0.5 + 0.28209479177387814 * want.colors[0, :, 0]).clamp(0, 1)
+    np.testing.assert_array_equal(s._buffer[:, 7], pack_rgba(rgb.numpy()[s.order], want.opacities.detach().numpy()[s.order]))
+    np.testing.assert_array_equal(s._buffer[:, :7], pack_geometry(*(t[0][s._order_t] for t in (want.means, want.quats, want.scales)))[:, :7])
+    changed = (s._buffer[:, 7] != before[:, 7])
+    assert sent.bytes_sent > 0 and 0 < changed.mean() < 1  # the jaw's Gaussians, not all
+    assert scene.update(v, expression=expr).bytes_sent == 0  # nothing new: nothing sent
