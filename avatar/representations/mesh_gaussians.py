@@ -68,8 +68,10 @@ expression, but what the camera sees changes beyond that - teeth hide behind puc
 creases darken, the lids fold. Each Gaussian may carry ``expr_rank`` colour and offset
 blendshapes, mixed by a code shared by all Gaussians, ``code = expression @ expr_proj`` (the
 frame's ARKit weights projected to ``expr_rank`` numbers). Each Gaussian hears only the channels
-that move its own triangle (``expr_reach [F, E]``: more than 0.3 mm per unit on the head model),
-so opening the jaw cannot repaint the brow:
+that move the head near its triangle (``expr_reach [F, E]``: a vertex within 1.5 cm of the
+triangle's centroid moves more than 1 mm per unit on the neutral head model; the margin lets
+the eyeballs darken under closing lids and skin just beside a moving part crease), so opening the
+jaw cannot repaint the brow:
 
     code_n(t) = (expression(t) * expr_reach[face_n]) @ expr_proj
     sh_dc(t)  = sh_dc  + code_n(t) @ expr_color[n]     ([r] @ [r, 3], per Gaussian n)
@@ -112,9 +114,23 @@ SH_C0 = 0.28209479177387814
 # Limits for the clamped (eye, mouth) regions, in triangle units: in-plane offset, normal offset,
 # largest scale.
 _RIGID_INPLANE, _RIGID_NORMAL, _RIGID_SCALE = 0.6, 0.05, 0.5
-# An expression channel reaches a triangle's Gaussians when a full unit of it moves one of the
-# triangle's corners further than this (metres, on the neutral head).
-_EXPR_REACH = 3e-4
+# An expression channel reaches a triangle's Gaussians when a full unit of it moves a vertex within
+# _EXPR_NEAR of the triangle's centroid further than _EXPR_MOVE (metres, on the neutral head).
+_EXPR_MOVE, _EXPR_NEAR = 1e-3, 0.015
+
+
+def expression_reach(head: Any, near: float = _EXPR_NEAR, move: float = _EXPR_MOVE) -> Tensor:
+    """``[F, E]`` 1 where expression channel e moves the head near triangle f (see the module
+    docstring), else 0."""
+    E = len(head.expression_names)
+    with torch.no_grad():
+        rest = head().vertices
+        moved = ((head(expression=torch.eye(E, dtype=head.dtype, device=head.device)).vertices - rest).norm(dim=-1)
+                 > move).cpu().float()  # [E, V]  # fmt: skip
+        v = rest[0].cpu().float()
+        centroid = v[head.faces.cpu()].mean(1)  # [F, 3]
+        out = torch.cat([((torch.cdist(c, v) < near).float() @ moved.T > 0).float() for c in centroid.split(1024)])
+    return out
 
 
 def rgb_to_sh_dc(rgb: Tensor) -> Tensor:
@@ -238,10 +254,7 @@ class MeshGaussians(Representation):
         channels = len(getattr(head, "expression_names", ())) if expr_rank else 0
         rep = cls(head.faces.cpu(), face_id, region_f[face_id], sh_degree, cull_backfacing, sh_follows_head, channels, expr_rank)
         if rep.expr_rank:
-            with torch.no_grad():  # which channels move each triangle (module docstring)
-                moved = (head(expression=torch.eye(channels, dtype=head.dtype, device=head.device)).vertices
-                         - head().vertices).norm(dim=-1).cpu()  # [E, V]  # fmt: skip
-                rep.expr_reach.copy_((moved[:, rep.faces].amax(-1) > _EXPR_REACH).T.float())
+            rep.expr_reach.copy_(expression_reach(head))
         g = torch.Generator().manual_seed(seed)
         # Uniform barycentrics (square-root trick); the first sample of a triangle is its centroid.
         r1, r2 = torch.rand(face_id.shape[0], generator=g), torch.rand(face_id.shape[0], generator=g)
