@@ -133,6 +133,12 @@ def expression_reach(head: Any, near: float = _EXPR_NEAR, move: float = _EXPR_MO
     return out
 
 
+def _mix(code: Tensor, shapes: Tensor) -> Tensor:
+    """``[B, N, r]`` weights x ``[N, r, 3]`` blendshapes -> ``[B, N, 3]`` (a broadcast product:
+    as an einsum it became N tiny matrix products, 5x slower on CPU)."""
+    return (code[..., None] * shapes[None]).sum(-2)
+
+
 def rgb_to_sh_dc(rgb: Tensor) -> Tensor:
     """RGB in [0, 1] -> the degree-0 SH coefficient that renders it (3DGS convention)."""
     return (rgb - 0.5) / SH_C0
@@ -398,7 +404,7 @@ class MeshGaussians(Representation):
         if code is None:
             return self.offset[None]
         keep = (self.region != HAIR).to(code)[None, :, None]  # hair carries no blendshapes (module docstring)
-        return self.offset[None] + keep * torch.einsum("bnr,nrc->bnc", code, self.expr_offset)
+        return self.offset[None] + keep * _mix(code, self.expr_offset)
 
     def expression_code(self, expression: Tensor | None) -> Tensor | None:
         """``[B, N, expr_rank]`` each Gaussian's blendshape weights for expressions ``[B, E]``, or
@@ -407,8 +413,9 @@ class MeshGaussians(Representation):
             return None
         if expression.shape[-1] != self.expr_channels:
             raise AvatarError(f"expression has {expression.shape[-1]} channels, this avatar was trained with {self.expr_channels}")
-        reach = self.expr_reach[self.face_id]  # [N, E]
-        return torch.einsum("be,ne,er->bnr", expression.to(self.expr_proj), reach, self.expr_proj)
+        # per triangle (F is a fifth of N), then gathered: the per-Gaussian product cost 5x a step
+        per_face = (expression.to(self.expr_proj)[:, None, :] * self.expr_reach[None]) @ self.expr_proj  # [B, F, r]
+        return per_face[:, self.face_id]
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
                 body: Tensor | None = None, expression: Tensor | None = None) -> Splats:  # fmt: skip
@@ -446,7 +453,7 @@ class MeshGaussians(Representation):
             colors = torch.einsum("bkj,njc->bnkc", sh_rotation(deg, turn), colors)  # per frame
         if code is not None:  # degree 0 is rotation-invariant: add the per-frame base colour change
             keep = (self.region != HAIR).to(code)[None, :, None]
-            dc = keep * torch.einsum("bnr,nrc->bnc", code, self.expr_color)  # [B, N, 3]
+            dc = keep * _mix(code, self.expr_color)  # [B, N, 3]
             colors = colors.expand(code.shape[0], *colors.shape[-3:]) if colors.dim() == 3 else colors
             colors = torch.cat([colors[:, :, :1] + dc[:, :, None], colors[:, :, 1:]], 2)
         normals = None
