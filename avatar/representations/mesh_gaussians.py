@@ -63,11 +63,11 @@ shifting in the chair, which the head pose does not tell), and follows the head 
         clip and lost up to 4 dB on others; learnt per Gaussian from 0.02 it keeps most of that
         gain and costs the others at most about 0.3 dB (bench/bench_avatar.py).
 
-Expression-dependent appearance (``expr_rank`` > 0, off by default): a mesh follows an
-expression, but what the camera sees changes beyond that - teeth hide behind puckered lips,
-creases darken, the lids fold. Each Gaussian may carry ``expr_rank`` colour and offset
-blendshapes, mixed by a code shared by all Gaussians, ``code = expression @ expr_proj`` (the
-frame's ARKit weights projected to ``expr_rank`` numbers). Each Gaussian hears only the channels
+Expression-dependent appearance (``expr_rank`` > 0; off unless asked for, the trainer asks for
+it): a mesh follows an expression, but what the camera sees changes beyond that - teeth hide
+behind puckered lips, creases darken, the lids fold. Each Gaussian may carry ``expr_rank`` colour
+and offset blendshapes, mixed by weights ``code_n`` from the frame's ARKit weights through a
+shared learnt projection ``expr_proj [E, expr_rank]``. Each Gaussian hears only the channels
 that move the head near its triangle (``expr_reach [F, E]``: a vertex within 1.5 cm of the
 triangle's centroid moves more than 1 mm per unit on the neutral head model; the margin lets
 the eyeballs darken under closing lids and skin just beside a moving part crease), so opening the
@@ -403,19 +403,18 @@ class MeshGaussians(Representation):
         """``[B, N, 3]`` offsets at blendshape weights ``code [B, N, r]`` (``[1, N, 3]`` without)."""
         if code is None:
             return self.offset[None]
-        keep = (self.region != HAIR).to(code)[None, :, None]  # hair carries no blendshapes (module docstring)
-        return self.offset[None] + keep * _mix(code, self.expr_offset)
+        return self.offset[None] + _mix(code, self.expr_offset)
 
     def expression_code(self, expression: Tensor | None) -> Tensor | None:
-        """``[B, N, expr_rank]`` each Gaussian's blendshape weights for expressions ``[B, E]``, or
-        None when the representation has no expression blendshapes or no expression is given."""
+        """``[B, N, expr_rank]`` each Gaussian's blendshape weights for expressions ``[B, E]`` (0 for
+        hair), or None when the representation has no expression blendshapes or no expression is given."""
         if not self.expr_rank or expression is None:
             return None
         if expression.shape[-1] != self.expr_channels:
             raise AvatarError(f"expression has {expression.shape[-1]} channels, this avatar was trained with {self.expr_channels}")
         # per triangle (F is a fifth of N), then gathered: the per-Gaussian product cost 5x a step
         per_face = (expression.to(self.expr_proj)[:, None, :] * self.expr_reach[None]) @ self.expr_proj  # [B, F, r]
-        return per_face[:, self.face_id]
+        return per_face[:, self.face_id] * (self.region != HAIR).to(per_face)[None, :, None]  # hair: none (module doc)
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
                 body: Tensor | None = None, expression: Tensor | None = None) -> Splats:  # fmt: skip
@@ -452,8 +451,7 @@ class MeshGaussians(Representation):
             turn = head_pose[:, :3, :3].to(colors) @ self.reference_pose[:3, :3].to(colors).T  # [B, 3, 3]
             colors = torch.einsum("bkj,njc->bnkc", sh_rotation(deg, turn), colors)  # per frame
         if code is not None:  # degree 0 is rotation-invariant: add the per-frame base colour change
-            keep = (self.region != HAIR).to(code)[None, :, None]
-            dc = keep * _mix(code, self.expr_color)  # [B, N, 3]
+            dc = _mix(code, self.expr_color)  # [B, N, 3]
             colors = colors.expand(code.shape[0], *colors.shape[-3:]) if colors.dim() == 3 else colors
             colors = torch.cat([colors[:, :, :1] + dc[:, :, None], colors[:, :, 1:]], 2)
         normals = None
