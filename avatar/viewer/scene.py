@@ -164,7 +164,7 @@ def splat_scene_from_representation(scene, representation, rest_vertices: Tensor
     A representation with expression blendshapes (``expr_rank`` > 0) also gets the expression."""
 
     def rgb_of(s) -> np.ndarray:
-        colors = s.colors if s.colors.dim() == 2 else s.frame_colors(0)  # [N, 3] or [N, K, 3]
+        colors = s.frame_colors(0)  # [N, 3] or [N, K, 3]
         rgb = (0.5 + _SH_C0 * colors[:, 0]) if colors.dim() == 3 else colors
         return rgb.clamp(0, 1).cpu().numpy()
 

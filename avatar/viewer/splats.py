@@ -192,17 +192,11 @@ class ChunkedSplats:
             order = np.argsort(rows)
             rows, geometry = rows[order], geometry[order]
         with self._lock:
+            self._buffer[slice(None) if index is None else rows, :7] = geometry[:, :7]  # full: already in buffer order
             if rgb is not None:
                 self._buffer[:, 7] = pack_rgba(_np(rgb)[self.order], self._opacities)
-            if index is None or rgb is not None:
-                if index is None:
-                    self._buffer[:, :7] = geometry[:, :7]
-                else:
-                    self._buffer[rows, :7] = geometry[:, :7]
-                touched = np.arange(self.num_chunks)
-            else:
-                self._buffer[rows, :7] = geometry[:, :7]
-                touched = np.unique(rows // self.chunk_size)
+            everything = index is None or rgb is not None
+            touched = np.arange(self.num_chunks) if everything else np.unique(rows // self.chunk_size)
             sent = gaussians = chunks = 0
             for k in touched:
                 lo, hi = k * self.chunk_size, min((k + 1) * self.chunk_size, self.num_gaussians)
