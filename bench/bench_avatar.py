@@ -3,7 +3,7 @@ time and held-out (last 15% of frames) PSNR/SSIM per clip, over the foreground p
 whole matted image (the literature's convention).
 
     python bench/bench_avatar.py [--preset fast-cpu] [--clips NAME ...] [--work /tmp/bench_avatar]
-        [--set KEY=VALUE ...] [--limit FRAMES] [--seeds 0 1 2] [--resume]
+        [--set KEY=VALUE ...] [--limit FRAMES] [--seeds 0 1 2] [--resume] [--train-frames]
 
 Tracking (avatar.fitting.pipeline.track) runs first when WORK/<clip>/tracking.npz is absent; its time is
 printed separately. Timings are wall-clock on whatever else the machine is doing.
@@ -18,16 +18,23 @@ import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
+EDGE_PX = 3  # error_breakdown's silhouette band (pixels inside the matte's edge)
+TRAIN_SAMPLE = 24  # training frames error_breakdown(frames="train") looks at
 
 
-def error_breakdown(out: Path, cfg) -> dict[str, float]:
+def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float]:
     """Where the held-out error lies: PSNR on foreground pixels covered by the posed mesh's face
     region, by the rest of the mesh, and not covered by the mesh at all (hair, shoulders), plus
     the share of the foreground squared error in each, and the background PSNR (stray splats).
     ``psnr_eyes``: over boxes around the detected eyes (corners, lids and iris, padded by 0.12
-    inter-ocular distances), where gaze tracking shows; these pixels also count in the classes above."""
+    inter-ocular distances), where gaze tracking shows; these pixels also count in the classes above.
+    ``share_edge``: the share of the foreground squared error within ``EDGE_PX`` pixels of the
+    matte's edge (the silhouette: hair that moves, matte flicker), whatever the class.
+    ``frames="train"``: the same over ``TRAIN_SAMPLE`` training frames spread over the clip (how
+    well the avatar fits what it saw, against how it generalises)."""
     import math
 
+    import cv2
     import numpy as np
     import torch
 
@@ -41,11 +48,15 @@ def error_breakdown(out: Path, cfg) -> dict[str, float]:
     av = load_avatar(out / "avatar")
     tri_region = face_regions(av.head).numpy()
     faces = av.head.faces.numpy()
-    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes")}
+    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes", "edge")}
     counts = dict.fromkeys(sums, 0)
     tracking = np.load(out / "tracking.npz")
+    if frames not in ("held_out", "train"):
+        raise ValueError(f"frames must be 'held_out' or 'train', got {frames!r}")
+    rows = clip.test_ids if frames == "held_out" else \
+        clip.train_ids[np.unique(np.linspace(0, len(clip.train_ids) - 1, TRAIN_SAMPLE).round().astype(int))]
     with torch.no_grad():
-        for r in clip.test_ids:
+        for r in rows:
             params = {k: v[r : r + 1] for k, v in clip.params.items()}
             verts = av.vertices(params)
             bg = torch.tensor(av.config.get("background", [1.0, 1.0, 1.0]))
@@ -60,12 +71,15 @@ def error_breakdown(out: Path, cfg) -> dict[str, float]:
                            ("background", ~fg)):  # fmt: skip
                 sums[k] += float(err[sel].sum())
                 counts[k] += int(sel.sum())
+            edge = fg & (cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3) <= EDGE_PX)
+            sums["edge"] += float(err[edge].sum())
             eyes = _eye_boxes(tracking["landmarks"][r, :, :2], clip.Ks[r].double().numpy() @ np.linalg.inv(tracking["K"][r]),
                               err.shape)  # fmt: skip
             sums["eyes"] += float(err[eyes].sum())
             counts["eyes"] += int(eyes.sum())
     fg_err = sums["face"] + sums["mesh_other"] + sums["off_mesh"]
     out_row = _pose_spread(clip.params["global_orient"].double().numpy(), clip.train_ids, clip.test_ids)
+    out_row["share_edge"] = round(sums.pop("edge") / max(fg_err, 1e-12), 3)
     for k in sums:
         out_row[f"psnr_{k}"] = round(10 * math.log10(counts[k] / max(sums[k], 1e-12)), 2) if counts[k] else float("nan")
         if k not in ("background", "eyes"):
@@ -117,6 +131,8 @@ def main() -> None:
                         help="train once per seed (WORK/<clip>/seed<N>/) and print mean and spread: one run's "
                              "held-out PSNR moves by ~0.6 dB with the seed alone")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="reuse finished/partial training runs (default: start over)")
+    parser.add_argument("--train-frames", action="store_true",
+                        help=f"also break the error down on {TRAIN_SAMPLE} training frames (fit vs generalisation)")  # fmt: skip
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is absent: nothing to benchmark")
@@ -140,7 +156,10 @@ def main() -> None:
                 shutil.rmtree(run / "checkpoints", ignore_errors=True)
             t1 = time.perf_counter()
             report = train(run, dataclasses.replace(cfg, seed=seed), progress=False)
-            rows.append(_row(video.stem, seed, t_track, time.perf_counter() - t1, report, error_breakdown(run, cfg)))
+            breakdown = error_breakdown(run, cfg)
+            if args.train_frames:
+                breakdown.update({f"train_{k}": v for k, v in error_breakdown(run, cfg, frames="train").items() if k.startswith(("psnr_", "share_"))})
+            rows.append(_row(video.stem, seed, t_track, time.perf_counter() - t1, report, breakdown))
             print(json.dumps(rows[-1]), flush=True)
     _print_tables(rows, len(args.seeds) > 1)
 
@@ -196,6 +215,16 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
                                             for k in ("face", "mesh_other", "off_mesh"))
               + f"{r['psnr_background']:>6}           {r['psnr_eyes']:>6}          "
               + f"{r['turn_train_deg']:>5} / {r['turn_held_deg']:>5} ({100 * r['held_beyond_p95']:.0f}%)")
+    print(f"share of the foreground squared error within {EDGE_PX} px of the matte's edge (silhouette): held-out"
+          + (" / training frames" if "train_share_edge" in rows[0] else ""))
+    for r in rows:
+        print(f"{r['clip']:<20} {r['seed']:>4} {100 * r['share_edge']:5.1f}%"
+              + (f" / {100 * r['train_share_edge']:5.1f}%" if "train_share_edge" in r else ""))
+    if "train_psnr_face" in rows[0]:
+        print(f"the same classes on {TRAIN_SAMPLE} training frames (what the avatar fits, against what it generalises to)")
+        for r in rows:
+            print(f"{r['clip']:<20} {r['seed']:>4} " + "".join(f"{r['train_psnr_' + k]:>6} ({100 * r['train_share_' + k]:4.1f}%)     "
+                                                for k in ("face", "mesh_other", "off_mesh")))
 
 
 if __name__ == "__main__":
