@@ -38,6 +38,9 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     import numpy as np
     import torch
 
+    if frames not in ("held_out", "train"):
+        raise ValueError(f"frames must be 'held_out' or 'train', got {frames!r}")
+
     from avatar.render.mesh import rasterize_triangles
     from avatar.representations import load_avatar, render_splats
     from avatar.representations.mesh_gaussians import FACE, face_regions
@@ -48,11 +51,10 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     av = load_avatar(out / "avatar")
     tri_region = face_regions(av.head).numpy()
     faces = av.head.faces.numpy()
-    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes", "edge")}
+    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes")}
     counts = dict.fromkeys(sums, 0)
+    edge_err = 0.0
     tracking = np.load(out / "tracking.npz")
-    if frames not in ("held_out", "train"):
-        raise ValueError(f"frames must be 'held_out' or 'train', got {frames!r}")
     rows = clip.test_ids if frames == "held_out" else \
         clip.train_ids[np.unique(np.linspace(0, len(clip.train_ids) - 1, TRAIN_SAMPLE).round().astype(int))]
     with torch.no_grad():
@@ -72,14 +74,14 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
                 sums[k] += float(err[sel].sum())
                 counts[k] += int(sel.sum())
             edge = fg & (cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3) <= EDGE_PX)
-            sums["edge"] += float(err[edge].sum())
+            edge_err += float(err[edge].sum())
             eyes = _eye_boxes(tracking["landmarks"][r, :, :2], clip.Ks[r].double().numpy() @ np.linalg.inv(tracking["K"][r]),
                               err.shape)  # fmt: skip
             sums["eyes"] += float(err[eyes].sum())
             counts["eyes"] += int(eyes.sum())
     fg_err = sums["face"] + sums["mesh_other"] + sums["off_mesh"]
     out_row = _pose_spread(clip.params["global_orient"].double().numpy(), clip.train_ids, clip.test_ids)
-    out_row["share_edge"] = round(sums.pop("edge") / max(fg_err, 1e-12), 3)
+    out_row["share_edge"] = round(edge_err / max(fg_err, 1e-12), 3)
     for k in sums:
         out_row[f"psnr_{k}"] = round(10 * math.log10(counts[k] / max(sums[k], 1e-12)), 2) if counts[k] else float("nan")
         if k not in ("background", "eyes"):
