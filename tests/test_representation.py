@@ -289,6 +289,12 @@ def test_expression_blendshapes_change_colour_and_shape_with_the_expression(anny
     assert r.regularization_terms(expression=expr)["offset"] > r.regularization_terms(expression=expr[:1])["offset"] + 1e-3
     r.regularization_terms(expression=expr)["offset"].backward()
     assert r.expr_offset.grad[~hair, :, 2].abs().sum() > 0
+    # a training step computes the frames' local state once and hands it to both: same values
+    local = r.local_state(expr)
+    shared, own = r(v, expression=torch.zeros_like(expr), local=local), r(v, expression=expr)
+    assert torch.equal(shared.means, own.means) and torch.equal(shared.colors, own.colors)
+    for k, t in r.regularization_terms(expression=expr).items():
+        assert torch.equal(r.regularization_terms(local=local)[k], t), k
     # round trip
     save_representation(r, tmp_path / "rep.safetensors")
     back = load_representation(tmp_path / "rep.safetensors")

@@ -86,7 +86,7 @@ follows the head (``follow_logit`` and ``turn_logit`` unused).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -96,6 +96,15 @@ from avatar.errors import AvatarError
 from avatar.render._sh import sh_rotation
 from avatar.representations.base import Representation, Splats
 from avatar.representations.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, triangle_frames
+
+
+class LocalState(NamedTuple):
+    """What a batch of frames' expressions make of the Gaussians in their triangles' frames
+    (:meth:`MeshGaussians.local_state`)."""
+
+    code: Tensor | None  # [B, N, expr_rank] blendshape weights, None without blendshapes/expression
+    offset: Tensor  # [B, N, 3] (or [1, N, 3]) offsets in triangle units, eye/mouth clamps applied
+    log_scale: Tensor  # [N, 3], clamps applied
 
 
 def _share_logit(value: float | Tensor) -> Tensor:
@@ -416,8 +425,18 @@ class MeshGaussians(Representation):
         per_face = (expression.to(self.expr_proj)[:, None, :] * self.expr_reach[None]) @ self.expr_proj  # [B, F, r]
         return per_face[:, self.face_id] * (self.region != HAIR).to(per_face)[None, :, None]  # hair: none (module doc)
 
+    def local_state(self, expression: Tensor | None = None) -> LocalState:
+        """The frames' blendshape weights and effective triangle-local offsets and log-scales
+        (clamps applied) for expressions ``[B, E]`` (or None). :meth:`forward` and
+        :meth:`regularization_terms` both need it: a training step computes it once and passes it
+        to both (``local=``) rather than having each derive it from the expression again."""
+        code = self.expression_code(expression)
+        offset, log_scale = self._local(self._frame_offsets(code))
+        return LocalState(code, offset, log_scale)
+
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
-                body: Tensor | None = None, expression: Tensor | None = None) -> Splats:  # fmt: skip
+                body: Tensor | None = None, expression: Tensor | None = None,
+                local: LocalState | None = None) -> Splats:  # fmt: skip
         """``vertices [B, V, 3]`` (a head model's output) -> :class:`Splats` for B frames.
 
         ``sh_degree``: evaluate up to this degree (default: all stored); 0 still uses SH.
@@ -426,14 +445,14 @@ class MeshGaussians(Representation):
         representation was trained in; body-fixed hair uses it (see the module docstring).
         ``body``: ``[B, 3]`` tracked body motion (world translation away from the reference; used
         with ``head_pose`` only). ``expression``: ``[B, E]`` the frames' expression weights, for
-        the expression blendshapes (ignored without them)."""
+        the expression blendshapes (ignored without them). ``local``: :meth:`local_state` of those
+        frames, already computed (then ``expression`` is not read)."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise AvatarError(f"vertices must be [B, V, 3], got {list(vertices.shape)}")
         origin, rot, k = triangle_frames(vertices, self.faces)
         fid = self.face_id
         o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
-        code = self.expression_code(expression)
-        offset, log_scale = self._local(self._frame_offsets(code))
+        code, offset, log_scale = self.local_state(expression) if local is None else local
         means = o + s[..., None] * (r * offset[:, :, None, :]).sum(-1)
         hair = torch.nonzero(self.region == HAIR).squeeze(-1)
         if hair.numel():  # the blend (module docstring), evaluated for the hair Gaussians only
@@ -462,7 +481,7 @@ class MeshGaussians(Representation):
 
     # --- regularisers -------------------------------------------------------------------------
     def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0,
-                             expression: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
+                             expression: Tensor | None = None, local: LocalState | None = None) -> dict[str, Tensor]:  # fmt: skip
         """Scalar terms for the trainer to weight.
 
         ``offset``: squared offset beyond ``offset_tolerance`` triangle units from the triangle's
@@ -472,8 +491,10 @@ class MeshGaussians(Representation):
         (the blendshapes move Gaussians too, and must not take them where the offset may not go).
         ``scale``: squared log-excess of the largest scale over ``scale_tolerance`` triangle units.
         ``expression`` (with expression blendshapes): their squared size, per Gaussian.
+        ``local``: :meth:`local_state` of the batch, when the step already has it (then
+        ``expression`` is not read).
         """
-        offset, log_scale = self._local(self._frame_offsets(self.expression_code(expression)))
+        _, offset, log_scale = self.local_state(expression) if local is None else local
         w = self.offset.new_tensor([1.0, 0.1, 10.0, 10.0, 0.0])[self.region]
         inplane = torch.relu(offset[..., :2].norm(dim=-1) - offset_tolerance)
         normal = offset[..., 2]

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation, render_splats, save_avatar
-from avatar.representations.mesh_gaussians import FREE
+from avatar.representations.mesh_gaussians import FREE, LocalState
 from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.training.config import TrainConfig
 from avatar.training.data import BODY, PARAMS, Clip, load_clip
@@ -92,9 +92,12 @@ def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
     return head(shape=shape[None], **{k: v for k, v in params.items() if k in PARAMS}).vertices
 
 
-def _splats(rep: Representation, verts: Tensor, params: dict[str, Tensor], sh_degree: int | None = None) -> Any:
-    """The representation posed for frames ``params`` (:func:`_frame_params`)."""
-    return rep(verts, sh_degree=sh_degree, head_pose=params_pose(params), body=params.get(BODY), expression=params.get("expression"))
+def _splats(rep: Representation, verts: Tensor, params: dict[str, Tensor], sh_degree: int | None = None,
+            local: LocalState | None = None) -> Any:  # fmt: skip
+    """The representation posed for frames ``params`` (:func:`_frame_params`); ``local``: the
+    frames' :meth:`~avatar.representations.MeshGaussians.local_state`, when already computed."""
+    extra = {} if local is None else {"local": local}
+    return rep(verts, sh_degree=sh_degree, head_pose=params_pose(params), body=params.get(BODY), expression=params.get("expression"), **extra)
 
 
 # Fewer training frames than this show too few expressions to learn expression blendshapes from
@@ -337,7 +340,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             verts = fixed_verts[torch.as_tensor(rows, device=device)]
         else:
             verts = _vertices(head, shape, params)
-        splats = _splats(rep, verts, params, sh_active)
+        local = rep.local_state(params.get("expression"))  # shared by the forward and the regulariser
+        splats = _splats(rep, verts, params, sh_active, local)
         pred, alpha, metas = render_splats(splats, clip.viewmat.to(device), clip.Ks[rows].to(device), W, H, bg, raster)
         gt, matte = clip.target(rows, bg, device)
         loss, parts = photometric_loss(pred, gt, config.lambda_dssim, config.photometric)
@@ -345,7 +349,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             l_alpha = (alpha - matte).abs().mean()
             loss = loss + config.lambda_alpha * l_alpha
             parts["alpha"] = float(l_alpha.detach())
-        reg = rep.regularization_terms(config.offset_tolerance, config.scale_tolerance, params.get("expression"))
+        reg = rep.regularization_terms(config.offset_tolerance, config.scale_tolerance, local=local)
         loss = loss + config.w_offset * reg["offset"] + config.w_scale * reg["scale"]
         if "expression" in reg:
             loss = loss + config.w_expr * reg["expression"]
