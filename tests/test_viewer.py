@@ -197,7 +197,7 @@ def test_head_pose_moves_the_parent_frame_not_the_splats(anny_head):
         assert viewer.wait_idle(30)
         assert viewer.timings[-1].bytes_sent == 0 and viewer.timings[-1].messages == 0
         root = viewer._root
-        rot = quat_to_matrix(torch.tensor([root.wxyz], dtype=torch.float64))[0]
+        rot = quat_to_matrix(torch.from_numpy(np.asarray(root.wxyz, np.float64))[None])[0]
         assert torch.allclose(rot, axis_angle_to_matrix(turn.double())[0], atol=1e-6)
         assert np.allclose(root.position, (0.0, 0.1, -0.6), atol=1e-6)
 
