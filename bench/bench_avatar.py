@@ -28,6 +28,8 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     the share of the foreground squared error in each, and the background PSNR (stray splats).
     ``psnr_eyes``: over boxes around the detected eyes (corners, lids and iris, padded by 0.12
     inter-ocular distances), where gaze tracking shows; these pixels also count in the classes above.
+    ``psnr_mouth`` / ``share_mouth``: inside the detected inner-lip contour (the mouth opening: teeth,
+    tongue, the dark interior), and that region's share of the foreground squared error.
     ``share_edge``: the share of the foreground squared error within ``EDGE_PX`` pixels of the
     matte's edge (the silhouette: hair that moves, matte flicker), whatever the class.
     ``frames="train"``: the same over ``TRAIN_SAMPLE`` training frames spread over the clip (how
@@ -51,7 +53,7 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     av = load_avatar(out / "avatar")
     tri_region = face_regions(av.head).numpy()
     faces = av.head.faces.numpy()
-    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes")}
+    sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes", "mouth")}
     counts = dict.fromkeys(sums, 0)
     edge_err = 0.0
     tracking = np.load(out / "tracking.npz")
@@ -75,16 +77,19 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
                 counts[k] += int(sel.sum())
             edge = fg & (cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3) <= EDGE_PX)
             edge_err += float(err[edge].sum())
-            eyes = _eye_boxes(tracking["landmarks"][r, :, :2], clip.Ks[r].double().numpy() @ np.linalg.inv(tracking["K"][r]),
-                              err.shape)  # fmt: skip
-            sums["eyes"] += float(err[eyes].sum())
-            counts["eyes"] += int(eyes.sum())
+            to_image = clip.Ks[r].double().numpy() @ np.linalg.inv(tracking["K"][r])  # source pixels -> training pixels
+            eyes = _eye_boxes(tracking["landmarks"][r, :, :2], to_image, err.shape)
+            mouth = fg & _mouth_opening(tracking["landmarks"][r, :, :2], to_image, err.shape)
+            for k, sel in (("eyes", eyes), ("mouth", mouth)):
+                sums[k] += float(err[sel].sum())
+                counts[k] += int(sel.sum())
     fg_err = sums["face"] + sums["mesh_other"] + sums["off_mesh"]
     out_row = _pose_spread(clip.params["global_orient"].double().numpy(), clip.train_ids, clip.test_ids)
     out_row["share_edge"] = round(edge_err / max(fg_err, 1e-12), 3)
+    out_row["share_mouth"] = round(sums["mouth"] / max(fg_err, 1e-12), 3)
     for k in sums:
         out_row[f"psnr_{k}"] = round(10 * math.log10(counts[k] / max(sums[k], 1e-12)), 2) if counts[k] else float("nan")
-        if k not in ("background", "eyes"):
+        if k not in ("background", "eyes", "mouth"):
             out_row[f"share_{k}"] = round(sums[k] / max(fg_err, 1e-12), 3)
     return out_row
 
@@ -120,6 +125,23 @@ def _eye_boxes(landmarks, to_image, shape: tuple[int, int], pad: float = 0.12):
         (x0, y0), (x1, y1) = p[list(idx)].min(0) - pad_px, p[list(idx)].max(0) + pad_px
         mask[max(int(y0), 0) : max(int(y1) + 1, 0), max(int(x0), 0) : max(int(x1) + 1, 0)] = True
     return mask
+
+
+#: FaceMesh's inner-lip contour, in order around the mouth opening.
+INNER_LIP = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95]
+
+
+def _mouth_opening(landmarks, to_image, shape: tuple[int, int]):
+    """``[H, W]`` bool: inside the inner-lip contour of one frame's detected ``landmarks [478, 2]``
+    (source pixels) mapped by ``to_image [3, 3]``; empty where the lips meet."""
+    import cv2
+    import numpy as np
+
+    p = np.c_[landmarks, np.ones(len(landmarks))] @ to_image.T
+    p = p[:, :2] / p[:, 2:]
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(p[INNER_LIP]).astype(np.int32)], 1)
+    return mask.astype(bool)
 
 
 def main() -> None:
@@ -222,6 +244,11 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
     for r in rows:
         print(f"{r['clip']:<20} {r['seed']:>4} {100 * r['share_edge']:5.1f}%"
               + (f" / {100 * r['train_share_edge']:5.1f}%" if "train_share_edge" in r else ""))
+    print("the mouth opening (inside the detected inner lips): PSNR (share of the foreground squared error), held-out"
+          + (" / training frames" if "train_share_mouth" in rows[0] else ""))
+    for r in rows:
+        print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr_mouth']:>6} ({100 * r['share_mouth']:4.1f}%)"
+              + (f" / {r['train_psnr_mouth']:>6} ({100 * r['train_share_mouth']:4.1f}%)" if "train_share_mouth" in r else ""))
     if "train_psnr_face" in rows[0]:
         print(f"the same classes on {TRAIN_SAMPLE} training frames (what the avatar fits, against what it generalises to)")
         for r in rows:
