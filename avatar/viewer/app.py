@@ -156,8 +156,11 @@ class AvatarViewer:
         self._record_stop.set()
         with self._wake:
             self._wake.notify_all()
-        if self._recording is not None:
-            self._recording.join(timeout=10)
+        # The update and playback threads may be sending (a status line right after an update):
+        # let them finish before the server goes, or viser warns of messages on a closed connection.
+        for thread in (self._recording, getattr(self, "_worker", None), getattr(self, "_player", None)):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=10)
         self.server.stop()
 
     def __enter__(self) -> "AvatarViewer":
