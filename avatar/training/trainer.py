@@ -37,6 +37,7 @@ from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.training.config import TrainConfig
 from avatar.training.data import BODY, PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
+from avatar.training.refine import RIGID, RowAdam, apply_deltas, refine_poses, repose_vertices
 from avatar.training.seeding import seed_off_mesh
 from avatar.training.strategy import DensifyStrategy
 from avatar.utils.files import atomic_path, atomic_write
@@ -83,9 +84,7 @@ def _frame_params(clip: Clip, rows: Tensor | np.ndarray, device: torch.device, d
     """The head parameters (refined by ``deltas``) and, when tracked, the body motion of ``rows``."""
     rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
     out = {k: clip.params[k][rows_t].to(device) for k in (*PARAMS, BODY) if k in clip.params}
-    if deltas:
-        out = {k: v + deltas[k][rows_t.to(device)] if k in deltas else v for k, v in out.items()}
-    return out
+    return apply_deltas(out, deltas, rows_t.to(device)) if deltas else out
 
 
 def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
@@ -203,6 +202,46 @@ def evaluate(
     return metrics, panels
 
 
+def refine_held_out(
+    rep: Representation, head: Any, clip: Clip, rows: np.ndarray, shape: Tensor, background: Tensor, iters: int,
+    fixed_verts: Tensor | None = None, options: Any = None, progress: bool = False,
+) -> dict[str, Tensor]:  # fmt: skip
+    """Rigid-pose deltas (name -> ``[N, 3]``, zero outside ``rows``) that align the avatar, held
+    fixed, with frames ``rows`` (:func:`avatar.training.refine.refine_poses`). ``fixed_verts``:
+    the tracked vertices of every row, when already posed."""
+    from tqdm import tqdm
+
+    device = background.device
+    deltas = {k: torch.zeros_like(clip.params[k], device=device) for k in RIGID if k in clip.params}
+    trainable = [p for p in rep.parameters() if p.requires_grad]
+    for p in trainable:  # the avatar is fixed: no gradients for it
+        p.requires_grad_(False)
+
+    def render(d: dict[str, Tensor], r: Tensor) -> tuple[Tensor, Tensor]:
+        tracked = _frame_params(clip, r.cpu().numpy(), device, None)
+        params = {k: v + d[k] if k in d else v for k, v in tracked.items()}
+        if fixed_verts is not None:
+            verts = fixed_verts[r]
+        else:
+            with torch.no_grad():
+                verts = _vertices(head, shape, tracked)
+        verts = repose_vertices(verts, tracked["global_orient"], tracked["transl"], params["global_orient"], params["transl"])
+        rgb, alpha, _ = render_splats(_splats(rep, verts, params), clip.viewmat.to(device), clip.Ks[r.cpu()].to(device),
+                                      *clip.size, background, options)  # fmt: skip
+        return rgb, alpha
+
+    bar = tqdm(total=len(rows), desc="refine held-out poses", disable=not progress, dynamic_ncols=True, leave=False)
+    try:
+        refine_poses(render, deltas, torch.as_tensor(np.asarray(rows), device=device),
+                     lambda r: clip.target(r.cpu().numpy(), background, device), iters=iters,
+                     progress=lambda n: bar.update(n - bar.n))  # fmt: skip
+    finally:
+        bar.close()
+        for p in trainable:
+            p.requires_grad_(True)
+    return deltas
+
+
 # --- training ------------------------------------------------------------------------------------
 def train(
     out_dir: str | Path,
@@ -283,16 +322,19 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         start = 0
         init_metrics, _ = evaluate(rep, head, clip, eval_ids, shape, bg, sh_degree=0, options=raster)
 
-    deltas: dict[str, Tensor] = {}
-    if config.refine_tracking:
-        deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in PARAMS}
+    # Per-frame refinements of the tracking (avatar.training.refine), each on its own per-row Adam.
+    refined = [k for k in RIGID if config.refine_pose and k in clip.params]
+    refined += [k for k in PARAMS if config.refine_tracking and k not in RIGID]
+    deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in refined}
+    delta_lrs = {k: config.lr_pose_rotation if k == "global_orient" else config.lr_pose_translation if k in RIGID
+                 else config.lr_tracking for k in deltas}  # fmt: skip
+    delta_opt = RowAdam(deltas, delta_lrs) if deltas else None
     lrs = {"offset": config.lr_offset, "rot": config.lr_rot, "log_scale": config.lr_scale,
            "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
            "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static,
            "expr_color": config.lr_expr, "expr_offset": config.lr_expr, "body_logit": config.lr_body,
            "expr_proj": config.lr_expr_proj}  # fmt: skip
     groups = [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.primitive_parameters().items()]
-    groups += [{"params": [d], "lr": config.lr_tracking, "name": f"track.{k}"} for k, d in deltas.items()]
     groups += [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.shared_parameters().items()]
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     strategy = DensifyStrategy(config.strategy, config.steps)
@@ -300,6 +342,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         for k, d in deltas.items():
             if k in ck.get("deltas", {}):
                 d.data.copy_(ck["deltas"][k])
+        if delta_opt is not None and set(ck.get("delta_optimizer", {}).get("m", {})) == set(deltas):
+            delta_opt.load_state_dict(ck["delta_optimizer"])
         try:
             optimizer.load_state_dict(ck["optimizer"])
         except ValueError as e:  # parameter groups changed: a checkpoint of an older version
@@ -307,7 +351,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                               "start over with `avatar train OUT --restart`") from e  # fmt: skip
         strategy.load_state_dict(ck["strategy"])
 
-    # Tracked vertices never change without refinement: pose them once.
+    # Tracked vertices change only with the pose when the rest is not refined: pose them once and
+    # move them rigidly by the pose refinement.
     fixed_verts = None
     if not config.refine_tracking:
         with torch.no_grad():
@@ -320,6 +365,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             "rep_config": rep.config(), "rep_state": {k: v.detach().cpu() for k, v in rep.state_dict().items()},
             "optimizer": optimizer.state_dict(), "strategy": strategy.state_dict(),
             "deltas": {k: d.detach().cpu() for k, d in deltas.items()}, "generator": gen.get_state(),
+            "delta_optimizer": delta_opt.state_dict() if delta_opt is not None else {},
             "init_metrics": init_metrics,
         }  # fmt: skip
         _save_checkpoint(ck_dir, state, config.keep_checkpoints)
@@ -335,9 +381,13 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                 g["lr"] = config.lr_offset * config.lr_offset_final_fraction ** (step / max(1, config.steps))
         sh_active = min(config.sh_degree, step // max(1, config.sh_increase_every))
         rows = clip.train_ids[torch.randint(n_train, (config.batch_size,), generator=gen).numpy()]
+        rows_t = torch.as_tensor(rows, device=device)
         params = _frame_params(clip, rows, device, deltas)
         if fixed_verts is not None:
-            verts = fixed_verts[torch.as_tensor(rows, device=device)]
+            verts = fixed_verts[rows_t]
+            if "global_orient" in deltas:
+                verts = repose_vertices(verts, clip.params["global_orient"][rows].to(device), clip.params["transl"][rows].to(device),
+                                        params["global_orient"], params["transl"])  # fmt: skip
         else:
             verts = _vertices(head, shape, params)
         local = rep.local_state(params.get("expression"))  # shared by the forward and the regulariser
@@ -353,13 +403,18 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         loss = loss + config.w_offset * reg["offset"] + config.w_scale * reg["scale"]
         if "expression" in reg:
             loss = loss + config.w_expr * reg["expression"]
-        if deltas:
-            rows_t = torch.as_tensor(rows, device=device)
-            loss = loss + config.w_tracking * sum((d[rows_t] ** 2).mean() for d in deltas.values())
+        pulled = [d for k, d in deltas.items() if k not in RIGID]
+        if pulled:
+            loss = loss + config.w_tracking * sum((d[rows_t] ** 2).mean() for d in pulled)
         strategy.step_pre_backward(metas)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if delta_opt is not None:
+            if step >= config.refine_from * config.steps:
+                delta_opt.step(rows_t)
+            for d in deltas.values():
+                d.grad = None
         # The strategy reads the screen-space gradients, then may replace the primitives.
         info = strategy.step_post_backward(rep, optimizer, metas, step + 1, gen)
         losses_hist.append(float(loss.detach()))
@@ -378,11 +433,15 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     t_train = time.perf_counter() - t_loop
 
     # --- export + evaluation ---------------------------------------------------------------------
-    perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if deltas else 0)).cpu() for k in PARAMS}
-    if BODY in clip.params:
-        perf[BODY] = clip.params[BODY]
+    perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if k in deltas else 0)).cpu() for k in (*PARAMS, BODY)
+            if k in clip.params}  # fmt: skip
     final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
     train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster)
+    refined_eval = None
+    if config.eval_refine_iters > 0 and len(clip.test_ids):
+        test_deltas = refine_held_out(rep, head, clip, clip.test_ids, shape, bg, config.eval_refine_iters,
+                                      fixed_verts, options=raster, progress=progress)  # fmt: skip
+        refined_eval, _ = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=test_deltas, options=raster)
     report = {
         "steps": config.steps,
         "resumed_from": start if resumed is not None else None,
@@ -393,6 +452,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         "frames": {"train": int(n_train), "held_out": int(len(clip.test_ids)), "held_out_rows": [int(r) for r in clip.test_ids]},
         "held_out": {k: final[k] for k in ("psnr", "ssim", "psnr_full", "ssim_full", "pixels", "psnr_per_frame") if k in final},
         "held_out_initial": {k: init_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in init_metrics},
+        "held_out_refined_pose": None if refined_eval is None else {
+            k: refined_eval[k] for k in ("psnr", "ssim", "psnr_full", "psnr_per_frame") if k in refined_eval},
         "held_out_note": None if len(clip.test_ids) else "one usable frame: nothing held out; 'held_out' is measured on the training frame",
         "train_sample": {k: train_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in train_metrics},
         "expression_blendshapes": rep.expr_rank,

@@ -1,0 +1,154 @@
+"""Photometric refinement of the tracked rigid pose against the avatar's own render.
+
+Landmark tracking places the head to about a degree and a few millimetres. At 256 px the top of
+the scalp, ~12 cm from the face's centre, moves about a pixel per degree, so hair and silhouette
+edges sit a pixel or two off in many frames. The avatar learns a blur of them there, and a
+held-out frame is drawn a pixel off. Measured on hdtf_aoc's held-out frames: refining each
+frame's rigid pose against a trained avatar moved it by a median 0.44 deg / 1.1 mm and raised
+the foreground PSNR by 1.3 dB (1.5 dB with the body motion refined as well).
+
+Only the rigid degrees of freedom are refined: the head's ``global_orient``/``transl`` and the
+tracked body motion (``body``). Nine numbers per frame can move the head, but they cannot paint
+appearance into a frame the way expression codes could.
+
+Two uses:
+
+* **during training** (``TrainConfig.refine_pose``): per-frame deltas receive the training loss's
+  gradient and are updated by :class:`RowAdam`, which touches only the rows of the frames in the
+  batch;
+* **at evaluation** (:func:`refine_poses`): with the avatar fixed, a few Adam steps per frame on
+  the squared error over the frame's foreground. This is a photometric tracking pass over the
+  driving frames. The held-out report gives the figure with and without it.
+
+Poses compose as in the head models: rotate about the model's origin, then translate. A refined
+frame's vertices are the tracked ones moved rigidly (:func:`repose_vertices`), exactly what the
+head model gives for the refined pose, without evaluating it again.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from avatar.models.rotations import axis_angle_to_matrix
+from avatar.training.data import BODY
+
+RIGID = ("global_orient", "transl", BODY)
+
+
+def apply_deltas(params: dict[str, Tensor], deltas: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+    """``params`` (of the frames ``rows``) with ``deltas[k][rows]`` added to each refined key."""
+    return {k: v + deltas[k][rows] if k in deltas else v for k, v in params.items()}
+
+
+def repose_vertices(verts: Tensor, go0: Tensor, t0: Tensor, go1: Tensor, t1: Tensor) -> Tensor:
+    """``[B, V, 3]`` vertices posed with ``(go0, t0)`` (``[B, 3]`` axis-angle and translation),
+    moved to the pose ``(go1, t1)``: ``R1 R0^T (v - t0) + t1``."""
+    r0, r1 = axis_angle_to_matrix(go0.to(verts)), axis_angle_to_matrix(go1.to(verts))
+    return (verts - t0.to(verts)[:, None]) @ r0 @ r1.transpose(1, 2) + t1.to(verts)[:, None]
+
+
+class RowAdam:
+    """Adam on ``[N, D]`` tensors of which each step updates only some rows (one row per frame;
+    the rows of the frames in the batch).
+
+    Every row keeps its own moments and step count. Rows outside the batch neither move nor
+    decay. torch's Adam would keep moving them on stale momentum for hundreds of steps after
+    their frame was last seen.
+    """
+
+    def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-12) -> None:  # fmt: skip
+        self.params, self.lrs, self.betas, self.eps = params, lrs, betas, eps
+        self.m = {k: torch.zeros_like(p) for k, p in params.items()}
+        self.v = {k: torch.zeros_like(p) for k, p in params.items()}
+        n = next(iter(params.values())).shape[0] if params else 0
+        self.count = torch.zeros(n, dtype=torch.long, device=next(iter(params.values())).device if params else None)
+
+    @torch.no_grad()
+    def step(self, rows: Tensor) -> None:
+        """Update ``rows`` (``[B]`` long, distinct) from each parameter's ``.grad``; clears the grads."""
+        rows = torch.unique(rows)
+        self.count[rows] += 1
+        b1, b2 = self.betas
+        c = self.count[rows].to(next(iter(self.params.values())).dtype)[:, None]
+        for k, p in self.params.items():
+            if p.grad is None:
+                continue
+            g = p.grad[rows]
+            m = self.m[k][rows].mul_(b1).add_(g, alpha=1 - b1)
+            v = self.v[k][rows].mul_(b2).addcmul_(g, g, value=1 - b2)
+            self.m[k][rows], self.v[k][rows] = m, v
+            p[rows] -= self.lrs[k] * (m / (1 - b1**c)) / ((v / (1 - b2**c)).sqrt() + self.eps)
+            p.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"m": {k: t.cpu() for k, t in self.m.items()}, "v": {k: t.cpu() for k, t in self.v.items()},
+                "count": self.count.cpu()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.params:
+            self.m[k].copy_(state["m"][k])
+            self.v[k].copy_(state["v"][k])
+        self.count.copy_(state["count"])
+
+
+def refine_poses(
+    render: Callable[[dict[str, Tensor], Tensor], tuple[Tensor, Tensor]],
+    deltas: dict[str, Tensor],
+    rows: Tensor,
+    target: Callable[[Tensor], tuple[Tensor, Tensor]],
+    *,
+    iters: int = 15,
+    lr_rotation: float = 2e-3,
+    lr_translation: float = 2e-4,
+    batch: int = 4,
+    warm_start: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Tensor]:
+    """Refine the rigid-pose deltas of frames ``rows`` in place (the avatar fixed); returns ``deltas``.
+
+    Args:
+        render: ``(deltas_of_batch, rows [B]) -> (rgb [B, H, W, 3], alpha)``: the avatar drawn
+            for those frames with ``deltas_of_batch`` (name -> ``[B, 3]``) added to their poses.
+        deltas: name (of :data:`RIGID`) -> ``[N, 3]`` per-frame deltas (zeros = as tracked).
+        target: ``rows -> (ground truth [B, H, W, 3], matte [B, H, W, 1])``.
+        iters: Adam steps per frame (learning rate on a half-cosine to zero).
+        lr_rotation: radians (axis-angle) per step.  lr_translation: metres per step (head and body).
+        batch: frames refined together (independent: each only sees its own error).
+        warm_start: start each batch from the refined deltas of the row before it (``rows`` in
+            time order: neighbouring frames' tracking errors are alike), else from ``deltas``.
+        progress: called with the number of frames done after each batch.
+
+    The loss is the squared error over the frame's foreground (matte > 0.5). Over the whole
+    image, a pose that moves the render's soft edge onto the background's pixels lowers the
+    error there at the face's expense (measured: held-out foreground PSNR +0.9 dB with the
+    whole-image error, +1.3 dB with the foreground's, hdtf_aoc).
+    """
+    keys = [k for k in RIGID if k in deltas]
+    for start in range(0, len(rows), batch):
+        r = rows[start : start + batch]
+        gt, matte = target(r)
+        weight = (matte > 0.5).to(gt)
+        # Consecutive frames share most of their tracking error: start from the last refined one.
+        init = rows[start - 1 : start].expand(len(r)) if warm_start and start > 0 else r
+        d = {k: deltas[k][init].detach().clone().requires_grad_() for k in keys}
+        lrs = [lr_rotation if k == "global_orient" else lr_translation for k in keys]
+        opt = torch.optim.Adam([{"params": [d[k]], "lr": lr} for k, lr in zip(keys, lrs)], eps=1e-12)
+        for it in range(iters):
+            for g, lr in zip(opt.param_groups, lrs):
+                g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * it / iters))
+            rgb, _ = render(d, r)
+            # Summed over frames: each frame's delta gets the gradient of its own mean error.
+            loss = (((rgb - gt) ** 2) * weight).mean((1, 2, 3)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            for k in keys:
+                deltas[k][r] = d[k].detach()
+        if progress is not None:
+            progress(min(start + batch, len(rows)))
+    return deltas
