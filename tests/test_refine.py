@@ -88,10 +88,12 @@ def test_held_out_pose_error_is_undone(trained):
     assert [n for n, p in av.representation.named_parameters() if p.requires_grad] == trainable != []
 
     with torch.no_grad():
-        drawn, _ = av.render({**{k: v[rows] for k, v in clip.params.items()}, **{k: v[rows] for k, v in truth.items()}},
-                             clip.viewmat, clip.Ks[rows], SIZE, SIZE)  # fmt: skip
-    clip.images[rows] = (drawn.numpy() * 255).round().astype(np.uint8)
-    clip.mattes[rows] = 255  # drawn on the background already: the whole frame is the target
+        drawn, alpha = av.render({**{k: v[rows] for k, v in clip.params.items()}, **{k: v[rows] for k, v in truth.items()}},
+                                 clip.viewmat, clip.Ks[rows], SIZE, SIZE)  # fmt: skip
+    # Frame and matte such that the target (frame over the background by the matte) is the drawing.
+    colour = ((drawn - (1 - alpha)) / alpha.clamp_min(1e-3)).clamp(0, 1)
+    clip.images[rows] = (colour.numpy() * 255).round().astype(np.uint8)
+    clip.mattes[rows] = (alpha[..., 0].numpy() * 255).round().astype(np.uint8)
     deltas, _ = refined_psnr()
 
     def head_error(pose: dict[str, torch.Tensor]) -> float:
@@ -102,7 +104,7 @@ def test_held_out_pose_error_is_undone(trained):
                       - av.vertices({**rest, **{k: v[rows] for k, v in truth.items()}})).norm(dim=-1).mean())  # fmt: skip
 
     before, after = head_error(clip.params), head_error({k: clip.params[k] + deltas[k] for k in truth})
-    assert after < 0.4 * before and after < 0.0025, (before, after)  # a third of it; under half a pixel
+    assert after < 0.2 * before and after < 0.0015, (before, after)  # measured: 6.1 -> 0.7 mm (a pixel is ~5 mm)
 
 
 def test_training_refines_the_training_poses_only(trained, tmp_path):

@@ -4,17 +4,20 @@ Loop (per step): pick ``batch_size`` training frames (a seeded generator whose s
 checkpointed), pose the head with the tracked (optionally refined) parameters, draw the
 representation over the fixed background, loss = (1-l) E + l D-SSIM against the matted frame
 composited on the same background (E: L1, or 10 x L2 with ``photometric="l2"``), + lambda_alpha
-|alpha - matte|, + offset/scale regularisers (+ an L2 pull on the tracking refinements); Adam;
-then the densify/prune strategy. Before the first step: surface Gaussians coloured from the
-frames, then hair/shoulder Gaussians seeded where the matte shows what the mesh does not cover
-(:mod:`avatar.training.seeding`).
+|alpha - matte|, + offset/scale regularisers (+ an L2 pull on the expression refinements); Adam;
+then the densify/prune strategy; with ``refine_pose``/``refine_tracking`` the batch frames'
+refinements take a per-frame Adam step (:mod:`avatar.training.refine`). Before the first step:
+surface Gaussians coloured from the frames, then hair/shoulder Gaussians seeded where the matte
+shows what the mesh does not cover (:mod:`avatar.training.seeding`). After the last: held-out
+metrics with the tracked poses and, with ``eval_refine_iters``, with each held-out frame's rigid
+pose refined against the avatar.
 
 Files (all written atomically):
     OUT/checkpoints/step_NNNNNNN.pt   every ``checkpoint_every`` steps and at the end (last
                                       ``keep_checkpoints`` kept); a rerun resumes from the newest
     OUT/avatar/                       the bundle (see :mod:`avatar.representations.bundle`)
-    OUT/report.json                   held-out PSNR/SSIM, foreground-only and whole-image (initial and
-                                      final), timings
+    OUT/report.json                   held-out PSNR/SSIM, foreground-only and whole-image (initial,
+                                      final, final with refined poses), timings
     OUT/eval.mp4                      held-out frames: ground truth | render | error
 """
 from __future__ import annotations
