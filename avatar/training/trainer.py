@@ -220,15 +220,16 @@ def refine_held_out(
     for p in trainable:  # the avatar is fixed: no gradients for it
         p.requires_grad_(False)
 
+    if fixed_verts is None:  # pose the tracked heads once, not at every step
+        fixed_verts = torch.zeros(len(clip.Ks), head.num_vertices, 3, device=device, dtype=shape.dtype)
+        with torch.no_grad():
+            for c in np.array_split(np.asarray(rows), max(1, len(rows) // 32)):
+                fixed_verts[torch.as_tensor(c, device=device)] = _vertices(head, shape, _frame_params(clip, c, device, None))
+
     def render(d: dict[str, Tensor], r: Tensor) -> tuple[Tensor, Tensor]:
         tracked = _frame_params(clip, r.cpu().numpy(), device, None)
         params = {k: v + d[k] if k in d else v for k, v in tracked.items()}
-        if fixed_verts is not None:
-            verts = fixed_verts[r]
-        else:
-            with torch.no_grad():
-                verts = _vertices(head, shape, tracked)
-        verts = repose_vertices(verts, tracked["global_orient"], tracked["transl"], params["global_orient"], params["transl"])
+        verts = repose_vertices(fixed_verts[r], tracked["global_orient"], tracked["transl"], params["global_orient"], params["transl"])
         rgb, alpha, _ = render_splats(_splats(rep, verts, params), clip.viewmat.to(device), clip.Ks[r.cpu()].to(device),
                                       *clip.size, background, options)  # fmt: skip
         return rgb, alpha
