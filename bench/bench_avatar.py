@@ -227,8 +227,9 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
         print(f"{r['clip']:<20} {r['seed']:>4} {r['track_s']:>7} {r['train_s']:>8} {r['psnr']:>8} {r['ssim']:>8} {r['psnr_full']:>10} "
               f"{r['ssim_full']:>10}  ({r['psnr_init']})  {r['psnr_train']}")
     if any(r["psnr_refined"] is not None for r in rows):
-        print("the same held-out frames, each frame's rigid head pose and body motion refined against the avatar (held fixed)")
-        print("on the frame's foreground (eval_refine_iters Adam steps): a photometric tracking pass over the driving frames")
+        print("the same held-out frames, each frame's rigid head pose and body motion refined against the avatar (held fixed;")
+        print("eval_refine_iters Adam steps on the colour error over the foreground and the silhouette error): a photometric")
+        print("tracking pass over the driving frames")
         print("clip                 seed  PSNR fg  SSIM fg  PSNR full")
         for r in rows:
             if r["psnr_refined"] is not None:
