@@ -277,7 +277,11 @@ def test_densify_at_the_cap_takes_the_largest_gradients(anny_head):
     assert set(rep.sh_dc.detach()[n:, 0].tolist()) == expected  # the clones: the 5 largest gradients
 
 
-def test_too_few_frames_for_expression_blendshapes(clip_dir, tmp_path):
+def test_too_few_frames_for_expression_blendshapes_or_pose_refinement(clip_dir, tmp_path):
     out = _copy_clip(clip_dir, tmp_path / "few")
-    report = train(out, tiny(steps=4, max_frames=6, checkpoint_every=1000), progress=False)  # 5 training frames
-    assert report["expression_blendshapes"] == 0 and load_avatar(out).representation.expr_color is None
+    report = train(out, tiny(steps=4, max_frames=6, checkpoint_every=1000, refine_pose=True, refine_from=0.0),
+                   progress=False)  # 5 training frames  # fmt: skip
+    av = load_avatar(out)
+    assert report["expression_blendshapes"] == 0 and av.representation.expr_color is None
+    with np.load(out / "tracking.npz") as z:
+        assert np.array_equal(av.performance["global_orient"].numpy(), z["global_orient"][:6])  # poses as tracked

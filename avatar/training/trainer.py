@@ -105,6 +105,9 @@ def _splats(rep: Representation, verts: Tensor, params: dict[str, Tensor], sh_de
 # Fewer training frames than this show too few expressions to learn expression blendshapes from
 # (one photo: a second offset and colour for its one expression, which only the regularisers hold).
 MIN_EXPRESSION_FRAMES = 8
+# Nor is a frame's pose refined below this many: with one view the avatar takes any misalignment
+# into itself, and a refined pose only moves it away from the tracked one its exports are posed by.
+MIN_POSE_FRAMES = MIN_EXPRESSION_FRAMES
 
 
 def _spread(ids: np.ndarray, n: int) -> np.ndarray:
@@ -327,7 +330,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         init_metrics, _ = evaluate(rep, head, clip, eval_ids, shape, bg, sh_degree=0, options=raster)
 
     # Per-frame refinements of the tracking (avatar.training.refine), each on its own per-row Adam.
-    refined = [k for k in RIGID if config.refine_pose and k in clip.params]
+    refined = [k for k in RIGID if config.refine_pose and len(clip.train_ids) >= MIN_POSE_FRAMES and k in clip.params]
     refined += [k for k in PARAMS if config.refine_tracking and k not in RIGID]
     deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in refined}
     delta_lrs = {k: config.lr_pose_rotation if k == "global_orient" else config.lr_pose_translation if k in RIGID
