@@ -85,10 +85,11 @@ class TrainConfig:
     w_scale: float = 1.0
     offset_tolerance: float = 0.5  # triangle units before the offset regulariser bites (in-plane)
     scale_tolerance: float = 0.6  # triangle units before the scale regulariser bites
-    # Per-frame refinement of the tracking from the training loss (avatar.training.refine); per-frame
+    # Per-frame refinement of the tracking from the training loss (avatar.training.refine): per-frame
     # Adam steps (RowAdam) from refine_from of the run, once the avatar is sharp enough to align to.
-    # Each training frame's rigid head pose and body motion. fast-cpu, the 6 shared clips: training-frame PSNR
-    # +0.8..1.3 dB, held-out with refined poses -0.01..+0.42 dB (mean +0.16; seed noise ~0.3), tracked -0.35..+0.30.
+    # refine_pose: each training frame's rigid head pose and body motion (not below 8 training frames).
+    # fast-cpu, the 6 shared clips: training-frame PSNR +0.8..1.3 dB, held-out with refined poses
+    # -0.01..+0.42 dB (mean +0.16; seed noise ~0.3), with tracked poses -0.35..+0.30.
     refine_pose: bool = True
     lr_pose_rotation: float = 2e-3  # radians (axis-angle) per step
     lr_pose_translation: float = 2e-4  # metres per step (head and body)
