@@ -65,8 +65,8 @@ class RowAdam:
         self.params, self.lrs, self.betas, self.eps = params, lrs, betas, eps
         self.m = {k: torch.zeros_like(p) for k, p in params.items()}
         self.v = {k: torch.zeros_like(p) for k, p in params.items()}
-        n = next(iter(params.values())).shape[0] if params else 0
-        self.count = torch.zeros(n, dtype=torch.long, device=next(iter(params.values())).device if params else None)
+        first = next(iter(params.values()))  # every parameter has one row per frame
+        self.count = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
 
     @torch.no_grad()
     def step(self, rows: Tensor) -> None:
@@ -74,7 +74,7 @@ class RowAdam:
         rows = torch.unique(rows)
         self.count[rows] += 1
         b1, b2 = self.betas
-        c = self.count[rows].to(next(iter(self.params.values())).dtype)[:, None]
+        c = self.count[rows].to(self.m[next(iter(self.m))].dtype)[:, None]
         for k, p in self.params.items():
             if p.grad is None:
                 continue

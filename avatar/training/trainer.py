@@ -94,6 +94,13 @@ def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
     return head(shape=shape[None], **{k: v for k, v in params.items() if k in PARAMS}).vertices
 
 
+def _reposed(fixed_verts: Tensor, clip: Clip, rows: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """The tracked vertices of ``rows`` moved rigidly to the (refined) pose in ``params``."""
+    r = rows.cpu()
+    return repose_vertices(fixed_verts[rows], clip.params["global_orient"][r], clip.params["transl"][r],
+                           params["global_orient"], params["transl"])  # fmt: skip
+
+
 def _splats(rep: Representation, verts: Tensor, params: dict[str, Tensor], sh_degree: int | None = None,
             local: LocalState | None = None) -> Any:  # fmt: skip
     """The representation posed for frames ``params`` (:func:`_frame_params`); ``local``: the
@@ -230,9 +237,8 @@ def refine_held_out(
                 fixed_verts[torch.as_tensor(c, device=device)] = _vertices(head, shape, _frame_params(clip, c, device, None))
 
     def render(d: dict[str, Tensor], r: Tensor) -> tuple[Tensor, Tensor]:
-        tracked = _frame_params(clip, r.cpu().numpy(), device, None)
-        params = {k: v + d[k] if k in d else v for k, v in tracked.items()}
-        verts = repose_vertices(fixed_verts[r], tracked["global_orient"], tracked["transl"], params["global_orient"], params["transl"])
+        params = {k: v + d[k] if k in d else v for k, v in _frame_params(clip, r.cpu().numpy(), device, None).items()}
+        verts = _reposed(fixed_verts, clip, r, params)
         rgb, alpha, _ = render_splats(_splats(rep, verts, params), clip.viewmat.to(device), clip.Ks[r.cpu()].to(device),
                                       *clip.size, background, options)  # fmt: skip
         return rgb, alpha
@@ -391,10 +397,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         rows_t = torch.as_tensor(rows, device=device)
         params = _frame_params(clip, rows, device, deltas)
         if fixed_verts is not None:
-            verts = fixed_verts[rows_t]
-            if "global_orient" in deltas:
-                verts = repose_vertices(verts, clip.params["global_orient"][rows].to(device), clip.params["transl"][rows].to(device),
-                                        params["global_orient"], params["transl"])  # fmt: skip
+            verts = _reposed(fixed_verts, clip, rows_t, params) if "global_orient" in deltas else fixed_verts[rows_t]
         else:
             verts = _vertices(head, shape, params)
         local = rep.local_state(params.get("expression"))  # shared by the forward and the regulariser
