@@ -228,8 +228,8 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
               f"{r['ssim_full']:>10}  ({r['psnr_init']})  {r['psnr_train']}")
     if any(r["psnr_refined"] is not None for r in rows):
         print("the same held-out frames, each frame's rigid head pose and body motion refined against the avatar (held fixed;")
-        print("eval_refine_iters Adam steps on the colour error over the foreground and the silhouette error): a photometric")
-        print("tracking pass over the driving frames")
+        print("eval_refine_iters Levenberg-Marquardt iterations on the colour error over the foreground and the silhouette")
+        print("error): a photometric tracking pass over the driving frames")
         print("clip                 seed  PSNR fg  SSIM fg  PSNR full")
         for r in rows:
             if r["psnr_refined"] is not None:

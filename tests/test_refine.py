@@ -77,7 +77,7 @@ def test_held_out_pose_error_is_undone(trained):
     trainable = [n for n, p in av.representation.named_parameters() if p.requires_grad]
 
     def refined_psnr() -> tuple[dict, float]:
-        deltas = refine_held_out(av.representation, av.head, clip, rows, av.shape, bg, iters=40)
+        deltas = refine_held_out(av.representation, av.head, clip, rows, av.shape, bg, iters=8)
         return deltas, evaluate(av.representation, av.head, clip, rows, av.shape, bg, deltas=deltas)[0]["psnr"]
 
     off = evaluate(av.representation, av.head, clip, rows, av.shape, bg)[0]["psnr"]
@@ -104,7 +104,8 @@ def test_held_out_pose_error_is_undone(trained):
                       - av.vertices({**rest, **{k: v[rows] for k, v in truth.items()}})).norm(dim=-1).mean())  # fmt: skip
 
     before, after = head_error(clip.params), head_error({k: clip.params[k] + deltas[k] for k in truth})
-    assert after < 0.2 * before and after < 0.0015, (before, after)  # measured: 6.1 -> 0.7 mm (a pixel is ~5 mm)
+    # Measured: 6.1 -> 0.02 mm (a pixel is ~5 mm); the Adam steps used before reached 0.7 mm.
+    assert after < 0.05 * before and after < 3e-4, (before, after)
 
 
 def test_training_refines_the_training_poses_only(trained, tmp_path):
@@ -125,11 +126,16 @@ def test_training_refines_the_training_poses_only(trained, tmp_path):
     report = train(out, cfg, progress=False, on_step=lambda s, _: steps_run.append(s))
     assert steps_run == list(range(11, 31)) and report["resumed_from"] == 10
     av = load_avatar(out)
+    _, ck = latest_checkpoint(out / "checkpoints")
     with np.load(out / "tracking.npz") as z:
         tracked = {k: z[k] for k in ("global_orient", "transl")}
     for k in ("global_orient", "transl"):
+        trained_delta = ck["deltas"][k].numpy()
+        assert np.abs(trained_delta[:10]).max() > 0 and np.abs(trained_delta[10:]).max() == 0, k  # held-out rows untouched
+        # The bundle's performance: training rows as trained, held-out rows refined at evaluation.
         delta = av.performance[k].numpy() - tracked[k]
-        assert np.abs(delta[:10]).max() > 0 and np.abs(delta[10:]).max() == 0, k  # held-out rows untouched
+        np.testing.assert_allclose(delta[:10], trained_delta[:10], atol=1e-7)
+        assert np.abs(delta[10:]).max() > 0, k
     assert np.degrees(np.abs(av.performance["global_orient"].numpy() - tracked["global_orient"]).max()) < 3.0
     refined = report["held_out_refined_pose"]
     assert refined is not None and np.isfinite(refined["psnr"]) and len(refined["psnr_per_frame"]) == 2

@@ -284,4 +284,5 @@ def test_too_few_frames_for_expression_blendshapes_or_pose_refinement(clip_dir, 
     av = load_avatar(out)
     assert report["expression_blendshapes"] == 0 and av.representation.expr_color is None
     with np.load(out / "tracking.npz") as z:
-        assert np.array_equal(av.performance["global_orient"].numpy(), z["global_orient"][:6])  # poses as tracked
+        # Training poses as tracked (the held-out frame, the last, is refined at evaluation).
+        assert np.array_equal(av.performance["global_orient"].numpy()[:5], z["global_orient"][:5])

@@ -97,7 +97,7 @@ class TrainConfig:
     lr_tracking: float = 1e-4
     w_tracking: float = 1.0  # L2 pull of the expression/jaw/neck/eyes refinements toward the tracked values
     refine_from: float = 0.2  # fraction of the run after which refinements are updated
-    eval_refine_iters: int = 15  # held-out frames: also report PSNR with each frame's rigid pose and body motion refined against the avatar, held fixed (Adam steps per frame; 0 = skip). fast-cpu, shared clips: +0.6..2.4 dB fg, 1-2 s per frame
+    eval_refine_iters: int = 6  # held-out frames: also report PSNR with each frame's rigid pose and body motion refined against the avatar, held fixed (Levenberg-Marquardt iterations per frame; 0 = skip)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     holdout: float = 0.15  # last fraction of frames, never trained on
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)

@@ -226,10 +226,6 @@ def refine_held_out(
 
     device = background.device
     deltas = {k: torch.zeros_like(clip.params[k], device=device) for k in RIGID if k in clip.params}
-    trainable = [p for p in rep.parameters() if p.requires_grad]
-    for p in trainable:  # the avatar is fixed: no gradients for it
-        p.requires_grad_(False)
-
     if fixed_verts is None:  # pose the tracked heads once, not at every step
         fixed_verts = torch.zeros(len(clip.Ks), head.num_vertices, 3, device=device, dtype=shape.dtype)
         with torch.no_grad():
@@ -250,8 +246,6 @@ def refine_held_out(
                      progress=lambda n: bar.update(n - bar.n))  # fmt: skip
     finally:
         bar.close()
-        for p in trainable:
-            p.requires_grad_(True)
     return deltas
 
 
@@ -452,6 +446,11 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         test_deltas = refine_held_out(rep, head, clip, clip.test_ids, shape, bg, config.eval_refine_iters,
                                       fixed_verts, options=raster, progress=progress)  # fmt: skip
         refined_eval, _ = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=test_deltas, options=raster)
+        # The bundle's performance gets the held-out frames' refined poses too (their rows of
+        # test_deltas; the training deltas are zero there): `avatar render --camera tracked`
+        # then draws every frame where it was found to be.
+        for k, d in test_deltas.items():
+            perf[k] = perf[k] + d.cpu()
     report = {
         "steps": config.steps,
         "resumed_from": start if resumed is not None else None,
