@@ -4,9 +4,10 @@ Landmark tracking places the head to about a degree and a few millimetres. At 25
 the scalp, ~12 cm from the face's centre, moves about a pixel per degree, so hair and silhouette
 edges sit a pixel or two off in many frames. The avatar learns a blur of them there, and a
 held-out frame is drawn a pixel off. Measured on hdtf_aoc's held-out frames (fast-cpu, 256 px):
-refining each frame's rigid pose against the trained avatar moves the head by a median 0.52 deg
-and 1.1 mm, and raises the PSNR from 22.96 to 24.32 dB over the foreground and from 22.52 to
-24.61 dB over the whole image.
+refining each frame's rigid pose against the trained avatar moves the head by a median 0.83 deg
+and 2.1 mm (rotation about the model's origin and translation partly stand in for each other),
+and raises the PSNR from 22.61 to 25.17 dB over the foreground and from 22.46 to 25.65 dB over
+the whole image.
 
 Only the rigid degrees of freedom are refined: the head's ``global_orient``/``transl`` and the
 tracked body motion (``body``). Nine numbers per frame can move the head, but they cannot paint
