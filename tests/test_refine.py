@@ -10,7 +10,7 @@ import torch
 from avatar.representations import load_avatar
 from avatar.training import StrategyConfig, evaluate, train
 from avatar.training.data import load_clip
-from avatar.training.refine import RowAdam, repose_vertices
+from avatar.training.refine import RowAdam, refine_poses, repose_vertices
 from avatar.training.synthetic import make_synthetic_clip
 from avatar.training.trainer import latest_checkpoint, refine_held_out
 from test_training import SIZE, _copy_clip, tiny
@@ -53,6 +53,38 @@ def test_repose_vertices_is_the_head_models_pose(anny_head64):
     v1 = anny_head64(global_orient=go1, transl=t1, **kw).vertices
     torch.testing.assert_close(repose_vertices(v0, go0, t0, go1, t1), v1, rtol=0, atol=1e-12)
     assert (v1 - v0).abs().max() > 1e-3
+
+
+def test_levenberg_marquardt_finds_a_blob_and_leaves_unseen_numbers_alone():
+    """A toy render: a Gaussian blob whose image position is the x/y translation (in pixels /
+    1000) and whose size grows with the rotation's z. Each frame's target is the blob at a known
+    offset; the body motion is not drawn (a zero Jacobian column) and must stay where it was."""
+    size, n = 32, 5
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+
+    def blob(t: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:  # [B, 3], [B, 3] -> [B, H, W, 1]
+        cx, cy, sigma = 16 + 1000 * t[:, 0], 16 + 1000 * t[:, 1], 4 + 20 * rot[:, 2]
+        d2 = (xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2
+        return torch.exp(-d2 / (2 * sigma[:, None, None] ** 2))[..., None]
+
+    truth_t = torch.tensor([[0.002 * i, -0.0015 * i, 0.0] for i in range(n)])
+    truth_r = torch.tensor([[0.0, 0.0, 0.01 * i - 0.02] for i in range(n)])
+    target_alpha = blob(truth_t, truth_r)
+    deltas = {k: torch.zeros(n, 3) for k in ("global_orient", "transl", "body")}
+    deltas["body"][:] = 0.5  # not drawn: must come back unchanged
+    calls = []
+
+    def render(d, rows):
+        calls.append(len(rows))
+        a = blob(d["transl"], d["global_orient"])
+        return a.expand(-1, -1, -1, 3), a
+
+    refine_poses(render, deltas, torch.arange(n), lambda r: (target_alpha[r].expand(-1, -1, -1, 3), target_alpha[r]),
+                 iters=8, batch=2)  # fmt: skip
+    torch.testing.assert_close(deltas["transl"][:, :2], truth_t[:, :2], atol=2e-5, rtol=0)  # 0.02 px
+    torch.testing.assert_close(deltas["global_orient"][:, 2], truth_r[:, 2], atol=1e-4, rtol=0)
+    assert (deltas["body"] == 0.5).all() and (deltas["global_orient"][:, :2] == 0).all()
+    assert len(calls) == 3 * (1 + 3 * 9 + 8)  # per batch: start, 3 Jacobians of 9 probes, 8 trial steps
 
 
 @pytest.fixture(scope="module")

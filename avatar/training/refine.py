@@ -146,8 +146,10 @@ def refine_poses(
     """
     keys = [k for k in RIGID if k in deltas]
     sizes = [deltas[k].shape[1] for k in keys]
+    device = deltas[keys[0]].device
     fd = torch.cat([torch.full((n,), fd_rotation if k == "global_orient" else fd_translation, dtype=torch.float64)
-                    for k, n in zip(keys, sizes)])  # fmt: skip
+                    for k, n in zip(keys, sizes)]).to(device)  # fmt: skip
+    probes = torch.diag(fd)  # row j: the finite-difference step of number j
 
     def split(x: Tensor) -> dict[str, Tensor]:
         return dict(zip(keys, x.split(sizes, 1)))
@@ -173,8 +175,7 @@ def refine_poses(
             damping = torch.full_like(loss, 1e-2)
             for it in range(iters):
                 if it % jacobian_every == 0:
-                    jac = torch.stack([(residuals(x + fd[j] * torch.eye(len(fd), dtype=x.dtype)[j]) - res) / fd[j]
-                                       for j in range(len(fd))], 1)  # fmt: skip  [B, D, P]
+                    jac = torch.stack([(residuals(x + probes[j]) - res) / fd[j] for j in range(len(fd))], 1)  # [B, D, P]
                     hess = jac @ jac.transpose(1, 2)
                     diag = torch.diagonal(hess, dim1=1, dim2=2)
                     # A number the frame does not see (no body in view) has a zero column: keep it put.
