@@ -4,10 +4,10 @@ Bundle layout (self-describing):
     avatar.json                  format, representation kind + config, head model name (and
                                  path for FLAME), identity ``shape``, training config, metrics
     representation.safetensors   the representation's tensors (its state_dict)
-    performance.safetensors      optional: per-frame parameters the avatar was trained with (the
-                                 tracking, with refined rigid poses; held-out frames refined
-                                 against the finished avatar)
-                                 (tracking, refined), for self-reenactment
+    performance.safetensors      optional: per-frame parameters for self-reenactment: the
+                                 tracking, with each frame's rigid pose as refined (training
+                                 frames during training, held-out frames against the finished
+                                 avatar)
 """
 from __future__ import annotations
 
