@@ -215,8 +215,10 @@ def _row(clip: str, seed: int, t_track: float, t_train: float, report: dict, bre
 
 def _refined(metrics: dict | None) -> dict:
     """The held-out figures with each frame's rigid pose refined against the avatar (None: not run)."""
-    keys = {"psnr_refined": "psnr", "ssim_refined": "ssim", "psnr_full_refined": "psnr_full"}
-    return {k: None if not metrics else round(metrics[m], 4 if m == "ssim" else 2) for k, m in keys.items()}
+    keys = {"psnr_refined": "psnr", "ssim_refined": "ssim", "psnr_full_refined": "psnr_full",
+            "correction_deg": "rotation_deg_median", "correction_mm": "translation_mm_median"}
+    return {k: None if not metrics or m not in metrics else round(metrics[m], 4 if m == "ssim" else 2)
+            for k, m in keys.items()}  # fmt: skip
 
 
 def _print_tables(rows: list[dict], spread: bool) -> None:
@@ -230,10 +232,11 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
         print("the same held-out frames, each frame's rigid head pose and body motion refined against the avatar (held fixed;")
         print("eval_refine_iters Levenberg-Marquardt iterations on the colour error over the foreground and the silhouette")
         print("error): a photometric tracking pass over the driving frames")
-        print("clip                 seed  PSNR fg  SSIM fg  PSNR full")
+        print("clip                 seed  PSNR fg  SSIM fg  PSNR full  median correction (deg, mm)")
         for r in rows:
             if r["psnr_refined"] is not None:
-                print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr_refined']:>8} {r['ssim_refined']:>8} {r['psnr_full_refined']:>10}")
+                print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr_refined']:>8} {r['ssim_refined']:>8} {r['psnr_full_refined']:>10}"
+                      f"  {r['correction_deg']}, {r['correction_mm']}")
     if spread:
         import numpy as np
 

@@ -171,3 +171,6 @@ def test_training_refines_the_training_poses_only(trained, tmp_path):
     assert np.degrees(np.abs(av.performance["global_orient"].numpy() - tracked["global_orient"]).max()) < 3.0
     refined = report["held_out_refined_pose"]
     assert refined is not None and np.isfinite(refined["psnr"]) and len(refined["psnr_per_frame"]) == 2
+    held = av.performance["global_orient"].numpy()[10:] - tracked["global_orient"][10:]
+    assert refined["rotation_deg_median"] == pytest.approx(np.median(np.degrees(np.linalg.norm(held, axis=1))), rel=1e-4)
+    assert refined["translation_mm_median"] > 0

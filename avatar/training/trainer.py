@@ -441,7 +441,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             if k in clip.params}  # fmt: skip
     final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
     train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster)
-    refined_eval = None
+    refined_eval, correction_sizes = None, {}
     if config.eval_refine_iters > 0 and len(clip.test_ids):
         test_deltas = refine_held_out(rep, head, clip, clip.test_ids, shape, bg, config.eval_refine_iters,
                                       fixed_verts, options=raster, progress=progress)  # fmt: skip
@@ -451,6 +451,12 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         # then draws every frame where it was found to be.
         for k, d in test_deltas.items():
             perf[k] = perf[k] + d.cpu()
+        # How far the tracking was off: the size of each held-out frame's head correction.
+        test_rows = torch.as_tensor(clip.test_ids)
+        correction_sizes = {
+            "rotation_deg_median": float(torch.rad2deg(test_deltas["global_orient"][test_rows].norm(dim=1)).quantile(0.5)),
+            "translation_mm_median": float(test_deltas["transl"][test_rows].norm(dim=1).quantile(0.5) * 1000),
+        }
     report = {
         "steps": config.steps,
         "resumed_from": start if resumed is not None else None,
@@ -462,7 +468,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         "held_out": {k: final[k] for k in ("psnr", "ssim", "psnr_full", "ssim_full", "pixels", "psnr_per_frame") if k in final},
         "held_out_initial": {k: init_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in init_metrics},
         "held_out_refined_pose": None if refined_eval is None else {
-            k: refined_eval[k] for k in ("psnr", "ssim", "psnr_full", "psnr_per_frame") if k in refined_eval},
+            **{k: refined_eval[k] for k in ("psnr", "ssim", "psnr_full", "psnr_per_frame") if k in refined_eval},
+            **correction_sizes},
         "held_out_note": None if len(clip.test_ids) else "one usable frame: nothing held out; 'held_out' is measured on the training frame",
         "train_sample": {k: train_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in train_metrics},
         "expression_blendshapes": rep.expr_rank,
