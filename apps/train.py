@@ -48,10 +48,17 @@ class Train:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         report = train(self.out, cfg, progress=not self.quiet)
         held, init = report["held_out"], report["held_out_initial"]
-        # psnr/ssim: foreground pixels only; *_full: whole matted image (the literature's convention).
-        print(json.dumps({"held_out_psnr": round(held.get("psnr", float("nan")), 3),
-                          "held_out_ssim": round(held.get("ssim", float("nan")), 4),
-                          "held_out_psnr_full": round(held.get("psnr_full", float("nan")), 3),
-                          "initial_psnr": round(init.get("psnr", float("nan")), 3),
-                          "gaussians": report["num_gaussians"], "seconds": report["seconds_total"]}))  # fmt: skip
+        refined = report.get("held_out_refined_pose") or {}
+        # psnr/ssim: foreground pixels only; *_full: whole matted image (the literature's convention);
+        # *_refined_pose: each held-out frame's head pose refined against the avatar.
+        summary = {"held_out_psnr": round(held.get("psnr", float("nan")), 3),
+                   "held_out_ssim": round(held.get("ssim", float("nan")), 4),
+                   "held_out_psnr_full": round(held.get("psnr_full", float("nan")), 3)}
+        if refined:
+            summary |= {"held_out_psnr_refined_pose": round(refined["psnr"], 3),
+                        "held_out_psnr_full_refined_pose": round(refined["psnr_full"], 3),
+                        "pose_correction_deg_median": round(refined.get("rotation_deg_median", float("nan")), 3)}
+        summary |= {"initial_psnr": round(init.get("psnr", float("nan")), 3), "gaussians": report["num_gaussians"],
+                    "seconds": report["seconds_total"]}
+        print(json.dumps(summary))
         print(f"wrote {self.out / 'avatar'}, {self.out / 'report.json'}" + (f", {self.out / 'eval.mp4'}" if cfg.eval_video else ""))

@@ -67,3 +67,19 @@ def test_render_cross_reenactment(reconstructed, tmp_path: Path, capsys: pytest.
     assert video.stat().st_size > 0
     assert main(["render", str(clip), "--drive", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.mp4")]) == 2
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_train_prints_held_out_figures_with_tracked_and_refined_poses(clip: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    import json
+
+    from test_training import _copy_clip
+
+    out = _copy_clip(clip, tmp_path / "t")
+    capsys.readouterr()
+    assert main(["train", str(out), "--steps", "3", "--resolution", "64", "--quiet", "--set", "eval_refine_iters=2"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    report = json.loads((out / "report.json").read_text())
+    assert summary["held_out_psnr"] == round(report["held_out"]["psnr"], 3)
+    assert summary["held_out_psnr_refined_pose"] == round(report["held_out_refined_pose"]["psnr"], 3)
+    assert summary["pose_correction_deg_median"] >= 0
