@@ -61,4 +61,5 @@ class Train:
         summary |= {"initial_psnr": round(init.get("psnr", float("nan")), 3), "gaussians": report["num_gaussians"],
                     "seconds": report["seconds_total"]}
         print(json.dumps(summary))
-        print(f"wrote {self.out / 'avatar'}, {self.out / 'report.json'}" + (f", {self.out / 'eval.mp4'}" if cfg.eval_video else ""))
+        print(f"wrote {self.out / 'avatar'}, {self.out / 'report.json'}" + (f", {self.out / 'eval.mp4'}" if cfg.eval_video else "")
+              + (f", {self.out / 'eval_refined_pose.mp4'}" if (self.out / "eval_refined_pose.mp4").is_file() else ""))

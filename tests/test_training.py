@@ -101,7 +101,7 @@ def test_training_lowers_loss_and_beats_init(clip_dir, tmp_path):
     assert held["ssim"] > init["ssim"]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["steps"] == 150 and on_disk["frames"]["held_out_rows"] == [10, 11] and on_disk["lpips"] is None
-    assert (out / "eval.mp4").stat().st_size > 0
+    assert (out / "eval.mp4").stat().st_size > 0 and (out / "eval_refined_pose.mp4").stat().st_size > 0
     av = load_avatar(out)
     assert on_disk["expression_blendshapes"] == 8 == av.representation.expr_rank  # the default, on 10 training frames
     assert av.performance["body"].shape == (12, 3) and torch.isfinite(av.performance["body"]).all()  # tracked body motion kept

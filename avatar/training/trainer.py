@@ -19,6 +19,8 @@ Files (all written atomically):
     OUT/report.json                   held-out PSNR/SSIM, foreground-only and whole-image (initial,
                                       final, final with refined poses), timings
     OUT/eval.mp4                      held-out frames: ground truth | render | error
+    OUT/eval_refined_pose.mp4         the same with each frame's head pose refined (what is left is
+                                      the avatar's error, not the tracking's)
 """
 from __future__ import annotations
 
@@ -441,11 +443,12 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             if k in clip.params}  # fmt: skip
     final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
     train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster)
-    refined_eval, correction_sizes = None, {}
+    refined_eval, correction_sizes, refined_panels = None, {}, []
     if config.eval_refine_iters > 0 and len(clip.test_ids):
         test_deltas = refine_held_out(rep, head, clip, clip.test_ids, shape, bg, config.eval_refine_iters,
                                       fixed_verts, options=raster, progress=progress)  # fmt: skip
-        refined_eval, _ = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=test_deltas, options=raster)
+        refined_eval, refined_panels = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=test_deltas,
+                                                keep_images=config.eval_video, options=raster)  # fmt: skip
         # The bundle's performance gets the held-out frames' refined poses too (their rows of
         # test_deltas; the training deltas are zero there): `avatar render --camera tracked`
         # then draws every frame where it was found to be.
@@ -490,12 +493,16 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
                        "viewmat": clip.viewmat.tolist(), "K": clip.Ks[0].tolist(), "background": list(config.background),
                        "held_out": report["held_out"], "source": clip.source},
                 performance=perf)  # fmt: skip
-    if config.eval_video and panels:
+    if config.eval_video:
         from avatar.io.video import VideoWriter
 
-        with VideoWriter(out_dir / "eval.mp4", fps=clip.fps or 25.0) as w:
-            for p in panels:
-                w.write(p)
+        for name, frames in (("eval.mp4", panels), ("eval_refined_pose.mp4", refined_panels)):
+            if frames:
+                with VideoWriter(out_dir / name, fps=clip.fps or 25.0) as w:
+                    for p in frames:
+                        w.write(p)
+            else:  # not made this time: an older run's video would no longer match report.json
+                (out_dir / name).unlink(missing_ok=True)
     report["seconds_total"] = round(time.perf_counter() - t_start, 2)
     with atomic_write(out_dir / "report.json", "w") as f:
         json.dump(report, f, indent=1)
