@@ -32,8 +32,8 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     tongue, the dark interior), and that region's share of the foreground squared error.
     ``share_edge``: the share of the foreground squared error within ``EDGE_PX`` pixels of the
     matte's edge (the silhouette: hair that moves, matte flicker), whatever the class.
-    ``frames="train"``: the same over ``TRAIN_SAMPLE`` training frames spread over the clip (how
-    well the avatar fits what it saw, against how it generalises)."""
+    ``frames="train"``: the same over ``TRAIN_SAMPLE`` training frames spread over the clip, at the
+    poses it was trained with (how well the avatar fits what it saw, against how it generalises)."""
     import math
 
     import cv2
@@ -60,8 +60,10 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     rows = clip.test_ids if frames == "held_out" else \
         clip.train_ids[np.unique(np.linspace(0, len(clip.train_ids) - 1, TRAIN_SAMPLE).round().astype(int))]
     with torch.no_grad():
+        # Training frames at the poses the avatar was trained with (refined, in the bundle's performance).
+        posed = av.performance if frames == "train" and av.performance else clip.params
         for r in rows:
-            params = {k: v[r : r + 1] for k, v in clip.params.items()}
+            params = {k: v[r : r + 1] for k, v in posed.items()}
             verts = av.vertices(params)
             bg = torch.tensor(av.config.get("background", [1.0, 1.0, 1.0]))
             rgb, _, _ = render_splats(av.splats(params), clip.viewmat, clip.Ks[r], *clip.size, bg)
