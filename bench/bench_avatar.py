@@ -218,7 +218,7 @@ def _row(clip: str, seed: int, t_track: float, t_train: float, report: dict, bre
 def _refined(metrics: dict | None) -> dict:
     """The held-out figures with each frame's rigid pose refined against the avatar (None: not run)."""
     keys = {"psnr_refined": "psnr", "ssim_refined": "ssim", "psnr_full_refined": "psnr_full",
-            "correction_deg": "rotation_deg_median", "correction_mm": "translation_mm_median"}
+            "correction_deg": "rotation_deg_median", "correction_mm": "head_shift_mm_median"}
     return {k: None if not metrics or m not in metrics else round(metrics[m], 4 if m == "ssim" else 2)
             for k, m in keys.items()}  # fmt: skip
 
@@ -234,7 +234,7 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
         print("the same held-out frames, each frame's rigid head pose and body motion refined against the avatar (held fixed;")
         print("eval_refine_iters Levenberg-Marquardt iterations on the colour error over the foreground and the silhouette")
         print("error): a photometric tracking pass over the driving frames")
-        print("clip                 seed  PSNR fg  SSIM fg  PSNR full  median correction (deg, mm)")
+        print("clip                 seed  PSNR fg  SSIM fg  PSNR full  median correction (deg; mean head-vertex shift, mm)")
         for r in rows:
             if r["psnr_refined"] is not None:
                 print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr_refined']:>8} {r['ssim_refined']:>8} {r['psnr_full_refined']:>10}"

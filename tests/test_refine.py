@@ -173,4 +173,7 @@ def test_training_refines_the_training_poses_only(trained, tmp_path):
     assert refined is not None and np.isfinite(refined["psnr"]) and len(refined["psnr_per_frame"]) == 2
     held = av.performance["global_orient"].numpy()[10:] - tracked["global_orient"][10:]
     assert refined["rotation_deg_median"] == pytest.approx(np.median(np.degrees(np.linalg.norm(held, axis=1))), rel=1e-4)
-    assert refined["translation_mm_median"] > 0
+    held_perf = {k: v[10:] for k, v in av.performance.items()}
+    with torch.no_grad():
+        shift = (av.vertices(held_perf) - av.vertices({**held_perf, **{k: torch.as_tensor(tracked[k][10:]) for k in tracked}}))
+    assert refined["head_shift_mm_median"] == pytest.approx(float(shift.norm(dim=-1).mean(-1).mean()) * 1000, rel=1e-3)

@@ -217,6 +217,23 @@ def evaluate(
     return metrics, panels
 
 
+@torch.no_grad()
+def _correction_sizes(head: Any, shape: Tensor, clip: Clip, deltas: dict[str, Tensor]) -> dict[str, float]:
+    """How far the tracking was off on the held-out frames: the median angle of their head
+    corrections (degrees; independent of the centre of rotation) and the median of each frame's
+    mean head-vertex displacement (mm; a rotation about the model's origin and a translation
+    partly cancel, so the translation alone would overstate it)."""
+    rows = torch.as_tensor(clip.test_ids)
+    device = shape.device
+    params = _frame_params(clip, clip.test_ids, device, None)
+    verts = _vertices(head, shape, params)
+    moved = repose_vertices(verts, params["global_orient"], params["transl"],
+                            params["global_orient"] + deltas["global_orient"][rows.to(device)],
+                            params["transl"] + deltas["transl"][rows.to(device)])  # fmt: skip
+    return {"rotation_deg_median": float(torch.rad2deg(deltas["global_orient"][rows].norm(dim=1)).quantile(0.5)),
+            "head_shift_mm_median": float((moved - verts).norm(dim=-1).mean(-1).quantile(0.5) * 1000)}
+
+
 def refine_held_out(
     rep: Representation, head: Any, clip: Clip, rows: np.ndarray, shape: Tensor, background: Tensor, iters: int,
     fixed_verts: Tensor | None = None, options: Any = None, progress: bool = False,
@@ -454,12 +471,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         # then draws every frame where it was found to be.
         for k, d in test_deltas.items():
             perf[k] = perf[k] + d.cpu()
-        # How far the tracking was off: the size of each held-out frame's head correction.
-        test_rows = torch.as_tensor(clip.test_ids)
-        correction_sizes = {
-            "rotation_deg_median": float(torch.rad2deg(test_deltas["global_orient"][test_rows].norm(dim=1)).quantile(0.5)),
-            "translation_mm_median": float(test_deltas["transl"][test_rows].norm(dim=1).quantile(0.5) * 1000),
-        }
+        correction_sizes = _correction_sizes(head, shape, clip, test_deltas)
     report = {
         "steps": config.steps,
         "resumed_from": start if resumed is not None else None,
