@@ -218,18 +218,19 @@ def evaluate(
 
 
 @torch.no_grad()
-def _correction_sizes(head: Any, shape: Tensor, clip: Clip, deltas: dict[str, Tensor]) -> dict[str, float]:
+def _correction_sizes(head: Any, shape: Tensor, clip: Clip, deltas: dict[str, Tensor],
+                      fixed_verts: Tensor | None = None) -> dict[str, float]:  # fmt: skip
     """How far the tracking was off on the held-out frames: the median angle of their head
     corrections (degrees; independent of the centre of rotation) and the median of each frame's
     mean head-vertex displacement (mm; a rotation about the model's origin and a translation
-    partly cancel, so the translation alone would overstate it)."""
-    rows = torch.as_tensor(clip.test_ids)
+    partly cancel, so the translation alone would overstate it). ``fixed_verts``: the tracked
+    vertices of every row, when already posed."""
     device = shape.device
+    rows = torch.as_tensor(clip.test_ids, device=device)
     params = _frame_params(clip, clip.test_ids, device, None)
-    verts = _vertices(head, shape, params)
-    moved = repose_vertices(verts, params["global_orient"], params["transl"],
-                            params["global_orient"] + deltas["global_orient"][rows.to(device)],
-                            params["transl"] + deltas["transl"][rows.to(device)])  # fmt: skip
+    verts = fixed_verts[rows] if fixed_verts is not None else _vertices(head, shape, params)
+    refined = apply_deltas(params, deltas, rows)
+    moved = repose_vertices(verts, params["global_orient"], params["transl"], refined["global_orient"], refined["transl"])
     return {"rotation_deg_median": float(torch.rad2deg(deltas["global_orient"][rows].norm(dim=1)).quantile(0.5)),
             "head_shift_mm_median": float((moved - verts).norm(dim=-1).mean(-1).quantile(0.5) * 1000)}
 
@@ -471,7 +472,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         # then draws every frame where it was found to be.
         for k, d in test_deltas.items():
             perf[k] = perf[k] + d.cpu()
-        correction_sizes = _correction_sizes(head, shape, clip, test_deltas)
+        correction_sizes = _correction_sizes(head, shape, clip, test_deltas, fixed_verts)
     report = {
         "steps": config.steps,
         "resumed_from": start if resumed is not None else None,
