@@ -193,15 +193,19 @@ def nearest_colors(query: Tensor, points: Tensor, colors: Tensor, k: int = 8, ch
 def evaluate(
     rep: Representation, head: Any, clip: Clip, rows: np.ndarray, shape: Tensor, background: Tensor,
     deltas: dict[str, Tensor] | None = None, sh_degree: int | None = None, keep_images: bool = False,
-    options: Any = None,
+    options: Any = None, fixed_verts: Tensor | None = None,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:  # fmt: skip
     """Masked PSNR/SSIM of ``rows`` (pooled over the frames, and per frame) and, with
-    ``keep_images``, side-by-side frames GT | render | error (|error| x 4, grey)."""
+    ``keep_images``, side-by-side frames GT | render | error (|error| x 4, grey). ``fixed_verts``:
+    the tracked vertices of every row, when already posed (``deltas`` then refine only the pose)."""
     device = background.device
     preds, gts, masks, panels, per_frame = [], [], [], [], []
     for r in rows:
         params = _frame_params(clip, [r], device, deltas)
-        verts = _vertices(head, shape, params)
+        if fixed_verts is not None:
+            verts = _reposed(fixed_verts, clip, torch.tensor([int(r)], device=device), params)
+        else:
+            verts = _vertices(head, shape, params)
         rgb, _, _ = render_splats(_splats(rep, verts, params, sh_degree), clip.viewmat.to(device),
                                   clip.Ks[r].to(device), *clip.size, background, options)  # fmt: skip
         gt, m = clip.target([r], background, device)
@@ -459,14 +463,16 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     # --- export + evaluation ---------------------------------------------------------------------
     perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if k in deltas else 0)).cpu() for k in (*PARAMS, BODY)
             if k in clip.params}  # fmt: skip
-    final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster)
-    train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster)
+    final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster,
+                             fixed_verts=fixed_verts)  # fmt: skip
+    train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster,
+                                fixed_verts=fixed_verts)  # fmt: skip
     refined_eval, correction_sizes, refined_panels = None, {}, []
     if config.eval_refine_iters > 0 and len(clip.test_ids):
         test_deltas = refine_held_out(rep, head, clip, clip.test_ids, shape, bg, config.eval_refine_iters,
                                       fixed_verts, options=raster, progress=progress)  # fmt: skip
         refined_eval, refined_panels = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=test_deltas,
-                                                keep_images=config.eval_video, options=raster)  # fmt: skip
+                                                keep_images=config.eval_video, options=raster, fixed_verts=fixed_verts)  # fmt: skip
         # The bundle's performance gets the held-out frames' refined poses too (their rows of
         # test_deltas; the training deltas are zero there): `avatar render --camera tracked`
         # then draws every frame where it was found to be.
