@@ -156,6 +156,19 @@ def _wait_for_head(browser: Browser, timeout: float = 120.0) -> np.ndarray:
         time.sleep(1.0)
 
 
+def _still_screenshot(browser: Browser, timeout: float = 60.0) -> np.ndarray:
+    """The first screenshot equal to the one taken a second before it (the page has stopped changing)."""
+    end = time.monotonic() + timeout
+    last = browser.screenshot()
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        image = browser.screenshot()
+        if np.array_equal(image, last):
+            return image
+        last = image
+    pytest.fail("the page never held still for a second")
+
+
 def _settled_screenshot(browser: Browser, previous: np.ndarray, timeout: float = 60.0) -> np.ndarray:
     """The first screenshot that differs from ``previous`` and then stays the same for one more shot."""
     end = time.monotonic() + timeout
@@ -170,9 +183,10 @@ def _settled_screenshot(browser: Browser, previous: np.ndarray, timeout: float =
 
 
 def _check_jaw(browser: Browser, viewer, tag: str) -> None:
-    before = _wait_for_head(browser)
-    time.sleep(2.0)  # splats fade in on the client; let it finish
-    before = browser.screenshot()
+    _wait_for_head(browser)
+    # Splats fade in on the client; on a loaded machine that outlasts any fixed wait (a mid-fade
+    # "before" once made the brow change as much as the mouth), so wait until the page holds still.
+    before = _still_screenshot(browser)
     _save(before, f"{tag}-neutral.png")
     top, bottom, left, right = _head_box(before)
 
