@@ -108,17 +108,18 @@ def _pose_spread(orient, train_ids, test_ids, body=None) -> dict[str, float]:
     sit 4.5 mm left of where the training frames had the body."""
     import numpy as np
 
-    def spread(x: np.ndarray, name: str) -> dict[str, float]:
+    def spread(x: np.ndarray, keys: tuple[str, str, str]) -> dict[str, float]:
+        """Mean distance of the training and held-out rows of ``x`` from the training mean, and the
+        held-out share beyond the training rows' 95th percentile, under ``keys``."""
         if not len(test_ids):
-            return {f"{name}_train": float("nan"), f"{name}_held": float("nan"), f"{name}_beyond_p95": float("nan")}
+            return dict.fromkeys(keys, float("nan"))
         dist = np.linalg.norm(x - x[train_ids].mean(0), axis=1)
-        return {f"{name}_train": round(float(dist[train_ids].mean()), 1), f"{name}_held": round(float(dist[test_ids].mean()), 1),
-                f"{name}_beyond_p95": round(float((dist[test_ids] > np.percentile(dist[train_ids], 95)).mean()), 2)}  # fmt: skip
+        values = (dist[train_ids].mean(), dist[test_ids].mean(), (dist[test_ids] > np.percentile(dist[train_ids], 95)).mean())
+        return {k: round(float(v), 1 if i < 2 else 2) for i, (k, v) in enumerate(zip(keys, values))}
 
-    out = spread(np.degrees(orient), "turn")
-    out = {"turn_train_deg": out["turn_train"], "turn_held_deg": out["turn_held"], "held_beyond_p95": out["turn_beyond_p95"]}
+    out = spread(np.degrees(orient), ("turn_train_deg", "turn_held_deg", "held_beyond_p95"))
     if body is not None:
-        out |= spread(body * 1000.0, "body_mm")
+        out |= spread(body * 1000.0, ("body_mm_train", "body_mm_held", "body_mm_beyond_p95"))
     return out
 
 

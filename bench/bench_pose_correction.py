@@ -52,7 +52,7 @@ def run(out: Path, frames: int, ridges: list[float]) -> None:
     from avatar.representations.mesh_gaussians import MeshGaussians
     from avatar.training.config import TrainConfig, apply
     from avatar.training.data import load_clip
-    from avatar.training.trainer import _frame_params, _spread, _vertices, evaluate, latest_checkpoint, refine_held_out
+    from avatar.training.trainer import _spread, evaluate, latest_checkpoint, refine_held_out, tracked_vertices
 
     cfg = apply(TrainConfig(), json.loads((out / "report.json").read_text())["config"])
     torch.set_num_threads(max(1, cfg.torch_threads))  # as avatar.training.train does on a CPU
@@ -66,9 +66,7 @@ def run(out: Path, frames: int, ridges: list[float]) -> None:
     head = load_head_model(clip.model)
     bg = torch.tensor(cfg.background, dtype=torch.float32)
     keys = [k for k in KEYS if k in clip.params]
-    with torch.no_grad():
-        fixed = torch.cat([_vertices(head, clip.shape, _frame_params(clip, c, "cpu", None))
-                           for c in np.array_split(np.arange(len(clip.Ks)), max(1, len(clip.Ks) // 64))])  # fmt: skip
+    fixed = tracked_vertices(head, clip.shape, clip)
     sub = _spread(clip.train_ids, frames)
     t0 = time.perf_counter()
     lm = refine_held_out(rep, head, clip, sub, clip.shape, bg, cfg.eval_refine_iters or 6, fixed,

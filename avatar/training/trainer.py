@@ -96,6 +96,15 @@ def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
     return head(shape=shape[None], **{k: v for k, v in params.items() if k in PARAMS}).vertices
 
 
+@torch.no_grad()
+def tracked_vertices(head: Any, shape: Tensor, clip: Clip, chunk: int = 64) -> Tensor:
+    """``[N, V, 3]`` head vertices of every frame of ``clip`` at its tracked parameters (on
+    ``shape``'s device), evaluated ``chunk`` frames at a time."""
+    rows = np.arange(len(clip.Ks))
+    return torch.cat([_vertices(head, shape, _frame_params(clip, c, shape.device, None))
+                      for c in np.array_split(rows, max(1, len(rows) // chunk))])  # fmt: skip
+
+
 def _reposed(fixed_verts: Tensor, clip: Clip, rows: Tensor, params: dict[str, Tensor]) -> Tensor:
     """The tracked vertices of ``rows`` moved rigidly to the (refined) pose in ``params``."""
     r = rows.cpu()
@@ -384,11 +393,7 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
 
     # Tracked vertices change only with the pose when the rest is not refined: pose them once and
     # move them rigidly by the pose refinement.
-    fixed_verts = None
-    if not config.refine_tracking:
-        with torch.no_grad():
-            fixed_verts = torch.cat([_vertices(head, shape, _frame_params(clip, c, device, None))
-                                     for c in np.array_split(np.arange(len(clip.Ks)), max(1, len(clip.Ks) // 64))])  # fmt: skip
+    fixed_verts = None if config.refine_tracking else tracked_vertices(head, shape, clip)
 
     def checkpoint(step: int) -> None:
         state = {
