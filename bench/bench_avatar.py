@@ -104,8 +104,8 @@ def _pose_spread(orient, train_ids, test_ids, body=None) -> dict[str, float]:
     each set, and the share of held-out frames beyond the training frames' 95th percentile. A high
     share means the held-out PSNR measures unseen head angles (e.g. hdtf_katiehill: 77 %), not
     re-rendering of poses the avatar was trained on. ``body [n, 3]`` (metres, the tracked body
-    motion): the same for how far the body has shifted (mm), e.g. hdtf_aoc, whose held-out frames
-    sit 4.5 mm left of where the training frames had the body."""
+    motion): the same for how far the body has shifted (mm), e.g. hdtf_aoc: 5.5 mm on average on
+    its held-out frames against 1.3 mm on its training frames, all beyond their 95th percentile."""
     import numpy as np
 
     def spread(x: np.ndarray, keys: tuple[str, str, str]) -> dict[str, float]:

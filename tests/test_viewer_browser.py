@@ -156,29 +156,20 @@ def _wait_for_head(browser: Browser, timeout: float = 120.0) -> np.ndarray:
         time.sleep(1.0)
 
 
-def _still_screenshot(browser: Browser, timeout: float = 60.0) -> np.ndarray:
-    """The first screenshot equal to the one taken a second before it (the page has stopped changing)."""
+def _settled_screenshot(browser: Browser, previous: np.ndarray | None = None, timeout: float = 60.0) -> np.ndarray:
+    """The first screenshot that equals the one taken a second before it (the page has stopped
+    changing) and, given ``previous``, differs from it. Without ``previous`` a page that never
+    holds still fails the test; with it, the last screenshot is returned for the caller to judge."""
     end = time.monotonic() + timeout
-    last = browser.screenshot()
+    last = browser.screenshot() if previous is None else previous
     while time.monotonic() < end:
         time.sleep(1.0)
         image = browser.screenshot()
-        if np.array_equal(image, last):
+        if (previous is None or not np.array_equal(image, previous)) and np.array_equal(image, last):
             return image
         last = image
-    pytest.fail("the page never held still for a second")
-
-
-def _settled_screenshot(browser: Browser, previous: np.ndarray, timeout: float = 60.0) -> np.ndarray:
-    """The first screenshot that differs from ``previous`` and then stays the same for one more shot."""
-    end = time.monotonic() + timeout
-    last = previous
-    while time.monotonic() < end:
-        time.sleep(1.0)
-        image = browser.screenshot()
-        if not np.array_equal(image, previous) and np.array_equal(image, last):
-            return image
-        last = image
+    if previous is None:
+        pytest.fail("the page never held still for a second")
     return last
 
 
@@ -186,7 +177,7 @@ def _check_jaw(browser: Browser, viewer, tag: str) -> None:
     _wait_for_head(browser)
     # Splats fade in on the client; on a loaded machine that outlasts any fixed wait (a mid-fade
     # "before" once made the brow change as much as the mouth), so wait until the page holds still.
-    before = _still_screenshot(browser)
+    before = _settled_screenshot(browser)
     _save(before, f"{tag}-neutral.png")
     top, bottom, left, right = _head_box(before)
 
