@@ -62,6 +62,8 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     with torch.no_grad():
         # Training frames at the poses the avatar was trained with (refined, in the bundle's performance).
         posed = av.performance if frames == "train" and av.performance else clip.params
+        if frames == "held_out":  # held-out frames as the report scores them: through the learnt pose correction, if any
+            posed = {**posed, **_corrected_held_out(out, clip.params)}
         for r in rows:
             params = {k: v[r : r + 1] for k, v in posed.items()}
             verts = av.vertices(params)
@@ -95,6 +97,22 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
         if k not in ("background", "eyes", "mouth"):
             out_row[f"share_{k}"] = round(sums[k] / max(fg_err, 1e-12), 3)
     return out_row
+
+
+def _corrected_held_out(out: Path, tracked: dict) -> dict:
+    """The tracked rigid pose of every frame through the learnt pose correction of ``out``'s last
+    checkpoint (``TrainConfig.correct_pose``); empty when it has none."""
+    import torch
+
+    from avatar.training.refine import PoseCorrection
+    from avatar.training.trainer import latest_checkpoint
+
+    found = latest_checkpoint(out / "checkpoints")
+    if found is None or "pose_model" not in found[1]:
+        return {}
+    with torch.no_grad():
+        correction = PoseCorrection.from_state(found[1]["pose_model_keys"], found[1]["pose_model"])()
+    return {k: tracked[k] + d for k, d in correction.items()}
 
 
 def _pose_spread(orient, train_ids, test_ids, body=None) -> dict[str, float]:
@@ -221,6 +239,7 @@ def _row(clip: str, seed: int, t_track: float, t_train: float, report: dict, bre
             "psnr_init": round(report["held_out_initial"]["psnr"], 2), "psnr_train": round(report["train_sample"]["psnr"], 2),
             "gaussians": report["num_gaussians"], "size": report["image_size"],
             **_refined(report.get("held_out_refined_pose")),
+            **_uncorrected(report.get("held_out_uncorrected_pose")),
             **breakdown,
         }  # fmt: skip
 
@@ -233,6 +252,17 @@ def _refined(metrics: dict | None) -> dict:
             for k, m in keys.items()}  # fmt: skip
 
 
+def _uncorrected(metrics: dict | None) -> dict:
+    """With ``correct_pose``: the held-out figures at the tracked poses as they came, and the size of
+    the learnt correction on those frames."""
+    if not metrics:
+        return {}
+    size = metrics.get("learnt_correction", {})
+    return {"psnr_uncorrected": round(metrics["psnr"], 2), "psnr_full_uncorrected": round(metrics["psnr_full"], 2),
+            "learnt_deg": round(size.get("rotation_deg_median", float("nan")), 2),
+            "learnt_mm": round(size.get("head_shift_mm_median", float("nan")), 2)}  # fmt: skip
+
+
 def _print_tables(rows: list[dict], spread: bool) -> None:
     print("held-out frames; fg = foreground pixels only (matte > 0.5); full = whole image, both composited on the")
     print("background (the INSTA / GaussianAvatars / FlashAvatar convention)")
@@ -240,6 +270,14 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
     for r in rows:
         print(f"{r['clip']:<20} {r['seed']:>4} {r['track_s']:>7} {r['train_s']:>8} {r['psnr']:>8} {r['ssim']:>8} {r['psnr_full']:>10} "
               f"{r['ssim_full']:>10}  ({r['psnr_init']})  {r['psnr_train']}")
+    if any("psnr_uncorrected" in r for r in rows):
+        print("correct_pose: the held-out figures above are at the tracked poses through the learnt correction (a function")
+        print("of the tracked pose fitted on the training frames); without it, and its median size on the held-out frames")
+        print("clip                 seed  PSNR fg  PSNR full  learnt correction (deg; mean head-vertex shift, mm)")
+        for r in rows:
+            if "psnr_uncorrected" in r:
+                print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr_uncorrected']:>8} {r['psnr_full_uncorrected']:>10}  "
+                      f"{r['learnt_deg']}, {r['learnt_mm']}")
     if any(r["psnr_refined"] is not None for r in rows):
         print("the same held-out frames, each frame's rigid head pose and body motion refined against the avatar (held fixed;")
         print("eval_refine_iters Levenberg-Marquardt iterations on the colour error over the foreground and the silhouette")

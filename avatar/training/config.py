@@ -93,6 +93,12 @@ class TrainConfig:
     refine_pose: bool = True
     lr_pose_rotation: float = 2e-3  # radians (axis-angle) per step
     lr_pose_translation: float = 2e-4  # metres per step (head and body)
+    # A learnt linear correction of the tracked rigid pose, the same function of it for every frame
+    # (refine.PoseCorrection), trained with the per-frame refinements from refine_from; unlike
+    # them it also moves the held-out frames (no held-out pixel is used to fit it).
+    correct_pose: bool = False
+    lr_pose_model: float = 5e-4  # its Adam rate (radians; translation outputs are scaled by 0.1)
+    w_pose_model: float = 1e-3  # ridge on its slopes
     refine_tracking: bool = False  # also each training frame's expression, jaw, neck and eyes (small lr)
     lr_tracking: float = 1e-4
     w_tracking: float = 1.0  # L2 pull of the expression/jaw/neck/eyes refinements toward the tracked values

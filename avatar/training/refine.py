@@ -13,11 +13,15 @@ Only the rigid degrees of freedom are refined: the head's ``global_orient``/``tr
 tracked body motion (``body``). Nine numbers per frame can move the head, but they cannot paint
 appearance into a frame the way expression codes could.
 
-Two uses:
+Three uses:
 
 * **during training** (``TrainConfig.refine_pose``): per-frame deltas receive the training loss's
   gradient and are updated by :class:`RowAdam`, which touches only the rows of the frames in the
   batch;
+* **a learnt correction** (``TrainConfig.correct_pose``, :class:`PoseCorrection`): one linear
+  function of the tracked rigid pose, trained with the avatar, that moves every frame, the
+  held-out ones included. The tracker's error on the held-out frames is smooth in time and partly
+  a function of the pose it reads; a per-frame delta cannot carry that to frames it never saw;
 * **at evaluation** (:func:`refine_poses`): with the avatar fixed, a few Levenberg-Marquardt
   iterations per frame on the frame's colour and silhouette error. This is a photometric
   tracking pass over the driving frames. The held-out report gives the figure with and without
@@ -95,6 +99,59 @@ class RowAdam:
             self.m[k].copy_(state["m"][k])
             self.v[k].copy_(state["v"][k])
         self.count.copy_(state["count"])
+
+
+class PoseCorrection(torch.nn.Module):
+    """A learnt correction of the tracker's rigid pose, the same function of the tracked pose for
+    every frame: ``delta = standardised(tracked rigid pose) @ weight + bias``.
+
+    Per-frame refinements (``RowAdam``) can only fix the frames trained on. The tracker's error is
+    partly systematic (e.g. a head turn it under-reads), and a function of the tracked pose
+    carries over to frames never trained on: the held-out frames, and any later frame of the same
+    video. Inputs are the nine tracked rigid numbers (``global_orient``, ``transl``, and ``body``
+    when tracked), standardised over the training frames; outputs the deltas of the same numbers
+    (translation outputs scaled by ``translation_scale`` so that one learning rate suits both).
+    Starts at zero (the tracked pose).
+    """
+
+    def __init__(self, keys: list[str], inputs: Tensor, translation_scale: float = 0.1) -> None:
+        """``keys``: the refined names (of :data:`RIGID`, in that order); ``inputs``: ``[N, 3 *
+        len(keys)]`` every frame's standardised tracked values (:meth:`for_clip`)."""
+        super().__init__()
+        self.keys = list(keys)
+        self.register_buffer("inputs", inputs.float())
+        scale = torch.cat([torch.full((3,), 1.0 if k == "global_orient" else translation_scale) for k in self.keys])
+        self.register_buffer("scale", scale)
+        n = inputs.shape[1]
+        self.weight = torch.nn.Parameter(torch.zeros(n, n))
+        self.bias = torch.nn.Parameter(torch.zeros(n))
+
+    @classmethod
+    def for_clip(cls, tracked: dict[str, Tensor], rows: Tensor, translation_scale: float = 0.1) -> "PoseCorrection":
+        """A zero correction over ``tracked`` (name -> ``[N, 3]`` every frame's tracked values; the
+        :data:`RIGID` names present are used), its inputs standardised over the training frames ``rows``."""
+        keys = [k for k in RIGID if k in tracked]
+        x = torch.cat([tracked[k].float() for k in keys], 1)
+        mu, sd = x[rows].mean(0), x[rows].std(0)
+        # A number that does not vary over the training frames (no body tracked) drops out.
+        inputs = torch.where(sd > 1e-9, (x - mu) / sd.clamp_min(1e-9), torch.zeros_like(x))
+        return cls(keys, inputs, translation_scale)
+
+    @classmethod
+    def from_state(cls, keys: list[str], state: dict[str, Tensor]) -> "PoseCorrection":
+        """The correction saved as ``state`` (its ``state_dict``, e.g. a training checkpoint's ``pose_model``)."""
+        model = cls(keys, state["inputs"])
+        model.load_state_dict(state)
+        return model
+
+    def forward(self) -> dict[str, Tensor]:
+        """name -> ``[N, 3]`` deltas of every frame."""
+        y = (self.inputs @ self.weight + self.bias) * self.scale
+        return dict(zip(self.keys, y.split(3, 1)))
+
+    def penalty(self) -> Tensor:
+        """Ridge term on the slopes (the bias, a constant offset, is free)."""
+        return self.weight.square().sum()
 
 
 def refine_poses(

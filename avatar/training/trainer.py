@@ -6,10 +6,12 @@ representation over the fixed background, loss = (1-l) E + l D-SSIM against the 
 composited on the same background (E: L1, or 10 x L2 with ``photometric="l2"``), + lambda_alpha
 |alpha - matte|, + offset/scale regularisers (+ an L2 pull on the expression refinements); Adam;
 then the densify/prune strategy; with ``refine_pose``/``refine_tracking`` the batch frames'
-refinements take a per-frame Adam step (:mod:`avatar.training.refine`). Before the first step:
+refinements take a per-frame Adam step, and with ``correct_pose`` the learnt correction of the
+tracked pose (every frame's) an Adam step (:mod:`avatar.training.refine`). Before the first step:
 surface Gaussians coloured from the frames, then hair/shoulder Gaussians seeded where the matte
 shows what the mesh does not cover (:mod:`avatar.training.seeding`). After the last: held-out
-metrics with the tracked poses and, with ``eval_refine_iters``, with each held-out frame's rigid
+metrics with the tracked poses (through the learnt correction, if any; the report then also
+gives the figure without it) and, with ``eval_refine_iters``, with each held-out frame's rigid
 pose refined against the avatar.
 
 Files (all written atomically):
@@ -42,7 +44,7 @@ from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.training.config import TrainConfig
 from avatar.training.data import BODY, PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
-from avatar.training.refine import RIGID, RowAdam, apply_deltas, refine_poses, repose_vertices
+from avatar.training.refine import RIGID, PoseCorrection, RowAdam, apply_deltas, refine_poses, repose_vertices
 from avatar.training.seeding import seed_off_mesh
 from avatar.training.strategy import DensifyStrategy
 from avatar.utils.files import atomic_path, atomic_write
@@ -90,6 +92,13 @@ def _frame_params(clip: Clip, rows: Tensor | np.ndarray, device: torch.device, d
     rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
     out = {k: clip.params[k][rows_t].to(device) for k in (*PARAMS, BODY) if k in clip.params}
     return apply_deltas(out, deltas, rows_t.to(device)) if deltas else out
+
+
+def _with_correction(deltas: dict[str, Tensor], correction: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """Per-frame ``deltas`` plus the learnt pose ``correction`` (both name -> ``[N, D]``)."""
+    if not correction:
+        return deltas
+    return {**correction, **{k: d + correction[k] if k in correction else d for k, d in deltas.items()}}
 
 
 def _vertices(head: Any, shape: Tensor, params: dict[str, Tensor]) -> Tensor:
@@ -251,14 +260,18 @@ def _correction_sizes(head: Any, shape: Tensor, clip: Clip, deltas: dict[str, Te
 def refine_held_out(
     rep: Representation, head: Any, clip: Clip, rows: np.ndarray, shape: Tensor, background: Tensor, iters: int,
     fixed_verts: Tensor | None = None, options: Any = None, progress: bool = False,
+    init: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:  # fmt: skip
-    """Rigid-pose deltas (name -> ``[N, 3]``, zero outside ``rows``) that align the avatar, held
-    fixed, with frames ``rows`` (:func:`avatar.training.refine.refine_poses`). ``fixed_verts``:
-    the tracked vertices of every row, when already posed."""
+    """Rigid-pose deltas (name -> ``[N, 3]``; outside ``rows``, zero or ``init``) that align the
+    avatar, held fixed, with frames ``rows`` (:func:`avatar.training.refine.refine_poses`),
+    starting from ``init`` (name -> ``[N, 3]``, e.g. the learnt pose correction) or from the
+    tracked poses. ``fixed_verts``: the tracked vertices of every row, when already posed."""
     from tqdm import tqdm
 
     device = background.device
     deltas = {k: torch.zeros_like(clip.params[k], device=device) for k in RIGID if k in clip.params}
+    for k, v in (init or {}).items():
+        deltas[k] = v.detach().to(device).clone()
     if fixed_verts is None:  # pose the tracked heads once, not at every step
         fixed_verts = torch.zeros(len(clip.Ks), head.num_vertices, 3, device=device, dtype=shape.dtype)
         with torch.no_grad():
@@ -369,6 +382,10 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     delta_lrs = {k: config.lr_pose_rotation if k == "global_orient" else config.lr_pose_translation if k in RIGID
                  else config.lr_tracking for k in deltas}  # fmt: skip
     delta_opt = RowAdam(deltas, delta_lrs) if deltas else None
+    corrector, corrector_opt = None, None
+    if config.correct_pose and len(clip.train_ids) >= MIN_POSE_FRAMES:
+        corrector = PoseCorrection.for_clip(clip.params, torch.as_tensor(clip.train_ids)).to(device)
+        corrector_opt = torch.optim.Adam(corrector.parameters(), lr=config.lr_pose_model)
     lrs = {"offset": config.lr_offset, "rot": config.lr_rot, "log_scale": config.lr_scale,
            "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
            "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static,
@@ -390,6 +407,9 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             raise AvatarError(f"{ck_path} was written by an older version of avatar and cannot be resumed; "
                               "start over with `avatar train OUT --restart`") from e  # fmt: skip
         strategy.load_state_dict(ck["strategy"])
+        if corrector is not None and "pose_model" in ck:
+            corrector.load_state_dict(ck["pose_model"])
+            corrector_opt.load_state_dict(ck["pose_model_optimizer"])
 
     # Tracked vertices change only with the pose when the rest is not refined: pose them once and
     # move them rigidly by the pose refinement.
@@ -404,6 +424,10 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
             "delta_optimizer": delta_opt.state_dict() if delta_opt is not None else {},
             "init_metrics": init_metrics,
         }  # fmt: skip
+        if corrector is not None:
+            state["pose_model"] = {k: v.detach().cpu() for k, v in corrector.state_dict().items()}
+            state["pose_model_keys"] = corrector.keys
+            state["pose_model_optimizer"] = corrector_opt.state_dict()
         _save_checkpoint(ck_dir, state, config.keep_checkpoints)
 
     W, H = clip.size
@@ -418,9 +442,10 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         sh_active = min(config.sh_degree, step // max(1, config.sh_increase_every))
         rows = clip.train_ids[torch.randint(n_train, (config.batch_size,), generator=gen).numpy()]
         rows_t = torch.as_tensor(rows, device=device)
-        params = _frame_params(clip, rows, device, deltas)
+        step_deltas = _with_correction(deltas, corrector() if corrector is not None else None)
+        params = _frame_params(clip, rows, device, step_deltas)
         if fixed_verts is not None:
-            verts = _reposed(fixed_verts, clip, rows_t, params) if "global_orient" in deltas else fixed_verts[rows_t]
+            verts = _reposed(fixed_verts, clip, rows_t, params) if "global_orient" in step_deltas else fixed_verts[rows_t]
         else:
             verts = _vertices(head, shape, params)
         local = rep.local_state(params.get("expression"))  # shared by the forward and the regulariser
@@ -439,12 +464,19 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         pulled = [d for k, d in deltas.items() if k not in RIGID]
         if pulled:
             loss = loss + config.w_tracking * sum((d[rows_t] ** 2).mean() for d in pulled)
+        if corrector is not None:
+            loss = loss + config.w_pose_model * corrector.penalty()
         strategy.step_pre_backward(metas)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        refining = step >= config.refine_from * config.steps
+        if corrector is not None:
+            if refining:
+                corrector_opt.step()
+            corrector_opt.zero_grad(set_to_none=True)
         if delta_opt is not None:
-            if step >= config.refine_from * config.steps:
+            if refining:
                 delta_opt.step(rows_t)
             for d in deltas.values():
                 d.grad = None
@@ -466,16 +498,25 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     t_train = time.perf_counter() - t_loop
 
     # --- export + evaluation ---------------------------------------------------------------------
+    # The learnt pose correction, of every frame (the held-out ones are drawn through it too).
+    correction = None
+    if corrector is not None:
+        with torch.no_grad():
+            correction = {k: v.detach() for k, v in corrector().items()}
     perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if k in deltas else 0)).cpu() for k in (*PARAMS, BODY)
             if k in clip.params}  # fmt: skip
-    final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=None, keep_images=config.eval_video, options=raster,
-                             fixed_verts=fixed_verts)  # fmt: skip
-    train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg, deltas=deltas or None, options=raster,
-                                fixed_verts=fixed_verts)  # fmt: skip
+    final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=correction, keep_images=config.eval_video,
+                             options=raster, fixed_verts=fixed_verts)  # fmt: skip
+    uncorrected = None
+    if correction is not None:
+        uncorrected, _ = evaluate(rep, head, clip, eval_ids, shape, bg, options=raster, fixed_verts=fixed_verts)
+    train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg,
+                                deltas=_with_correction({k: d.detach() for k, d in deltas.items()}, correction) or None,
+                                options=raster, fixed_verts=fixed_verts)  # fmt: skip
     refined_eval, correction_sizes, refined_panels = None, {}, []
     if config.eval_refine_iters > 0 and len(clip.test_ids):
         test_deltas = refine_held_out(rep, head, clip, clip.test_ids, shape, bg, config.eval_refine_iters,
-                                      fixed_verts, options=raster, progress=progress)  # fmt: skip
+                                      fixed_verts, options=raster, progress=progress, init=correction)  # fmt: skip
         refined_eval, refined_panels = evaluate(rep, head, clip, clip.test_ids, shape, bg, deltas=test_deltas,
                                                 keep_images=config.eval_video, options=raster, fixed_verts=fixed_verts)  # fmt: skip
         # The bundle's performance gets the held-out frames' refined poses too (their rows of
@@ -484,6 +525,9 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         for k, d in test_deltas.items():
             perf[k] = perf[k] + d.cpu()
         correction_sizes = _correction_sizes(head, shape, clip, test_deltas, fixed_verts)
+    elif correction is not None:
+        for k, d in correction.items():
+            perf[k] = perf[k] + d.cpu()
     report = {
         "steps": config.steps,
         "resumed_from": start if resumed is not None else None,
@@ -493,6 +537,9 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         "image_size": [W, H],
         "frames": {"train": int(n_train), "held_out": int(len(clip.test_ids)), "held_out_rows": [int(r) for r in clip.test_ids]},
         "held_out": {k: final[k] for k in ("psnr", "ssim", "psnr_full", "ssim_full", "pixels", "psnr_per_frame") if k in final},
+        "held_out_uncorrected_pose": None if uncorrected is None else {
+            **{k: uncorrected[k] for k in ("psnr", "ssim", "psnr_full", "ssim_full") if k in uncorrected},
+            **({"learnt_correction": _correction_sizes(head, shape, clip, correction, fixed_verts)} if len(clip.test_ids) else {})},
         "held_out_initial": {k: init_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in init_metrics},
         "held_out_refined_pose": None if refined_eval is None else {
             **{k: refined_eval[k] for k in ("psnr", "ssim", "psnr_full", "psnr_per_frame") if k in refined_eval},
