@@ -13,8 +13,10 @@ OUT: a trained avatar folder (``bench/bench_avatar.py --work W`` leaves them as 
 3. each held-out frame's tracked values go through it, and the held-out frames are scored at the
    corrected poses. No held-out pixel is used.
 
-This is a measurement, not a pipeline stage: a positive result on some clips and a negative one on
-others (see the issue notes) is why it is not in ``avatar train``.
+This is a measurement, not a pipeline stage. Its mixed result (up on some clips, down on others; see
+the issue notes) led to ``TrainConfig.correct_pose``, which learns such a correction during training
+from all training frames instead. For an avatar trained with it, the rows here start from the tracked
+poses as they came, not through that learnt correction.
 """
 from __future__ import annotations
 

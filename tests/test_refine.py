@@ -175,7 +175,7 @@ def test_held_out_pose_error_is_undone(trained):
 
 def test_training_refines_the_training_poses_only(trained, tmp_path):
     out = _copy_clip(trained, tmp_path / "run")
-    cfg = tiny(steps=30, checkpoint_every=10, refine_pose=True, refine_from=0.2, eval_refine_iters=3,
+    cfg = tiny(steps=30, checkpoint_every=10, refine_pose=True, correct_pose=False, refine_from=0.2, eval_refine_iters=3,
                strategy=StrategyConfig(enabled=False))  # fmt: skip
     steps_run = []
 
@@ -216,7 +216,7 @@ def test_learnt_pose_correction_resumes_exactly_and_moves_the_held_out_frames(tr
     """``correct_pose``: the correction and its optimiser travel in the checkpoints (an interrupted
     and resumed run ends where an uninterrupted one does), the held-out frames are scored and
     stored through it, and the report keeps the figure without it."""
-    cfg = tiny(steps=20, checkpoint_every=10, refine_pose=True, correct_pose=True, lr_pose_model=1e-2, refine_from=0.2,
+    cfg = tiny(steps=20, checkpoint_every=10, lr_pose_model=1e-2, refine_from=0.2,
                eval_refine_iters=0, strategy=StrategyConfig(enabled=False))  # fmt: skip
     whole = _copy_clip(trained, tmp_path / "whole")
     report = train(whole, cfg, progress=False)
