@@ -97,8 +97,8 @@ class TrainConfig:
     # (refine.PoseCorrection), trained with the per-frame refinements from refine_from; unlike
     # them it also moves the held-out frames (no held-out pixel is used to fit it). Not below 8
     # training frames. fast-cpu, the 6 shared clips (bench_avatar), against no correction: held-out
-    # PSNR at the tracked poses +2.2 dB on d13, +1.3 on d10, -0.5 on d9, within +-0.4 on the other
-    # three; with refined poses +0.02..+1.0 on all six.
+    # PSNR at the tracked poses +2.2 dB on d13 (+0.8 with seed 1), +1.3 on d10, -0.5 on d9 (-0.3
+    # with seed 1), within +-0.4 on the other three; with refined poses +0.02..+1.0 on all six.
     correct_pose: bool = True
     lr_pose_model: float = 1e-4  # its Adam rate (radians; translation outputs are scaled by 0.1); 5e-4 cost aoc 2.3 dB of training-frame fit
     w_pose_model: float = 1.0  # ridge on its slopes (on d3: 1e-3 gave 20.45 dB held out, 1.0 21.15)
