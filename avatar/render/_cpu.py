@@ -1,4 +1,5 @@
-"""Autograd wrappers around the CPU splat kernels (projection, binning, blending).
+"""Autograd wrappers around the CPU splat kernels (projection, binning, blending) and the
+per-primitive blendshape mix the Gaussian avatar evaluates every step.
 
 Each op is a torch.autograd.Function whose forward and backward call the C++ kernels through
 ctypes (see _cpu_backend). Tensors are made contiguous and must share one floating dtype
@@ -236,3 +237,41 @@ def rasterize_to_pixels(
         means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flat_ids,
         absgrad, n_threads,
     )  # fmt: skip
+
+
+class _Mix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, weights: Tensor, shapes: Tensor, n_threads: int) -> Tensor:  # type: ignore[override]
+        weights, shapes = weights.contiguous(), shapes.contiguous()
+        B, N, R = weights.shape
+        C = shapes.shape[-1]
+        out = torch.empty(B, N, C, dtype=shapes.dtype)
+        getattr(load_cpu_kernels(), f"splat_mix_fwd_{_sfx(shapes.dtype)}")(
+            B, N, R, C, _ptr(weights), _ptr(shapes), _ptr(out), n_threads
+        )
+        ctx.save_for_backward(weights, shapes)
+        ctx.n_threads = n_threads
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, v_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        weights, shapes = ctx.saved_tensors
+        B, N, R = weights.shape
+        C = shapes.shape[-1]
+        v_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
+        v_s = torch.empty_like(shapes) if ctx.needs_input_grad[1] else None
+        getattr(load_cpu_kernels(), f"splat_mix_bwd_{_sfx(shapes.dtype)}")(
+            B, N, R, C, _ptr(weights), _ptr(shapes), _ptr(v_out.contiguous()), _ptr(v_w), _ptr(v_s), ctx.n_threads
+        )
+        return v_w, v_s, None
+
+
+def mix(weights: Tensor, shapes: Tensor, n_threads: int = 1) -> Tensor:
+    """``weights [B, N, R]`` x ``shapes [N, R, C]`` -> ``[B, N, C]``: each row's own R blendshapes
+    weighted by that row's weights (kernel twin of ``(weights[..., None] * shapes[None]).sum(-2)``).
+    Both tensors float32 or both float64, on the CPU."""
+    if weights.dtype != shapes.dtype:
+        raise TypeError(f"weights and shapes must share a dtype, got {weights.dtype} and {shapes.dtype}")
+    if weights.dim() != 3 or shapes.dim() != 3 or weights.shape[1:] != shapes.shape[:2]:
+        raise ValueError(f"weights must be [B, N, R] and shapes [N, R, C], got {list(weights.shape)} and {list(shapes.shape)}")
+    return _Mix.apply(weights, shapes, n_threads)

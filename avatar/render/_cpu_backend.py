@@ -25,7 +25,7 @@ from pathlib import Path
 from avatar.errors import AvatarError
 from avatar.utils.files import cache_dir
 
-_SOURCES = ("common.h", "project.cpp", "raster.cpp")
+_SOURCES = ("common.h", "project.cpp", "raster.cpp", "mix.cpp")
 # -ffp-contract=off: forward and backward re-evaluate the same per-pixel test and must agree
 # bit for bit on which samples pass it; FMA contraction could round them differently.
 # -fno-math-errno -fno-trapping-math: lets GCC vectorise sqrt/ceil/floor (no errno, no FP-exception
@@ -131,6 +131,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn = getattr(lib, f"splat_project_bwd_{sfx}")
         fn.argtypes = [i32, i32, p, p, p, p, p, i32, i32, dbl, p, p, p, p, p, p, p, p, p, p, p, i32]
         fn.restype = None
+        fn = getattr(lib, f"splat_mix_fwd_{sfx}")
+        fn.argtypes, fn.restype = [i32] * 4 + [p] * 3 + [i32], None
+        fn = getattr(lib, f"splat_mix_bwd_{sfx}")
+        fn.argtypes, fn.restype = [i32] * 4 + [p] * 5 + [i32], None
 
 
 @functools.cache  # one build + load per process; the handle is immutable once made

@@ -393,7 +393,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
            "expr_proj": config.lr_expr_proj}  # fmt: skip
     groups = [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.primitive_parameters().items()]
     groups += [{"params": [p], "lr": lrs[k], "name": k} for k, p in rep.shared_parameters().items()]
-    optimizer = torch.optim.Adam(groups, eps=1e-15)
+    # fused: one pass per tensor instead of ~8 elementwise ops (a third of the Adam time on CPU)
+    optimizer = torch.optim.Adam(groups, eps=1e-15, fused=True)
     strategy = DensifyStrategy(config.strategy, config.steps)
     if resumed is not None:
         for k, d in deltas.items():
