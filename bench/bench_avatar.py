@@ -100,13 +100,22 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
 
 
 def _corrected_held_out(out: Path, tracked: dict) -> dict:
-    """The tracked rigid pose of every frame through the learnt pose correction of ``out``'s last
-    checkpoint (``TrainConfig.correct_pose``); empty when it has none."""
+    """The tracked rigid pose of the held-out frames as the report scores them: through the fitted
+    correction (``TrainConfig.pose_fit_frames``, kept in ``report.json``), else through the learnt
+    one of ``out``'s last checkpoint (``TrainConfig.correct_pose``), else empty (as tracked)."""
     import torch
 
     from avatar.training.refine import PoseCorrection
     from avatar.training.trainer import latest_checkpoint
 
+    report = json.loads((out / "report.json").read_text())
+    fit = report.get("pose_fit")
+    if fit:
+        rows = torch.as_tensor(report["frames"]["held_out_rows"])
+        posed = {k: tracked[k].clone() for k in fit["held_out_correction"]}
+        for k, d in fit["held_out_correction"].items():
+            posed[k][rows] += torch.tensor(d, dtype=posed[k].dtype)
+        return posed
     found = latest_checkpoint(out / "checkpoints")
     if found is None or "pose_model" not in found[1]:
         return {}
@@ -240,6 +249,7 @@ def _row(clip: str, seed: int, t_track: float, t_train: float, report: dict, bre
             "gaussians": report["num_gaussians"], "size": report["image_size"],
             **_refined(report.get("held_out_refined_pose")),
             **_uncorrected(report.get("held_out_uncorrected_pose")),
+            **_learnt(report.get("pose_fit")),
             **breakdown,
         }  # fmt: skip
 
@@ -257,10 +267,18 @@ def _uncorrected(metrics: dict | None) -> dict:
     the learnt correction on those frames."""
     if not metrics:
         return {}
-    size = metrics.get("learnt_correction", {})
+    size = metrics.get("correction", metrics.get("learnt_correction", {}))  # (older reports: learnt_correction)
     return {"psnr_uncorrected": round(metrics["psnr"], 2), "psnr_full_uncorrected": round(metrics["psnr_full"], 2),
-            "learnt_deg": round(size.get("rotation_deg_median", float("nan")), 2),
-            "learnt_mm": round(size.get("head_shift_mm_median", float("nan")), 2)}  # fmt: skip
+            "held_corr_deg": round(size.get("rotation_deg_median", float("nan")), 2),
+            "held_corr_mm": round(size.get("head_shift_mm_median", float("nan")), 2)}  # fmt: skip
+
+
+def _learnt(pose_fit: dict | None) -> dict:
+    """With ``pose_fit_frames``: the held-out figures through the learnt correction instead of the fitted one."""
+    if not pose_fit or not pose_fit.get("held_out_learnt_correction"):
+        return {}
+    m = pose_fit["held_out_learnt_correction"]
+    return {"psnr_learnt": round(m["psnr"], 2), "psnr_full_learnt": round(m["psnr_full"], 2), "pose_fit_s": pose_fit["seconds"]}
 
 
 def _print_tables(rows: list[dict], spread: bool) -> None:
@@ -271,13 +289,16 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
         print(f"{r['clip']:<20} {r['seed']:>4} {r['track_s']:>7} {r['train_s']:>8} {r['psnr']:>8} {r['ssim']:>8} {r['psnr_full']:>10} "
               f"{r['ssim_full']:>10}  ({r['psnr_init']})  {r['psnr_train']}")
     if any("psnr_uncorrected" in r for r in rows):
-        print("correct_pose: the held-out figures above are at the tracked poses through the learnt correction (a function")
-        print("of the tracked pose fitted on the training frames); without it, and its median size on the held-out frames")
-        print("clip                 seed  PSNR fg  PSNR full  learnt correction (deg; mean head-vertex shift, mm)")
+        print("the held-out figures above are at the tracked poses through a correction, a function of the tracked pose")
+        print("fitted on training frames (pose_fit_frames: a ridge fit to training poses refined against the finished")
+        print("avatar; else correct_pose's, learnt during training); at the tracked poses as they came, the correction's")
+        print("median size on the held-out frames, and through the learnt correction where the fitted one was used")
+        print("clip                 seed  PSNR fg  PSNR full  correction (deg; mean head-vertex shift, mm)  learnt: PSNR fg / full  fit s")
         for r in rows:
             if "psnr_uncorrected" in r:
                 print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr_uncorrected']:>8} {r['psnr_full_uncorrected']:>10}  "
-                      f"{r['learnt_deg']}, {r['learnt_mm']}")
+                      f"{r['held_corr_deg']}, {r['held_corr_mm']:<36}  {r.get('psnr_learnt', '-')} / {r.get('psnr_full_learnt', '-')}"
+                      f"  {r.get('pose_fit_s', '-')}")
     if any(r["psnr_refined"] is not None for r in rows):
         print("the same held-out frames, each frame's rigid head pose and body motion refined against the avatar (held fixed;")
         print("eval_refine_iters Levenberg-Marquardt iterations on the colour error over the foreground and the silhouette")

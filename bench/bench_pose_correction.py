@@ -1,7 +1,7 @@
 """Experiment: can the landmark tracker's pose error on held-out frames be predicted from the training
 frames alone? Prints held-out PSNR with the tracked poses and with a linear correction of them.
 
-    python bench/bench_pose_correction.py OUT [OUT ...] [--frames 64] [--ridge 10 30 100]
+    python bench/bench_pose_correction.py OUT [OUT ...] [--frames 64] [--ridge 10 30 100] [--expression]
 
 OUT: a trained avatar folder (``bench/bench_avatar.py --work W`` leaves them as W/<clip>). For each:
 
@@ -9,7 +9,9 @@ OUT: a trained avatar folder (``bench/bench_avatar.py --work W`` leaves them as 
    against the trained avatar (:func:`avatar.training.trainer.refine_held_out`, the same
    Levenberg-Marquardt pass the held-out report uses);
 2. a ridge regression (features standardised, intercept unpenalised) maps each frame's tracked
-   ``global_orient``, ``transl`` and ``body`` to that correction;
+   ``global_orient``, ``transl`` and ``body`` to that correction; with ``--expression``, a second
+   one from those, the 52 tracked expression weights and the jaw pose (does the tracker trade
+   head pitch for mouth shapes?);
 3. each held-out frame's tracked values go through it, and the held-out frames are scored at the
    corrected poses. No held-out pixel is used.
 
@@ -28,25 +30,7 @@ from pathlib import Path
 KEYS = ("global_orient", "transl", "body")
 
 
-def ridge_fit(x, y, lam: float):
-    """``x [n, f]`` -> ``y [n, t]`` ridge regression on standardised features with an unpenalised
-    intercept; returns ``predict(x_new [m, f]) -> [m, t]``. A feature that does not vary (no body
-    tracked) standardises to zero and drops out."""
-    import numpy as np
-
-    mu, sd = x.mean(0), x.std(0)
-    sd = np.where(sd > 1e-12, sd, np.inf)
-
-    def design(v):
-        return np.concatenate([(v - mu) / sd, np.ones((len(v), 1))], 1)
-
-    a = design(x)
-    w = np.linalg.solve(a.T @ a + lam * np.diag([1.0] * x.shape[1] + [0.0]), a.T @ y)
-    return lambda v: design(v) @ w
-
-
-def run(out: Path, frames: int, ridges: list[float]) -> None:
-    import numpy as np
+def run(out: Path, frames: int, ridges: list[float], with_expression: bool = False) -> None:
     import torch
 
     from avatar.models import load_head_model
@@ -54,6 +38,7 @@ def run(out: Path, frames: int, ridges: list[float]) -> None:
     from avatar.representations.mesh_gaussians import MeshGaussians
     from avatar.training.config import TrainConfig, apply
     from avatar.training.data import load_clip
+    from avatar.training.refine import fit_pose_correction
     from avatar.training.trainer import _spread, evaluate, latest_checkpoint, refine_held_out, tracked_vertices
 
     cfg = apply(TrainConfig(), json.loads((out / "report.json").read_text())["config"])
@@ -74,18 +59,19 @@ def run(out: Path, frames: int, ridges: list[float]) -> None:
     lm = refine_held_out(rep, head, clip, sub, clip.shape, bg, cfg.eval_refine_iters or 6, fixed,
                          options=RasterOptions(num_threads=1))  # fmt: skip
     t_lm = time.perf_counter() - t0
-    x = np.concatenate([clip.params[k].numpy() for k in keys], 1).astype(np.float64)
-    y = np.concatenate([lm[k].numpy() for k in keys], 1).astype(np.float64)
+    features = {"pose": ()}
+    if with_expression:
+        features["pose+expression"] = ("expression", "jaw")
     te = clip.test_ids
-    for lam in [None, *ridges]:
+    for feat, lam in [("pose", None), *((f, lam) for f in features for lam in ridges)]:
         deltas = {k: torch.zeros_like(clip.params[k]) for k in keys}
         if lam is not None:
-            pred = ridge_fit(x[sub], y[sub], lam)(x[te])
-            for i, k in enumerate(keys):
-                deltas[k][te] = torch.as_tensor(pred[:, 3 * i : 3 * i + 3], dtype=torch.float32)
+            pred = fit_pose_correction(clip.params, lm, torch.as_tensor(sub), lam, extra=features[feat])
+            for k in keys:
+                deltas[k][te] = pred[k][te].float()
         with torch.no_grad():
             m, _ = evaluate(rep, head, clip, te, clip.shape, bg, deltas=deltas, fixed_verts=fixed)
-        name = "tracked" if lam is None else f"corrected, ridge {lam:g}"
+        name = "tracked" if lam is None else f"corrected from {feat}, ridge {lam:g}"
         print(json.dumps({"clip": out.name, "poses": name, "psnr": round(m["psnr"], 2), "psnr_full": round(m["psnr_full"], 2),
                           "fitted_frames": len(sub), "lm_s": round(t_lm, 1)}), flush=True)  # fmt: skip
 
@@ -95,9 +81,11 @@ def main() -> None:
     parser.add_argument("outs", nargs="+", type=Path, help="trained avatar folders")
     parser.add_argument("--frames", type=int, default=64, help="training frames refined to fit the correction")
     parser.add_argument("--ridge", type=float, nargs="*", default=[10.0, 30.0, 100.0], help="ridge strengths to try")
+    parser.add_argument("--expression", action="store_true",
+                        help="also fit a correction from the tracked pose, the 52 expression weights and the jaw pose")
     args = parser.parse_args()
     for out in args.outs:
-        run(out, args.frames, args.ridge)
+        run(out, args.frames, args.ridge, args.expression)
 
 
 if __name__ == "__main__":

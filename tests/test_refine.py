@@ -10,7 +10,7 @@ import torch
 from avatar.representations import load_avatar
 from avatar.training import StrategyConfig, evaluate, train
 from avatar.training.data import load_clip
-from avatar.training.refine import PoseCorrection, RowAdam, refine_poses, repose_vertices
+from avatar.training.refine import PoseCorrection, RowAdam, fit_pose_correction, refine_poses, repose_vertices
 from avatar.training.synthetic import make_synthetic_clip
 from avatar.training.trainer import latest_checkpoint, refine_held_out
 from test_training import SIZE, _copy_clip, tiny
@@ -74,6 +74,34 @@ def test_pose_correction_carries_a_systematic_error_to_frames_it_was_not_fitted_
         assert after < 0.05 * before, (k, float(before), float(after))
     assert out["body"].abs().max() < 1e-6  # an input that never varies drops out, and the body stays put
     assert float(model.penalty().detach()) > 0
+
+
+def test_fitted_pose_correction_predicts_a_linear_tracker_error_on_other_frames():
+    """The closed-form ridge fit: a 20 % yaw under-read and a 2 mm offset, seen on 40 frames,
+    predicted on 20 beyond their yaw range; a constant input drops out; the ridge shrinks slopes,
+    not the offset; extra inputs widen the features."""
+    g = torch.Generator().manual_seed(4)
+    n = 60
+    yaw = torch.linspace(-0.2, 0.4, n)
+    true = {"global_orient": torch.stack([0.02 * torch.randn(n, generator=g), yaw, torch.zeros(n)], 1),
+            "transl": 0.01 * torch.randn(n, 3, generator=g), "body": torch.zeros(n, 3)}  # fmt: skip
+    tracked = {k: v.clone() for k, v in true.items()}
+    tracked["global_orient"][:, 1] *= 0.8
+    tracked["transl"][:, 0] -= 0.002
+    fit, rest = torch.arange(40), torch.arange(40, 60)
+    refined = {k: torch.where((torch.arange(n) < 40)[:, None], true[k] - tracked[k], torch.full_like(true[k], 9.0))
+               for k in true}  # rows outside `fit` are not read  # fmt: skip
+    out = fit_pose_correction(tracked, refined, fit, ridge=1e-9)
+    assert set(out) == {"global_orient", "transl", "body"} and out["transl"].shape == (n, 3)
+    for k in ("global_orient", "transl"):
+        torch.testing.assert_close(tracked[k][rest] + out[k][rest], true[k][rest], rtol=0, atol=1e-6)
+    assert out["body"].abs().max() < 1e-9
+    shrunk = fit_pose_correction(tracked, refined, fit, ridge=1e3)
+    assert shrunk["global_orient"][:, 1].std() < 0.1 * out["global_orient"][:, 1].std()
+    torch.testing.assert_close(shrunk["transl"][:, 0].mean(), torch.tensor(0.002), rtol=0, atol=1e-5)  # the offset stays
+    tracked["expression"] = torch.rand(n, 52, generator=g)
+    wide = fit_pose_correction(tracked, refined, fit, ridge=1.0, extra=("expression",))
+    assert not torch.allclose(wide["global_orient"], fit_pose_correction(tracked, refined, fit, ridge=1.0)["global_orient"])
 
 
 def test_repose_vertices_is_the_head_models_pose(anny_head64):
@@ -216,7 +244,7 @@ def test_learnt_pose_correction_resumes_exactly_and_moves_the_held_out_frames(tr
     """``correct_pose``: the correction and its optimiser travel in the checkpoints (an interrupted
     and resumed run ends where an uninterrupted one does), the held-out frames are scored and
     stored through it, and the report keeps the figure without it."""
-    cfg = tiny(steps=20, checkpoint_every=10, lr_pose_model=1e-2, refine_from=0.2,
+    cfg = tiny(steps=20, checkpoint_every=10, lr_pose_model=1e-2, refine_from=0.2, pose_fit_frames=0,
                eval_refine_iters=0, strategy=StrategyConfig(enabled=False))  # fmt: skip
     whole = _copy_clip(trained, tmp_path / "whole")
     report = train(whole, cfg, progress=False)
@@ -248,4 +276,29 @@ def test_learnt_pose_correction_resumes_exactly_and_moves_the_held_out_frames(tr
             assert np.abs(held).max() > 0, k
     other = report["held_out_uncorrected_pose"]
     assert np.isfinite(other["psnr"]) and other["psnr"] != report["held_out"]["psnr"]
-    assert other["learnt_correction"]["rotation_deg_median"] > 0
+    assert other["correction"]["rotation_deg_median"] > 0 and report["pose_fit"] is None
+
+
+def test_fitted_pose_correction_poses_the_held_out_frames_and_leaves_the_training_frames(trained, tmp_path):
+    """``pose_fit_frames``: after training, the held-out frames are scored and stored through the
+    ridge fit to refined training poses; training frames keep the learnt correction and their
+    per-frame refinements; the report keeps the learnt correction's figure beside it."""
+    cfg = tiny(steps=20, checkpoint_every=10, lr_pose_model=1e-2, refine_from=0.2, pose_fit_frames=8,
+               eval_refine_iters=0, strategy=StrategyConfig(enabled=False))  # fmt: skip
+    out = _copy_clip(trained, tmp_path / "fit")
+    report = train(out, cfg, progress=False)
+    fit = report["pose_fit"]
+    assert fit["frames"] == 8 and fit["ridge"] == cfg.pose_fit_ridge
+    learnt = fit["held_out_learnt_correction"]
+    assert np.isfinite(learnt["psnr"]) and learnt["psnr"] != report["held_out"]["psnr"]
+    ck = latest_checkpoint(out / "checkpoints")[1]
+    with torch.no_grad():
+        correction = PoseCorrection.from_state(ck["pose_model_keys"], ck["pose_model"])()
+    av = load_avatar(out)
+    with np.load(out / "tracking.npz") as z:
+        for k in ("global_orient", "transl"):
+            held = av.performance[k].numpy()[10:] - z[k][10:]
+            np.testing.assert_allclose(held, np.asarray(fit["held_out_correction"][k]), atol=1e-7)
+            assert np.abs(held - correction[k].numpy()[10:]).max() > 1e-6, k  # not the learnt one
+            trained_rows = av.performance[k].numpy()[:10] - z[k][:10]
+            np.testing.assert_allclose(trained_rows, (correction[k] + ck["deltas"][k]).numpy()[:10], atol=1e-6)

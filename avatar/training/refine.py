@@ -154,6 +154,32 @@ class PoseCorrection(torch.nn.Module):
         return self.weight.square().sum()
 
 
+def fit_pose_correction(tracked: dict[str, Tensor], refined: dict[str, Tensor], rows: Tensor, ridge: float,
+                        extra: tuple[str, ...] = ()) -> dict[str, Tensor]:  # fmt: skip
+    """The rigid-pose correction of every frame predicted from its tracked pose by a ridge
+    regression fitted on frames ``rows`` (closed form).
+
+    ``tracked``: name -> ``[N, D]`` every frame's tracked values; ``refined``: name (of
+    :data:`RIGID`) -> ``[N, 3]`` deltas that align the frames ``rows`` (e.g. a Levenberg-Marquardt
+    pass against the trained avatar, :func:`refine_poses`); other rows are not read. Features:
+    the tracked values of the ``refined`` names, then of ``extra``, standardised over ``rows`` (one
+    that does not vary there drops out); the intercept is not penalised. Returns name -> ``[N, 3]``.
+    Unlike :class:`PoseCorrection` (trained by gradient steps along with the avatar) this is fitted
+    once, after training, to poses that fully converged against the finished avatar.
+    """
+    keys = [k for k in RIGID if k in refined]
+    rows = torch.as_tensor(rows)
+    x = torch.cat([tracked[k].double().reshape(len(tracked[k]), -1) for k in (*keys, *extra)], 1)
+    y = torch.cat([refined[k].detach().double().cpu() for k in keys], 1)
+    mu, sd = x[rows].mean(0), x[rows].std(0, unbiased=False)
+    xs = torch.where(sd > 1e-12, (x - mu) / sd.clamp_min(1e-12), torch.zeros_like(x))
+    a = torch.cat([xs, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    penalty = torch.diag(torch.tensor([ridge] * x.shape[1] + [0.0], dtype=x.dtype))
+    w = torch.linalg.solve(a[rows].T @ a[rows] + penalty, a[rows].T @ y[rows])
+    pred = (a @ w).to(next(iter(refined.values())).dtype)
+    return dict(zip(keys, pred.split(3, 1)))
+
+
 def refine_poses(
     render: Callable[[dict[str, Tensor], Tensor], tuple[Tensor, Tensor]],
     deltas: dict[str, Tensor],

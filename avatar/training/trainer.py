@@ -9,10 +9,12 @@ then the densify/prune strategy; with ``refine_pose``/``refine_tracking`` the ba
 refinements take a per-frame Adam step, and with ``correct_pose`` the learnt correction of the
 tracked pose (every frame's) an Adam step (:mod:`avatar.training.refine`). Before the first step:
 surface Gaussians coloured from the frames, then hair/shoulder Gaussians seeded where the matte
-shows what the mesh does not cover (:mod:`avatar.training.seeding`). After the last: held-out
-metrics with the tracked poses (through the learnt correction, if any; the report then also
-gives the figure without it) and, with ``eval_refine_iters``, with each held-out frame's rigid
-pose refined against the avatar.
+shows what the mesh does not cover (:mod:`avatar.training.seeding`). After the last: with
+``pose_fit_frames``, a second correction of the tracked pose, fitted in closed form to training
+frames' poses refined against the finished avatar (it replaces the learnt one on the frames not
+trained on); held-out metrics with the tracked poses (through that correction, else the learnt
+one; the report also gives the figure without any, and with the learnt one) and, with
+``eval_refine_iters``, with each held-out frame's rigid pose refined against the avatar.
 
 Files (all written atomically):
     OUT/checkpoints/step_NNNNNNN.pt   every ``checkpoint_every`` steps and at the end (last
@@ -44,7 +46,8 @@ from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.training.config import TrainConfig
 from avatar.training.data import BODY, PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
-from avatar.training.refine import RIGID, PoseCorrection, RowAdam, apply_deltas, refine_poses, repose_vertices
+from avatar.training.refine import (RIGID, PoseCorrection, RowAdam, apply_deltas, fit_pose_correction, refine_poses,
+                                    repose_vertices)
 from avatar.training.seeding import seed_off_mesh
 from avatar.training.strategy import DensifyStrategy
 from avatar.utils.files import atomic_path, atomic_write
@@ -260,7 +263,7 @@ def _correction_sizes(head: Any, shape: Tensor, clip: Clip, deltas: dict[str, Te
 def refine_held_out(
     rep: Representation, head: Any, clip: Clip, rows: np.ndarray, shape: Tensor, background: Tensor, iters: int,
     fixed_verts: Tensor | None = None, options: Any = None, progress: bool = False,
-    init: dict[str, Tensor] | None = None,
+    init: dict[str, Tensor] | None = None, desc: str = "refine held-out poses",
 ) -> dict[str, Tensor]:  # fmt: skip
     """Rigid-pose deltas (name -> ``[N, 3]``; outside ``rows``, zero or ``init``) that align the
     avatar, held fixed, with frames ``rows`` (:func:`avatar.training.refine.refine_poses`),
@@ -285,7 +288,7 @@ def refine_held_out(
                                       *clip.size, background, options)  # fmt: skip
         return rgb, alpha
 
-    bar = tqdm(total=len(rows), desc="refine held-out poses", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     try:
         refine_poses(render, deltas, torch.as_tensor(np.asarray(rows), device=device),
                      lambda r: clip.target(r.cpu().numpy(), background, device), iters=iters,
@@ -293,6 +296,27 @@ def refine_held_out(
     finally:
         bar.close()
     return deltas
+
+
+def _fitted_correction(rep: Representation, head: Any, clip: Clip, shape: Tensor, bg: Tensor, config: TrainConfig,
+                       fixed_verts: Tensor | None, raster: Any, progress: bool,
+                       learnt: dict[str, Tensor] | None) -> tuple[dict[str, Tensor], dict[str, Any]]:  # fmt: skip
+    """``TrainConfig.pose_fit_frames``: the pose correction of every frame (name -> ``[N, 3]``): the
+    ridge fit (:func:`~avatar.training.refine.fit_pose_correction`) to the poses of training frames
+    refined against the finished avatar, on the held-out rows; ``learnt`` (or zero) on the
+    training rows, which were trained with it. Also what the report says of it."""
+    t0 = time.perf_counter()
+    rows = _spread(clip.train_ids, config.pose_fit_frames)
+    aligned = refine_held_out(rep, head, clip, rows, shape, bg, config.eval_refine_iters or 6, fixed_verts,
+                              options=raster, progress=progress, desc="refine training poses (pose fit)")  # fmt: skip
+    fitted = fit_pose_correction(clip.params, aligned, torch.as_tensor(rows), config.pose_fit_ridge)
+    held = torch.zeros(len(clip.Ks), 1, dtype=torch.bool, device=bg.device)
+    held[torch.as_tensor(clip.test_ids, device=bg.device)] = True
+    correction = {k: torch.where(held, f.to(bg.device), learnt[k] if learnt else torch.zeros_like(f, device=bg.device))
+                  for k, f in fitted.items()}  # fmt: skip
+    info = {"frames": len(rows), "ridge": config.pose_fit_ridge, "seconds": round(time.perf_counter() - t0, 1),
+            "held_out_correction": {k: v[torch.as_tensor(clip.test_ids)].tolist() for k, v in fitted.items()}}  # fmt: skip
+    return correction, info
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -500,10 +524,13 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
 
     # --- export + evaluation ---------------------------------------------------------------------
     # The learnt pose correction, of every frame (the held-out ones are drawn through it too).
-    correction = None
+    learnt = None
     if corrector is not None:
         with torch.no_grad():
-            correction = {k: v.detach() for k, v in corrector().items()}
+            learnt = {k: v.detach() for k, v in corrector().items()}
+    correction, pose_fit = learnt, None
+    if config.pose_fit_frames > 0 and len(clip.train_ids) >= MIN_POSE_FRAMES and len(clip.test_ids):
+        correction, pose_fit = _fitted_correction(rep, head, clip, shape, bg, config, fixed_verts, raster, progress, learnt)
     perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if k in deltas else 0)).cpu() for k in (*PARAMS, BODY)
             if k in clip.params}  # fmt: skip
     final, panels = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=correction, keep_images=config.eval_video,
@@ -511,6 +538,10 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     uncorrected = None
     if correction is not None:
         uncorrected, _ = evaluate(rep, head, clip, eval_ids, shape, bg, options=raster, fixed_verts=fixed_verts)
+    if pose_fit is not None and learnt is not None:  # the same frames through the learnt correction, for comparison
+        learnt_eval, _ = evaluate(rep, head, clip, eval_ids, shape, bg, deltas=learnt, options=raster, fixed_verts=fixed_verts)
+        pose_fit["held_out_learnt_correction"] = {k: learnt_eval[k] for k in ("psnr", "ssim", "psnr_full", "ssim_full")}
+    # (training rows of `correction` are the learnt correction, as trained)
     train_metrics, _ = evaluate(rep, head, clip, _spread(clip.train_ids, 16), shape, bg,
                                 deltas=_with_correction({k: d.detach() for k, d in deltas.items()}, correction) or None,
                                 options=raster, fixed_verts=fixed_verts)  # fmt: skip
@@ -540,7 +571,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         "held_out": {k: final[k] for k in ("psnr", "ssim", "psnr_full", "ssim_full", "pixels", "psnr_per_frame") if k in final},
         "held_out_uncorrected_pose": None if uncorrected is None else {
             **{k: uncorrected[k] for k in ("psnr", "ssim", "psnr_full", "ssim_full") if k in uncorrected},
-            **({"learnt_correction": _correction_sizes(head, shape, clip, correction, fixed_verts)} if len(clip.test_ids) else {})},
+            **({"correction": _correction_sizes(head, shape, clip, correction, fixed_verts)} if len(clip.test_ids) else {})},
+        "pose_fit": pose_fit,
         "held_out_initial": {k: init_metrics[k] for k in ("psnr", "ssim", "psnr_full") if k in init_metrics},
         "held_out_refined_pose": None if refined_eval is None else {
             **{k: refined_eval[k] for k in ("psnr", "ssim", "psnr_full", "psnr_per_frame") if k in refined_eval},
