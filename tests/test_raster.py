@@ -332,7 +332,9 @@ def test_mix_kernel_matches_the_torch_reference_forward_and_backward():
         s = torch.randn(N, R, C, generator=gen, dtype=dtype).requires_grad_()
         g = torch.randn(B, N, C, generator=gen, dtype=dtype)
         out = mix(w, s, n_threads=2)
-        (out * g).sum().backward()
+        # The gradient arrives non-contiguous (through a transpose), as it does from the trainer's
+        # colour concatenation: the kernel must read a copy that is still alive.
+        (out.transpose(0, 1) * g.transpose(0, 1)).sum().backward()
         got = (out.detach(), w.grad.clone(), s.grad.clone())
         w.grad = s.grad = None
         ref = _mix_reference(w, s)

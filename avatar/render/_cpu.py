@@ -260,8 +260,11 @@ class _Mix(torch.autograd.Function):
         C = shapes.shape[-1]
         v_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
         v_s = torch.empty_like(shapes) if ctx.needs_input_grad[1] else None
+        # Bound to a name: a contiguous copy made inside the call's arguments would be freed as
+        # soon as its address is taken, before the kernel reads it.
+        v_out = v_out.contiguous()
         getattr(load_cpu_kernels(), f"splat_mix_bwd_{_sfx(shapes.dtype)}")(
-            B, N, R, C, _ptr(weights), _ptr(shapes), _ptr(v_out.contiguous()), _ptr(v_w), _ptr(v_s), ctx.n_threads
+            B, N, R, C, _ptr(weights), _ptr(shapes), _ptr(v_out), _ptr(v_w), _ptr(v_s), ctx.n_threads
         )
         return v_w, v_s, None
 
