@@ -107,8 +107,9 @@ class TrainConfig:
     # and a ridge regression from the tracked pose to that refinement (refine.fit_pose_correction)
     # replaces the learnt correction for the held-out frames (and for any frame not trained on).
     # No held-out pixel is used. 0 = off; not below 8 training frames. fast-cpu, the 6 shared
-    # clips, against the learnt correction: held-out PSNR at the tracked poses +0.1..+1.2 dB
-    # (bench_pose_correction, then bench_avatar); about 1 s per frame on a 2-core CPU.
+    # clips, against the learnt correction on the same avatars (bench_avatar): held-out foreground
+    # PSNR at the tracked poses +0.07..+0.78 dB on all six, whole-image -0.29..+0.36; 110-150 s
+    # per clip with two clips training in parallel on 2 cores.
     pose_fit_frames: int = 64
     pose_fit_ridge: float = 10.0  # its ridge on the standardised inputs (10 against 100: better on four clips of six)
     refine_tracking: bool = False  # also each training frame's expression, jaw, neck and eyes (small lr)
