@@ -263,8 +263,8 @@ def _refined(metrics: dict | None) -> dict:
 
 
 def _uncorrected(metrics: dict | None) -> dict:
-    """With ``correct_pose``: the held-out figures at the tracked poses as they came, and the size of
-    the learnt correction on those frames."""
+    """With a pose correction: the held-out figures at the tracked poses as they came, and the size of
+    the correction (fitted, else learnt) on those frames."""
     if not metrics:
         return {}
     size = metrics.get("correction", metrics.get("learnt_correction", {}))  # (older reports: learnt_correction)

@@ -105,7 +105,7 @@ class TrainConfig:
     # After training: the rigid pose of pose_fit_frames training frames (spread over the clip) is
     # refined against the finished avatar (Levenberg-Marquardt, eval_refine_iters or 6 iterations),
     # and a ridge regression from the tracked pose to that refinement (refine.fit_pose_correction)
-    # replaces the learnt correction for the held-out frames (and for any frame not trained on).
+    # replaces the learnt correction for the held-out frames (the training frames keep theirs).
     # No held-out pixel is used. 0 = off; not below 8 training frames. fast-cpu, the 6 shared
     # clips, against the learnt correction on the same avatars (bench_avatar): held-out foreground
     # PSNR at the tracked poses +0.07..+0.78 dB on all six, whole-image -0.29..+0.36; 110-150 s
