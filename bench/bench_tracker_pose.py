@@ -28,7 +28,9 @@ Printed per clip and variant:
 - the median rotation (degrees) and translation (mm) between the re-tracked and the reference poses,
   on the held-out frames: raw, and through a ridge fit from the re-tracked pose to the reference
   (fitted on the training frames, closed form, as ``TrainConfig.pose_fit_frames`` does);
-- the same on the training frames, where the ridge was fitted;
+- the same on the training frames, where the ridge was fitted. Their reference poses include the
+  learnt pose correction (``TrainConfig.correct_pose``), itself a linear function of the tracked
+  pose, so the ridge recovers part of them by construction: read these as an optimistic bound;
 - the median landmark reprojection error (pixels).
 
 This is a measurement, not a pipeline stage.
