@@ -2,6 +2,7 @@
 frames alone? Prints held-out PSNR with the tracked poses and with a linear correction of them.
 
     python bench/bench_pose_correction.py OUT [OUT ...] [--frames 64] [--ridge 10 30 100] [--expression]
+        [--expression-pcs K ...]
 
 OUT: a trained avatar folder (``bench/bench_avatar.py --work W`` leaves them as W/<clip>). For each:
 
@@ -11,7 +12,9 @@ OUT: a trained avatar folder (``bench/bench_avatar.py --work W`` leaves them as 
 2. a ridge regression (features standardised, intercept unpenalised) maps each frame's tracked
    ``global_orient``, ``transl`` and ``body`` to that correction; with ``--expression``, a second
    one from those, the 52 tracked expression weights and the jaw pose (does the tracker trade
-   head pitch for mouth shapes?);
+   head pitch for mouth shapes?); with ``--expression-pcs K``, one from the pose and only the K
+   leading principal components of the tracked expression over the training frames (fewer inputs
+   for 64 fitted frames);
 3. each held-out frame's tracked values go through it, and the held-out frames are scored at the
    corrected poses. No held-out pixel is used.
 
@@ -30,7 +33,7 @@ from pathlib import Path
 KEYS = ("global_orient", "transl", "body")
 
 
-def run(out: Path, frames: int, ridges: list[float], with_expression: bool = False) -> None:
+def run(out: Path, frames: int, ridges: list[float], with_expression: bool = False, expression_pcs: tuple[int, ...] = ()) -> None:
     import torch
 
     from avatar.models import load_head_model
@@ -62,11 +65,15 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
     features = {"pose": ()}
     if with_expression:
         features["pose+expression"] = ("expression", "jaw")
+    tracked = dict(clip.params)
+    for k in expression_pcs:  # the tracked expression's leading principal components over the training frames
+        tracked[f"expression_pcs{k}"] = _principal_components(clip.params["expression"], clip.train_ids, k)
+        features[f"pose+{k} expression PCs"] = (f"expression_pcs{k}",)
     te = clip.test_ids
     for feat, lam in [("pose", None), *((f, lam) for f in features for lam in ridges)]:
         deltas = {k: torch.zeros_like(clip.params[k]) for k in keys}
         if lam is not None:
-            pred = fit_pose_correction(clip.params, lm, torch.as_tensor(sub), lam, extra=features[feat])
+            pred = fit_pose_correction(tracked, lm, torch.as_tensor(sub), lam, extra=features[feat])
             for k in keys:
                 deltas[k][te] = pred[k][te].float()
         with torch.no_grad():
@@ -76,6 +83,16 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
                           "fitted_frames": len(sub), "lm_s": round(t_lm, 1)}), flush=True)  # fmt: skip
 
 
+def _principal_components(x, rows, k: int):
+    """``x [N, D]`` projected on its ``k`` leading principal directions over ``rows``: ``[N, k]``."""
+    import torch
+
+    x = x.double()
+    mean = x[torch.as_tensor(rows)].mean(0)
+    _, _, vt = torch.linalg.svd(x[torch.as_tensor(rows)] - mean, full_matrices=False)
+    return ((x - mean) @ vt[:k].T).float()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("outs", nargs="+", type=Path, help="trained avatar folders")
@@ -83,9 +100,12 @@ def main() -> None:
     parser.add_argument("--ridge", type=float, nargs="*", default=[10.0, 30.0, 100.0], help="ridge strengths to try")
     parser.add_argument("--expression", action="store_true",
                         help="also fit a correction from the tracked pose, the 52 expression weights and the jaw pose")
+    parser.add_argument("--expression-pcs", type=int, nargs="*", default=[],
+                        help="also fit one from the tracked pose and the K leading principal components of the tracked "
+                             "expression over the training frames, for each K given")
     args = parser.parse_args()
     for out in args.outs:
-        run(out, args.frames, args.ridge, args.expression)
+        run(out, args.frames, args.ridge, args.expression, tuple(args.expression_pcs))
 
 
 if __name__ == "__main__":
