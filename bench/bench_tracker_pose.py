@@ -40,7 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -55,13 +55,13 @@ def _calibration(lm, ident, tr, reference, rows, iters: int = 400, ridge: float 
     import numpy as np
     import torch
 
-    from avatar.fitting.energy import landmark_weights, project_planes
+    from avatar.fitting.energy import interocular_px, landmark_weights, project_planes
     from avatar.models.rotations import axis_angle_to_matrix
 
     dtype = ident["rest"].dtype
     L = lm.num_landmarks
     det = torch.as_tensor(np.asarray(tr["landmarks"]), dtype=dtype)[rows]
-    iod = (det[:, 33, :2] - det[:, 263, :2]).norm(dim=1).clamp_min(1.0)
+    iod = interocular_px(det).clamp_min(1.0)
     w = torch.as_tensor(landmark_weights(0.3, iris=0.0), dtype=dtype)[:L]  # the gaze is not re-fitted here
     W, H = (int(x) for x in tr["image_size"])
     focal = torch.tensor(float(tr["K"][0, 0, 0]), dtype=dtype)
@@ -112,13 +112,14 @@ def run(out: Path, variants: list[str], ridge: float) -> None:
     lower = np.nonzero(rest[1] < rest[1, 2])[0]  # below the nose base (MediaPipe point 2), in the model frame
     lower = lower[lower < 468]  # not the irises
 
-    def weights(scale: dict) -> mock._patch | nullcontext:
+    def weights(scale: list[tuple[np.ndarray, float]]) -> AbstractContextManager:
+        """The tracker's landmark weights, with landmarks ``idx`` scaled by ``f`` for each pair."""
         if not scale:
             return nullcontext()
 
         def scaled(*a, **k):
             w = landmark_weights(*a, **k)
-            for idx, f in scale.values():
+            for idx, f in scale:
                 w[idx] *= f
             return w
 
@@ -126,13 +127,13 @@ def run(out: Path, variants: list[str], ridge: float) -> None:
 
     base_cfg = solver.FitConfig()
     for name in variants:
-        cfg, scale, lm = base_cfg, {}, LandmarkModel(head)
+        cfg, scale, lm = base_cfg, [], LandmarkModel(head)
         if name == "aperture1":
             cfg = dataclasses.replace(cfg, aperture_weight=1.0)
         elif name == "lower-face/4":
-            scale = {"lower": (lower, 0.25)}
+            scale = [(lower, 0.25)]
         elif name == "stable-x4":
-            scale = {"stable": (STABLE, 4.0)}
+            scale = [(STABLE, 4.0)]
         elif name == "no-depth":
             cfg = dataclasses.replace(cfg, w_depth=0.0)
         elif name == "no-contour":
