@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -34,7 +35,6 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     matte's edge (the silhouette: hair that moves, matte flicker), whatever the class.
     ``frames="train"``: the same over ``TRAIN_SAMPLE`` training frames spread over the clip, at the
     poses it was trained with (how well the avatar fits what it saw, against how it generalises)."""
-    import math
 
     import cv2
     import numpy as np
@@ -227,6 +227,13 @@ def main() -> None:
     _print_tables(rows, len(args.seeds) > 1)
 
 
+def ceiling(psnr: float, share: float) -> float:
+    """PSNR (dB) once a part holding ``share`` of the squared error has none left: the same pixels with
+    ``1 - share`` of the error. ``inf`` when that part holds all of it."""
+    left = 1.0 - share
+    return round(psnr - 10 * math.log10(left), 2) if left > 0 else float("inf")
+
+
 def _seed_dir(out: Path, seed: int) -> Path:
     """WORK/<clip>/seed<N>/ sharing the clip's tracking and frame cache."""
     run = out / f"seed{seed}"
@@ -357,6 +364,15 @@ def _print_tables(rows: list[dict], spread: bool) -> None:
     for r in rows:
         print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr_mouth']:>6} ({100 * r['share_mouth']:4.1f}%)"
               + (f" / {r['train_psnr_mouth']:>6} ({100 * r['train_share_mouth']:4.1f}%)" if "train_share_mouth" in r else ""))
+    print("held-out foreground PSNR if one class's error were zero: the most that fixing it alone could gain (the")
+    print("silhouette band overlaps the classes; 'all but off mesh' = the face and the rest of the mesh together)")
+    print("clip                 seed  PSNR fg  face  rest of mesh  off mesh  all but off mesh  silhouette band  mouth")
+    for r in rows:
+        cells = [ceiling(r["psnr"], r[f"share_{k}"]) for k in ("face", "mesh_other", "off_mesh")]
+        cells += [ceiling(r["psnr"], r["share_face"] + r["share_mesh_other"]), ceiling(r["psnr"], r["share_edge"]),
+                  ceiling(r["psnr"], r["share_mouth"])]  # fmt: skip
+        print(f"{r['clip']:<20} {r['seed']:>4} {r['psnr']:>8} " + " ".join(f"{c:>{w}}" for c, w in
+                                                                         zip(cells, (5, 13, 9, 16, 16, 6))))
     if "train_psnr_face" in rows[0]:
         print(f"the same classes on {TRAIN_SAMPLE} training frames (what the avatar fits, against what it generalises to)")
         for r in rows:
