@@ -264,3 +264,50 @@ def test_body_fixed_hair_follows_the_tracked_body_motion(anny_head, scene):
     assert torch.allclose(moved[hair], at_seed[hair] + (other - seen_body), atol=1e-5)
     assert torch.allclose(moved[:n0], at_seed[:n0])
     assert torch.allclose(rep(verts, body=other).means[0], rep(verts).means[0])  # no pose (rest): no body motion
+
+
+def test_teeth_follow_the_jaw_and_the_skull(anny_head):
+    """The lower arc moves with jawOpen as the lower lip does; the upper stays with the skull; the
+    teeth sit behind the lips and carry no expression blendshapes."""
+    from avatar.representations.mesh_gaussians import TEETH
+    from avatar.training.seeding import INNER_LIP_LOWER, INNER_LIP_UPPER, seed_teeth
+
+    head = anny_head
+    with torch.no_grad():
+        v0 = head().vertices[0]
+    rep = MeshGaussians.on_surface(head, per_face=1, per_face_face=1, vertices=v0, expr_rank=4)
+    n0 = rep.num_gaussians
+    added = seed_teeth(rep, head, v0, columns=5, rows=2)
+    teeth = rep.region == TEETH
+    assert added == 20 and int(teeth.sum()) == 20 and (~teeth[:n0]).all()
+    names = head.expression_names
+    e = torch.zeros(1, len(names))
+    e[0, names.index("jawOpen")] = 1.0
+    with torch.no_grad():
+        rest = rep(v0[None]).means[0][teeth]
+        v1 = head(expression=e).vertices
+        opened = rep(v1, expression=e).means[0][teeth]
+        lips0 = head.landmarks_from_vertices(v0[None])[0]
+        lips1 = head.landmarks_from_vertices(v1)[0]
+        code = rep.expression_code(e)[0]
+    upper, lower = slice(0, 10), slice(10, 20)
+    lip_drop = float(lips0[list(INNER_LIP_LOWER), 1].mean() - lips1[list(INNER_LIP_LOWER), 1].mean())
+    assert lip_drop > 0.02  # the fixture's premise: jawOpen lowers the lower lip by centimetres
+    drop = rest[lower, 1] - opened[lower, 1]
+    assert (drop > 0.5 * lip_drop).all() and (drop < 1.5 * lip_drop).all()
+    assert float((opened[upper] - rest[upper]).norm(dim=-1).max()) < 0.002
+    assert (rest[:, 2] < lips0[list(INNER_LIP_UPPER), 2].max()).all()  # behind the lips' front
+    assert (code[teeth] == 0).all() and (code[~teeth].abs().sum() > 0)
+
+
+def test_no_teeth_without_a_tongue(anny_head, monkeypatch):
+    """A head model without a mouth interior (FLAME) gets none, and the avatar is left as it was."""
+    import avatar.training.seeding as seeding
+
+    head = anny_head
+    with torch.no_grad():
+        v0 = head().vertices[0]
+    rep = MeshGaussians.on_surface(head, per_face=1, per_face_face=1, vertices=v0)
+    n0 = rep.num_gaussians
+    monkeypatch.setattr(seeding, "face_regions", lambda h, v=None: torch.full((h.faces.shape[0],), FREE))
+    assert seeding.seed_teeth(rep, head, v0) == 0 and rep.num_gaussians == n0

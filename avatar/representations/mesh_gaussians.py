@@ -21,6 +21,11 @@ Regions (``REGIONS``) control how far a Gaussian may go:
     hair   - off-surface Gaussians seeded where the frames show foreground the mesh does not
              cover (hair, shoulders; :mod:`avatar.training.seeding`), bound to a nearby scalp or
              neck triangle far outside it; their offset is free (no pull back to the surface).
+    teeth  - two arcs behind the lips (:func:`avatar.training.seeding.seed_teeth`): the lower
+             bound to the tongue, which the jaw carries, the upper to the face triangles nearby
+             that expressions move least. AnnyHead has no teeth, so without them the tongue
+             carried the teeth's colours and a mouth opened wider than in the training frames
+             showed them smeared over it. Offset free like hair; no expression blendshapes.
 
 Back-face culling (``cull_backfacing``, on for new avatars): the face, free and eye Gaussians carry
 their triangle's normal (``Splats.normals``) and fade out when it faces away from the camera
@@ -28,7 +33,7 @@ their triangle's normal (``Splats.normals``) and fade out when it faces away fro
 front trains the back of the scalp as a second, see-through layer of the face, and a novel view
 from behind shows blotches of face colour; with it nothing the camera cannot see is trained, and
 the trainer closes the unseen back as an opaque shell in the colour of its seen neighbours.
-Off-surface hair and the mouth interior are never culled.
+Off-surface hair, the mouth interior and the teeth are never culled.
 
 View-dependent colour (``sh_follows_head``, on for new avatars): the light in a phone clip is fixed
 and the head turns under it, so the shading a Gaussian shows depends on the view direction *in the
@@ -78,7 +83,7 @@ jaw cannot repaint the brow:
     offset(t) = offset + code_n(t) @ expr_offset[n]    (triangle units; eye/mouth clamps still apply)
 
 With no expression given (exports, the viewer's rest pose) nothing is added. Off-surface hair
-carries none (the deltas of its neighbours would swing it with the mouth).
+carries none (the deltas of its neighbours would swing it with the mouth), nor do the teeth.
 
 Seeded hair starts at w = 0.5 and at the rotation share the seeding is given; every other Gaussian
 follows the head (``follow_logit`` and ``turn_logit`` unused).
@@ -118,8 +123,8 @@ def _set_share(logit: nn.Parameter, value: float | Tensor) -> None:
         logit.copy_(_share_logit(value).to(logit).expand_as(logit))
 
 
-REGIONS = ("face", "free", "eye", "mouth", "hair")
-FACE, FREE, EYE, MOUTH, HAIR = range(5)
+REGIONS = ("face", "free", "eye", "mouth", "hair", "teeth")
+FACE, FREE, EYE, MOUTH, HAIR, TEETH = range(6)
 SH_C0 = 0.28209479177387814
 # Limits for the clamped (eye, mouth) regions, in triangle units: in-plane offset, normal offset,
 # largest scale.
@@ -444,7 +449,8 @@ class MeshGaussians(Representation):
             raise AvatarError(f"expression has {expression.shape[-1]} channels, this avatar was trained with {self.expr_channels}")
         # per triangle (F is a fifth of N), then gathered: the per-Gaussian product cost 5x a step
         per_face = (expression.to(self.expr_proj)[:, None, :] * self.expr_reach[None]) @ self.expr_proj  # [B, F, r]
-        return per_face[:, self.face_id] * (self.region != HAIR).to(per_face)[None, :, None]  # hair: none (module doc)
+        shaped = (self.region != HAIR) & (self.region != TEETH)  # hair and teeth: none (module doc)
+        return per_face[:, self.face_id] * shaped.to(per_face)[None, :, None]
 
     def local_state(self, expression: Tensor | None = None) -> LocalState:
         """The frames' blendshape weights and effective triangle-local offsets and log-scales
@@ -507,8 +513,8 @@ class MeshGaussians(Representation):
 
         ``offset``: squared offset beyond ``offset_tolerance`` triangle units from the triangle's
         centroid plane (the normal part counts fully: leaving the surface costs), weighted per
-        region (face 1, free 0.1 - hair and shoulders may drift, eye/mouth 10). With expression
-        blendshapes and the batch's ``expression [B, E]``, of the offsets at those expressions
+        region (face 1, free 0.1 - hair and shoulders may drift, eye/mouth 10, hair and teeth 0).
+        With expression blendshapes and the batch's ``expression [B, E]``, of the offsets at those expressions
         (the blendshapes move Gaussians too, and must not take them where the offset may not go).
         ``scale``: squared log-excess of the largest scale over ``scale_tolerance`` triangle units.
         ``expression`` (with expression blendshapes): their squared size, per Gaussian.
@@ -516,7 +522,7 @@ class MeshGaussians(Representation):
         ``expression`` is not read).
         """
         _, offset, log_scale = self.local_state(expression) if local is None else local
-        w = self.offset.new_tensor([1.0, 0.1, 10.0, 10.0, 0.0])[self.region]
+        w = self.offset.new_tensor([1.0, 0.1, 10.0, 10.0, 0.0, 0.0])[self.region]
         inplane = torch.relu(offset[..., :2].norm(dim=-1) - offset_tolerance)
         normal = offset[..., 2]
         off = (w * (inplane**2 + normal**2)).mean()

@@ -15,6 +15,10 @@ the start:
 
 Frames are processed in turn and each only fills what the previous ones left uncovered, so a
 few frames with different head poses fill the silhouette without duplicating it.
+
+:func:`seed_teeth` adds the teeth the head model lacks (region ``teeth``): two arcs of small
+Gaussians behind the inner lips of the neutral head, the lower one bound to the tongue (the jaw
+carries it) and the upper one to the nearby face triangles that the expressions move least.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from torch import Tensor
 
 from avatar.representations import MeshGaussians, render_splats
 from avatar.representations.geometry import triangle_frames
-from avatar.representations.mesh_gaussians import FREE, HAIR, face_regions
+from avatar.representations.mesh_gaussians import EYE, FREE, HAIR, MOUTH, TEETH, face_regions
 
 
 def nearest_covered(covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,3 +136,90 @@ def seed_off_mesh(
         rep.append(allowed[tri], region, local.float(), log_scale.float(), rgb, static_pos=static.float(), turn=turn)
         added += int(ys.size)
     return added
+
+
+#: FaceMesh's inner-lip contours, mouth corner to mouth corner (upper; lower).
+INNER_LIP_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+INNER_LIP_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
+
+
+@torch.no_grad()
+def seed_teeth(
+    rep: MeshGaussians,
+    head: Any,
+    vertices: Tensor,
+    *,
+    columns: int = 15,
+    rows: int = 5,
+    width: float = 0.7,
+    height: float = 0.008,
+    depth: float = 0.004,
+    size: float = 0.0015,
+    rgb: tuple[float, float, float] = (0.85, 0.82, 0.76),
+    anchor_radius: float = 0.06,
+) -> int:
+    """Append ``teeth`` Gaussians to ``rep`` (module docstring); returns how many (0 when the head
+    model has no tongue to carry the lower teeth, or no landmark embedding to find the lips).
+
+    Each arc follows the middle ``width`` of its inner-lip contour on the neutral head
+    ``vertices [V, 3]`` (metres; +y up, the face toward +z), ``columns`` across and ``rows`` from
+    the lip line up to ``height`` (upper teeth; down for the lower), ``depth`` behind the lips.
+    The lower teeth are bound to the nearest tongue triangle; each upper tooth to the triangle,
+    within ``anchor_radius`` and outside the eyes and the mouth interior, that carries it least
+    far under any one expression channel (the nearest to a skull-fixed point the mesh offers).
+    """
+    region_f = face_regions(head, vertices)
+    tongue = torch.nonzero(region_f == MOUTH).squeeze(-1)
+    if tongue.numel() == 0 or not head.landmark_faces.numel():
+        return 0
+    v = vertices.detach().cpu().to(head.dtype)
+    lm = head.landmarks_from_vertices(v[None].to(head.device))[0].cpu().double()
+    faces = head.faces.cpu()
+    origin, rot, k = (x[0] for x in triangle_frames(v[None].double(), faces))
+    lo, hi = 0.5 - width / 2, 0.5 + width / 2
+    along = np.linspace(lo, hi, columns)
+    up = torch.linspace(0.0, height, rows, dtype=torch.float64)
+    arcs = []
+    for contour, sign in ((INNER_LIP_UPPER, 1.0), (INNER_LIP_LOWER, -1.0)):
+        line = lm[list(contour)].numpy()
+        t = np.linspace(0, 1, len(contour))
+        arc = torch.from_numpy(np.stack([np.interp(along, t, line[:, c]) for c in range(3)], -1))
+        p = arc[:, None, :] + sign * up[None, :, None] * arc.new_tensor([0.0, 1.0, 0.0])
+        arcs.append(p.reshape(-1, 3) - arc.new_tensor([0.0, 0.0, depth]))
+    upper, lower = arcs
+    tri_lower = tongue[torch.cdist(lower, origin[tongue]).argmin(1)]
+    near = torch.nonzero((region_f != MOUTH) & (region_f != EYE)).squeeze(-1)
+    near = near[torch.cdist(origin[near], upper).amin(1) < anchor_radius]
+    tri_upper = near[_steadiest(head, v, faces, near, upper, origin, rot, k)]
+    p, tri = torch.cat([upper, lower]), torch.cat([tri_upper, tri_lower])
+    local = ((p - origin[tri])[:, None, :] @ rot[tri]).squeeze(1) / k[tri, None]
+    log_scale = (size / k[tri]).log()[:, None].expand(-1, 3)
+    colour = torch.tensor(rgb).expand(p.shape[0], 3)
+    rep.append(tri, torch.full((p.shape[0],), TEETH, dtype=torch.long), local.float(), log_scale.float(), colour, opacity=0.9)
+    return int(p.shape[0])
+
+
+def _steadiest(head: Any, vertices: Tensor, faces: Tensor, candidates: Tensor, points: Tensor,
+               origin: Tensor, rot: Tensor, k: Tensor, keep: int = 256) -> Tensor:
+    """``[P]`` index into ``candidates [A]`` (triangle ids) of the triangle that carries each of
+    ``points [P, 3]`` (bound in its frame, as a Gaussian is) least far when any one expression
+    channel is at full weight: the largest such move over the channels, smallest over the triangles
+    (among the ``keep`` whose centroids move least, to bound the cost). ``origin/rot/k``: the
+    triangle frames of the neutral ``vertices``; this identity's offset from the model's rest is
+    added to every expression as it is (blendshapes taken as additive)."""
+    names = getattr(head, "expression_names", ())
+    shape_offset = vertices[None].double() - head().vertices.double().cpu()
+    frames = []
+    for chunk in torch.eye(len(names), dtype=head.dtype).split(8):
+        moved = head(expression=chunk.to(head.device)).vertices.double().cpu() + shape_offset
+        frames.append(tuple(x[:, candidates] for x in triangle_frames(moved, faces)))  # [C, A, ...]
+    o_all = torch.cat([f[0] for f in frames])  # [E, A, 3]
+    still = (o_all - origin[candidates][None]).norm(dim=-1).amax(0).argsort()[:keep]  # [keep] into A
+    o0, r0, k0 = origin[candidates][still], rot[candidates][still], k[candidates][still]
+    local = torch.einsum("aji,paj->pai", r0, points[:, None, :] - o0[None]) / k0[None, :, None]  # [P, keep, 3]
+    worst = torch.zeros(local.shape[:2], dtype=local.dtype)
+    for o, r, kk in frames:
+        o, r, kk = o[:, still], r[:, still], kk[:, still]
+        where = o[:, None] + kk[:, None, :, None] * torch.einsum("caij,paj->cpai", r, local)  # [C, P, keep, 3]
+        worst = torch.maximum(worst, (where - points[None, :, None]).square().sum(-1).amax(0))
+    return still[worst.argmin(1)]

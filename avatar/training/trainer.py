@@ -48,7 +48,7 @@ from avatar.training.data import BODY, PARAMS, Clip, load_clip
 from avatar.training.losses import masked_metrics, photometric_loss
 from avatar.training.refine import (RIGID, PoseCorrection, RowAdam, apply_deltas, fit_pose_correction, refine_poses,
                                     repose_vertices)
-from avatar.training.seeding import seed_off_mesh
+from avatar.training.seeding import seed_off_mesh, seed_teeth
 from avatar.training.strategy import DensifyStrategy
 from avatar.utils.files import atomic_path, atomic_write
 
@@ -380,6 +380,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
         seen = init_colors_from_frames(rep, head, clip, shape, _spread(clip.train_ids, config.color_init_frames))
         if config.cull_backfacing:
             close_unseen_surface(rep, seen)
+        if config.teeth:
+            seed_teeth(rep, head, neutral)
         with torch.no_grad():  # body-fixed hair is stored relative to the mean training head pose
             train_params = _frame_params(clip, clip.train_ids, device, None)
             rep.reference_pose.copy_(rigid_transforms(train_params["global_orient"].mean(0, keepdim=True),
