@@ -514,8 +514,9 @@ class MeshGaussians(Representation):
         ``offset``: squared offset beyond ``offset_tolerance`` triangle units from the triangle's
         centroid plane (the normal part counts fully: leaving the surface costs), weighted per
         region (face 1, free 0.1 - hair and shoulders may drift, eye/mouth 10, hair and teeth 0).
-        With expression blendshapes and the batch's ``expression [B, E]``, of the offsets at those expressions
-        (the blendshapes move Gaussians too, and must not take them where the offset may not go).
+        With expression blendshapes and the batch's ``expression [B, E]``, of the offsets at those
+        expressions (the blendshapes move Gaussians too, and must not take them where the offset
+        may not go).
         ``scale``: squared log-excess of the largest scale over ``scale_tolerance`` triangle units.
         ``expression`` (with expression blendshapes): their squared size, per Gaussian.
         ``local``: :meth:`local_state` of the batch, when the step already has it (then
