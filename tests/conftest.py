@@ -39,3 +39,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (real-data tests run only where it exists)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """``load_bench("bench_avatar")``: a script of ``bench/`` imported as a module (bench/ is not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -2,28 +2,17 @@
 region's share of the squared error, against the PSNR measured on images with that region fixed."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_avatar.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_avatar", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * math.log10(1.0 / float(((a - b) ** 2).mean()))
 
 
-def test_ceiling_matches_the_psnr_with_that_region_fixed():
-    bench = _bench()
+def test_ceiling_matches_the_psnr_with_that_region_fixed(load_bench):
+    bench = load_bench("bench_avatar")
     rng = np.random.default_rng(0)
     target = rng.random((64, 64, 3))
     pred = np.clip(target + rng.normal(0, 0.05, target.shape), 0, 1)

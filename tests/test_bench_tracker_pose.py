@@ -2,30 +2,19 @@
 offset of the embedding, projected at known poses, is recovered from those poses."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from avatar.fitting.energy import project_planes
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_tracker_pose.py"
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_tracker_pose", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_calibration_recovers_a_known_landmark_offset(anny_head):
+def test_calibration_recovers_a_known_landmark_offset(anny_head, load_bench):
     from avatar.fitting.landmark_model import LandmarkModel
     from avatar.models.rotations import axis_angle_to_matrix
 
-    bench = _bench()
+    bench = load_bench("bench_tracker_pose")
     head, n, size, focal = anny_head, 24, (512, 512), 700.0
     lm = LandmarkModel(head)
     with torch.no_grad():
