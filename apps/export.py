@@ -42,7 +42,7 @@ class Export:
             path = export_ply(self.out, dest, self.frame)
         else:
             head = load_model(self)
-            tracking = read_tracking(self.out / "tracking.npz")
+            tracking = tracking_if_any(self.out)
             path = export_glb_cli(self, head, tracking, dest) if self.format == "glb" else export_obj_cli(self, head, tracking, dest)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
@@ -59,24 +59,16 @@ def load_model(cfg: Export):
 # What earlier stages left in OUT: OUT/tracking.npz (avatar.fitting.load_tracking) and the
 # trained bundle OUT/avatar/ (avatar.representations.load_avatar).
 # ---------------------------------------------------------------------------------------------
-_PER_FRAME = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
 BAKE_FRAMES = 12  # frames read from the source for texture baking (frontal first, then spread)
 
 
-def read_tracking(path: Path):
+def tracking_if_any(out: Path):
     """The clip's :class:`~avatar.fitting.tracking.Tracking`, or ``None`` when OUT has none yet."""
-    if not path.exists():
+    if not (out / "tracking.npz").exists():
         return None
     from avatar.fitting import load_tracking
 
-    return load_tracking(path)
-
-
-def _frame_params(tracking, index: slice | int | np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.asarray(getattr(tracking, k))[index] for k in _PER_FRAME}
-    if isinstance(index, (int, np.integer)):
-        out = {k: v[None] for k, v in out.items()}
-    return out
+    return load_tracking(out)
 
 
 def _shape(tracking) -> np.ndarray | None:
@@ -123,7 +115,7 @@ def _baked_texture(head, tracking, size: int) -> np.ndarray | None:
         return None
     viewmats = np.repeat(np.asarray(tracking.viewmat)[None], got.size, 0)
     bake = bake_texture_from_frames(head, [frames[r] for r in got], viewmats, np.asarray(tracking.K)[got],
-                                    _frame_params(tracking, got), size, shape=_shape(tracking))  # fmt: skip
+                                    tracking.frame_params(got), size, shape=_shape(tracking))  # fmt: skip
     return bake.image
 
 
@@ -133,7 +125,7 @@ def export_glb_cli(cfg: Export, head, tracking, dest: Path) -> Path:
     animation = texture = None
     if tracking is not None:
         if cfg.animation:
-            animation = GltfAnimation(fps=float(tracking.fps or 30.0), **_frame_params(tracking, slice(None)))
+            animation = GltfAnimation(fps=float(tracking.fps or 30.0), **tracking.frame_params())
         texture = _baked_texture(head, tracking, cfg.texture_size)
     info = export_glb(dest / "head.glb", head, shape=_shape(tracking), texture=texture, animation=animation,
                       texture_size=cfg.texture_size)
@@ -152,7 +144,7 @@ def export_obj_cli(cfg: Export, head, tracking, dest: Path) -> Path:
         n = tracking.num_frames
         if not 0 <= cfg.frame < n:
             raise AvatarError(f"--frame {cfg.frame} is out of range: the tracking has frames 0..{n - 1}")
-        params = _frame_params(tracking, cfg.frame)
+        params = tracking.frame_params(cfg.frame)
     shape = _shape(tracking)
     if shape is not None:
         params["shape"] = shape
@@ -176,12 +168,12 @@ def export_ply(out: Path, dest: Path, frame: int | None) -> Path:
     params: dict[str, torch.Tensor] = {}
     name = "gaussians.ply"
     if frame is not None:
-        tracking = read_tracking(out / "tracking.npz")
+        tracking = tracking_if_any(out)
         if tracking is None:
             raise AvatarError(f"--frame {frame} needs {out / 'tracking.npz'}; run `avatar track` first")
         if not 0 <= frame < tracking.num_frames:
             raise AvatarError(f"--frame {frame} is out of range: the tracking has frames 0..{tracking.num_frames - 1}")
-        params = {k: torch.as_tensor(v) for k, v in _frame_params(tracking, frame).items()}
+        params = {k: torch.as_tensor(v) for k, v in tracking.frame_params(frame).items()}
         name = f"gaussians_frame{frame:05d}.ply"
     with torch.no_grad():
         splats = av.splats(params)

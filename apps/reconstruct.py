@@ -115,10 +115,12 @@ class Reconstruct:
 
 def _check_same_source(tracking: Path, source: Path) -> None:
     """Refuse to resume on an OUT that was made from another input."""
-    import numpy as np
+    from avatar.fitting import load_tracking
 
-    with np.load(tracking, allow_pickle=False) as data:
-        recorded = str(data["source"]) if "source" in data.files else ""
+    try:
+        recorded = load_tracking(tracking).source
+    except AvatarError as e:
+        raise AvatarError(f"{e} (or pass --restart to redo every stage)") from e
     recorded_path = Path(recorded)
     if recorded and not recorded_path.is_absolute():
         recorded_path = tracking.parent / recorded_path  # written relative to OUT

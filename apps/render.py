@@ -39,11 +39,11 @@ class Render:
         from avatar.io.video import VideoWriter
         from avatar.representations import load_avatar
         from avatar.render.mesh import intrinsics, orbit_viewmat
-        from avatar.training.data import BODY, PARAMS, load_tracking
+        from avatar.representations.base import BODY
 
         av = load_avatar(self.out)
         cfg = av.config
-        params, fps = self._performance(av, load_tracking, PARAMS)
+        params, fps = self._performance(av)
         fps = self.fps or fps or 25.0
         n = next(iter(params.values())).shape[0]
         W0, H0 = cfg.get("image_size", [512, 512])
@@ -82,27 +82,28 @@ class Render:
                 writer.write(rgb[0].clamp(0, 1).numpy())
         print(f"wrote {self.output} ({len(cams)} frames, {W}x{H})")
 
-    def _performance(self, av, load_tracking, names):
+    def _performance(self, av):
         """Per-frame head parameters: the avatar's own (refined) performance, or the driver's."""
         import torch
 
+        from avatar.fitting import load_tracking
+        from avatar.models.base import FRAME_PARAMS
         from avatar.representations.base import BODY
 
         if self.drive is None:
             if av.performance:  # with the tracked body motion when the avatar was trained with it
-                return {k: av.performance[k].float() for k in (*names, BODY) if k in av.performance}, av.config.get("fps")
-            tr = load_tracking(Path(av.path).parent / "tracking.npz")
-            return {k: torch.as_tensor(tr[k]).float() for k in names}, tr["fps"]
+                return {k: av.performance[k].float() for k in (*FRAME_PARAMS, BODY) if k in av.performance}, av.config.get("fps")
+            tr = load_tracking(Path(av.path).parent)
+            return {k: torch.as_tensor(v).float() for k, v in tr.frame_params().items()}, tr.fps
         tr = load_tracking(self.drive)
-        if tr["model"] != av.config["model"]:
-            raise AvatarError(f"{self.drive} was tracked with the {tr['model']!r} head model; this avatar uses {av.config['model']!r}")
-        names_drive = list(tr.get("expression_names", []))
-        if names_drive and names_drive != list(av.head.expression_names):
+        if tr.model != av.config["model"]:
+            raise AvatarError(f"{self.drive} was tracked with the {tr.model!r} head model; this avatar uses {av.config['model']!r}")
+        if list(tr.expression_names) != list(av.head.expression_names):
             raise AvatarError(f"{self.drive}: expression channels differ from this avatar's head model")
-        p = {k: torch.as_tensor(tr[k]).float() for k in names}
+        p = {k: torch.as_tensor(v).float() for k, v in tr.frame_params().items()}
         # The driver's translation is about its own distance to its camera: keep its motion,
         # placed where this avatar's subject stood.
         own = av.performance.get("transl")
         if own is not None:
             p["transl"] = p["transl"] - p["transl"].mean(0) + own.float().mean(0)
-        return p, tr["fps"]
+        return p, tr.fps

@@ -60,14 +60,14 @@ def _calibration(lm, ident, tr, reference, rows, iters: int = 400, ridge: float 
 
     dtype = ident["rest"].dtype
     L = lm.num_landmarks
-    det = torch.as_tensor(np.asarray(tr["landmarks"]), dtype=dtype)[rows]
+    det = torch.as_tensor(np.asarray(tr.landmarks), dtype=dtype)[rows]
     iod = interocular_px(det).clamp_min(1.0)
     w = torch.as_tensor(landmark_weights(0.3, iris=0.0), dtype=dtype)[:L]  # the gaze is not re-fitted here
-    W, H = (int(x) for x in tr["image_size"])
-    focal = torch.tensor(float(tr["K"][0, 0, 0]), dtype=dtype)
+    W, H = (int(x) for x in tr.image_size)
+    focal = torch.tensor(float(tr.K[0, 0, 0]), dtype=dtype)
     with torch.no_grad():
-        local = lm.planes(ident, torch.as_tensor(tr["expression"], dtype=dtype)[rows], None, None,
-                          eyes=torch.as_tensor(tr["eyes"], dtype=dtype)[rows], local=True)  # fmt: skip
+        local = lm.planes(ident, torch.as_tensor(tr.expression, dtype=dtype)[rows], None, None,
+                          eyes=torch.as_tensor(tr.eyes, dtype=dtype)[rows], local=True)  # fmt: skip
     G = axis_angle_to_matrix(reference["global_orient"][rows].to(dtype))
     T = reference["transl"][rows].to(dtype)
     delta = torch.zeros(3, L, dtype=dtype, requires_grad=True)
@@ -89,6 +89,7 @@ def run(out: Path, variants: list[str], ridge: float) -> None:
     from safetensors.torch import load_file
 
     import avatar.fitting.solver as solver
+    from avatar.fitting import load_tracking
     from avatar.fitting.energy import STABLE, landmark_weights
     from avatar.fitting.landmark_model import LandmarkModel
     from avatar.models import load_head_model
@@ -98,15 +99,15 @@ def run(out: Path, variants: list[str], ridge: float) -> None:
     if not report.get("held_out_refined_pose"):
         print(f"{out.name}: no refined held-out poses (trained with eval_refine_iters=0); skipped")
         return
-    tr = dict(np.load(out / "tracking.npz"))
-    ok = np.asarray(tr["tracked"], bool)
+    tr = load_tracking(out)
+    ok = np.asarray(tr.tracked, bool)
     perf = load_file(str(out / "avatar" / "performance.safetensors"))
     reference = {k: perf[k].double() for k in RIGID}
     held = np.asarray(report["frames"]["held_out_rows"])
     rows = np.nonzero(ok)[0]
     train = np.setdiff1d(rows, held)
-    head = load_head_model(str(tr["model"]))
-    W, H = (int(x) for x in tr["image_size"])
+    head = load_head_model(tr.model)
+    W, H = (int(x) for x in tr.image_size)
     with torch.no_grad():
         rest = LandmarkModel(head).identity(torch.zeros(1, head.num_shape, dtype=head.dtype))["rest"].numpy()
     lower = np.nonzero(rest[1] < rest[1, 2])[0]  # below the nose base (MediaPipe point 2), in the model frame
@@ -142,14 +143,14 @@ def run(out: Path, variants: list[str], ridge: float) -> None:
             cfg = dataclasses.replace(cfg, w_smooth_rot=10 * cfg.w_smooth_rot, w_smooth_transl=10 * cfg.w_smooth_transl)
         elif name == "calibrated":
             with torch.no_grad():
-                ident = lm.identity(torch.as_tensor(tr["shape"], dtype=head.dtype)[None])
+                ident = lm.identity(torch.as_tensor(tr.shape, dtype=head.dtype)[None])
             lm = _calibrated_model(head, _calibration(lm, ident, tr, reference, train))
         elif name != "base":
             raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         with weights(scale):
-            res = solver.fit_landmarks(head, tr["landmarks"][ok], (W, H), frame_index=tr["frame_index"][ok], temporal=True,
-                                       focal=float(tr["K"][0, 0, 0]), shape=tr["shape"], config=cfg, landmark_model=lm)  # fmt: skip
-        pose = {k: torch.as_tensor(np.asarray(tr[k]), dtype=torch.float64).clone() for k in RIGID}
+            res = solver.fit_landmarks(head, tr.landmarks[ok], (W, H), frame_index=tr.frame_index[ok], temporal=True,
+                                       focal=float(tr.K[0, 0, 0]), shape=tr.shape, config=cfg, landmark_model=lm)  # fmt: skip
+        pose = {k: torch.as_tensor(np.asarray(getattr(tr, k)), dtype=torch.float64).clone() for k in RIGID}
         for k in RIGID:
             pose[k][torch.as_tensor(ok)] = torch.as_tensor(getattr(res, k), dtype=torch.float64)
         fit = fit_pose_correction(pose, {k: reference[k] - pose[k] for k in RIGID}, torch.as_tensor(train), ridge)

@@ -3,6 +3,7 @@ offset of the embedding, projected at known poses, is recovered from those poses
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -32,13 +33,13 @@ def test_calibration_recovers_a_known_landmark_offset(anny_head, load_bench):
         local = lm.planes(ident, torch.zeros(n, head.num_expressions), None, None, local=True)
         world = torch.baddbmm(reference["transl"][:, :, None], axis_angle_to_matrix(reference["global_orient"]), local + offset)
         u, v, _ = project_planes(world, torch.tensor(focal), size[0] / 2, size[1] / 2)
-    tr = {
-        "landmarks": torch.stack([u, v, torch.zeros_like(u)], -1).numpy(),
-        "expression": np.zeros((n, head.num_expressions), np.float32),
-        "eyes": np.zeros((n, 2, 3), np.float32),
-        "image_size": np.array(size),
-        "K": np.array([[[focal, 0, size[0] / 2], [0, focal, size[1] / 2], [0, 0, 1]]] * n, np.float32),
-    }
+    tr = SimpleNamespace(  # the fields of a Tracking that the calibration reads
+        landmarks=torch.stack([u, v, torch.zeros_like(u)], -1).numpy(),
+        expression=np.zeros((n, head.num_expressions), np.float32),
+        eyes=np.zeros((n, 2, 3), np.float32),
+        image_size=np.array(size),
+        K=np.array([[[focal, 0, size[0] / 2], [0, focal, size[1] / 2], [0, 0, 1]]] * n, np.float32),
+    )
     found = bench._calibration(lm, ident, tr, reference, np.arange(n), iters=600)
     err = (found[:, :468] - offset[:, :468]).norm(dim=0)
     size_ = offset[:, :468].norm(dim=0)

@@ -21,7 +21,8 @@ def _tracking(path, n=4, names=("jawOpen", "eyeBlinkLeft"), seed=0):
         eyes=np.zeros((n, 2, 3), np.float32), global_orient=np.zeros((n, 3), np.float32),
         transl=np.zeros((n, 3), np.float32), fps=np.float32(25.0), tracked=np.ones(n, bool),
         frame_index=np.arange(n), interpolated=np.zeros(n, bool), landmarks=np.zeros((n, 478, 3), np.float32),
-        K=np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]], np.float32), viewmat=np.eye(4, dtype=np.float32),
+        K=np.tile(np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]], np.float32), (n, 1, 1)),
+        viewmat=np.eye(4, dtype=np.float32),
         shape=np.zeros(0, np.float32), model=np.array("anny"), image_size=np.array([640, 480]),
         source=np.array("synthetic"),
     )  # fmt: skip
@@ -51,7 +52,7 @@ def test_missing_out_is_a_clear_error(tmp_path):
 def test_corrupt_tracking_is_a_clear_error(tmp_path):
     bad = tmp_path / "tracking.npz"
     bad.write_bytes(b"not a zip file at all")
-    # (the message comes from avatar.fitting.load_tracking when present, else from the viewer's reader)
+    # (the message comes from avatar.fitting.load_tracking, the one reader)
     for content in (None, dict(something=np.zeros(3)),
                     dict(expression=np.zeros((3, 2)), expression_names=np.array(["a", "b", "c"]))):  # fmt: skip
         if content is not None:

@@ -29,7 +29,7 @@ import torch
 
 from avatar.errors import AvatarError
 from avatar.export.meshdata import PART_NAMES, build_export_mesh, evaluate, safe_normals
-from avatar.models.base import HeadModel
+from avatar.models.base import FRAME_PARAMS, HeadModel
 from avatar.utils.files import atomic_path
 
 __all__ = ["GltfAnimation", "GlbInfo", "export_glb", "joint_pair_cost", "limit_influences", "matrix_to_quaternion_xyzw"]
@@ -61,8 +61,7 @@ class GltfAnimation:
     name: str = "performance"
 
     def params(self) -> dict[str, np.ndarray]:
-        names = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
-        return {k: np.asarray(getattr(self, k)) for k in names if getattr(self, k) is not None}
+        return {k: np.asarray(getattr(self, k)) for k in FRAME_PARAMS if getattr(self, k) is not None}
 
     @property
     def num_frames(self) -> int:

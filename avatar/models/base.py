@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+#: The per-frame arguments of :meth:`HeadModel.forward` (``shape`` is per identity, not per frame):
+#: what a tracking holds per frame, what a trained avatar is driven by, what an animation exports.
+FRAME_PARAMS = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
+
 
 @dataclass(frozen=True)
 class HeadOutput:

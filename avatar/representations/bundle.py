@@ -21,13 +21,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from avatar.errors import AvatarError
+from avatar.models.base import FRAME_PARAMS
 from avatar.representations.base import BODY, Representation, Splats, render_splats
 from avatar.representations.mesh_gaussians import MeshGaussians
 from avatar.utils.files import atomic_path, atomic_write
 
 BUNDLE_FORMAT = 1
 REPRESENTATIONS: dict[str, type[Representation]] = {MeshGaussians.kind: MeshGaussians}
-PARAM_NAMES = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
 
 
 def save_representation(rep: Representation, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -68,7 +68,7 @@ class Avatar:
     path: Path | None = None
 
     def vertices(self, params: dict[str, Tensor]) -> Tensor:
-        given = {k: v.to(self.shape) for k, v in params.items() if k in PARAM_NAMES}
+        given = {k: v.to(self.shape) for k, v in params.items() if k in FRAME_PARAMS}
         return self.head(shape=self.shape[None], **given).vertices
 
     def splats(self, params: dict[str, Tensor], sh_degree: int | None = None) -> Splats:

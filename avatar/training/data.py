@@ -1,8 +1,7 @@
 """Training data: the tracking file (``OUT/tracking.npz``), the frames of its source at training
 resolution, and a foreground matte per frame.
 
-The tracking contract is the fitting stage's (``avatar.fitting.load_tracking`` is used when it
-exists; :func:`read_tracking_npz` is a small reader of the same layout). Mattes come from
+The tracking is read by the fitting stage's :func:`avatar.fitting.load_tracking`. Mattes come from
 ``OUT/mattes.npz`` (``mattes [N, H, W]`` uint8 or float, any size; written by whoever knows
 better, e.g. a synthetic clip) or else from :class:`avatar.perception.matte.PersonMatte`.
 Frames are cropped to a square around the head (:func:`head_crop`, from the tracked 2D
@@ -15,64 +14,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from avatar.errors import AvatarError
+from avatar.fitting.tracking import Tracking, load_tracking
+from avatar.models.base import FRAME_PARAMS
 from avatar.representations.base import BODY
 from avatar.utils.files import atomic_path
 
-PARAMS = ("expression", "jaw", "neck", "eyes", "global_orient", "transl")
+PARAMS = FRAME_PARAMS  # the per-frame head parameters (an alias kept for the trainer)
 #: FaceMesh's chin point (the body band starts below it).
 CHIN = 152
-_REQUIRED = ("frame_index", "tracked", "expression", "jaw", "neck", "eyes", "global_orient", "transl",
-             "K", "viewmat", "shape", "model", "image_size", "source")  # fmt: skip
-
-
-def read_tracking_npz(path: str | Path) -> dict[str, Any]:
-    """Read a ``tracking.npz`` in the fitting stage's layout into a dict of numpy arrays / str."""
-    path = Path(path)
-    if not path.is_file():
-        raise AvatarError(f"{path}: no tracking file; run `avatar track INPUT -o {path.parent}` first")
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise AvatarError(f"{path}: not a tracking file (missing {', '.join(missing)})")
-    for k in ("model", "source"):
-        data[k] = str(data[k])
-    if "expression_names" in data:
-        data["expression_names"] = [str(x) for x in data["expression_names"]]
-    n = data["frame_index"].shape[0]
-    data.setdefault("interpolated", np.zeros(n, dtype=bool))
-    data["fps"] = float(data.get("fps", 30.0))
-    return data
-
-
-def load_tracking(path: str | Path) -> dict[str, Any]:
-    """The tracking as a dict (contract names). Uses the fitting stage's reader when installed."""
-    try:
-        from avatar.fitting import load_tracking as fitting_load  # type: ignore[attr-defined]
-    except ImportError:
-        return read_tracking_npz(path)
-    tr = fitting_load(path)
-    if isinstance(tr, dict):
-        out = dict(tr)
-    else:
-        out = {k: getattr(tr, k) for k in (*_REQUIRED, "interpolated", "fps", "expression_names", "landmarks")
-               if hasattr(tr, k)}  # fmt: skip
-    for k, v in list(out.items()):
-        if isinstance(v, Tensor):
-            out[k] = v.detach().cpu().numpy()
-    out["model"], out["source"] = str(out["model"]), str(out["source"])
-    if "expression_names" in out:
-        out["expression_names"] = [str(x) for x in np.asarray(out["expression_names"]).reshape(-1)]
-    out.setdefault("interpolated", np.zeros(len(out["frame_index"]), dtype=bool))
-    out["fps"] = float(out.get("fps") or 30.0)
-    return out
 
 
 @dataclass
@@ -165,20 +120,18 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
 
     out_dir = Path(out_dir)
     tr = load_tracking(out_dir / "tracking.npz")
-    usable = np.asarray(tr["tracked"], bool) | np.asarray(tr["interpolated"], bool)
-    rows = np.nonzero(usable)[0]
+    rows = np.nonzero(tr.usable)[0]
     if max_frames is not None:
         rows = rows[:max_frames]
     if rows.size < 1:
         raise AvatarError(f"{out_dir}/tracking.npz has no usable (tracked) frame; nothing to train on")
-    src_size = tuple(int(x) for x in tr["image_size"])
-    tracked = np.asarray(tr["tracked"], bool)[rows]
-    lms = np.asarray(tr["landmarks"])[rows][tracked] if "landmarks" in tr else np.zeros((0, 0, 2))
+    src_size = tuple(int(x) for x in tr.image_size)
+    lms = tr.landmarks[rows][np.asarray(tr.tracked, bool)[rows]]
     box = head_crop(lms, src_size, head_crop_faces)
     W0, H0 = box[2], box[3]
     s = resolution / max(W0, H0)
     W, H = max(1, round(W0 * s)), max(1, round(H0 * s))
-    frame_index = np.asarray(tr["frame_index"], np.int64)[rows]
+    frame_index = np.asarray(tr.frame_index, np.int64)[rows]
     whole = box == (0, 0, *src_size)
     cache = out_dir / "cache" / (f"frames_{W}x{H}_{len(rows)}.npz" if whole else f"frames_{W}x{H}_{len(rows)}_crop{'_'.join(map(str, box))}.npz")
     images = mattes = None
@@ -190,7 +143,7 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
         except (OSError, ValueError, KeyError):
             images = None  # unreadable cache: rebuild it
     if images is None:
-        source = Path(tr["source"])
+        source = Path(tr.source)
         if not source.is_absolute() and not source.exists():
             source = out_dir / source
         wanted = {int(f): i for i, f in enumerate(frame_index)}
@@ -209,8 +162,8 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
         mattes = _mattes(out_dir, tr, rows, images, progress, box, src_size)
         with atomic_path(cache) as tmp:
             np.savez(tmp, images=images, mattes=mattes, frame_index=frame_index)
-    params = {k: torch.as_tensor(np.asarray(tr[k], np.float32)[rows]) for k in PARAMS}
-    Ks = torch.as_tensor(np.asarray(tr["K"], np.float32)[rows]).clone()
+    params = {k: v for k, v in tr.head_params(rows).items() if k != "shape"}
+    Ks = torch.as_tensor(np.asarray(tr.K, np.float32)[rows]).clone()
     Ks[:, 0, 2] -= box[0]
     Ks[:, 1, 2] -= box[1]
     Ks[:, 0, :] *= W / W0
@@ -218,11 +171,10 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
     train_ids, test_ids = split_holdout(len(rows), holdout)
     if track_body:
         chin = (lms[:, CHIN, 1] - box[1]) * (H / H0) if lms.size else np.zeros(0)
-        params[BODY] = torch.as_tensor(body_motion(mattes, chin, train_ids, Ks.numpy(), np.asarray(tr["viewmat"], np.float64),
+        params[BODY] = torch.as_tensor(body_motion(mattes, chin, train_ids, Ks.numpy(), np.asarray(tr.viewmat, np.float64),
                                                    params["transl"].numpy()), dtype=torch.float32)  # fmt: skip
-    return Clip(images, mattes, params, Ks, torch.as_tensor(np.asarray(tr["viewmat"], np.float32)),
-                torch.as_tensor(np.asarray(tr["shape"], np.float32)), tr["model"], float(tr["fps"]),
-                train_ids, test_ids, str(tr["source"]))  # fmt: skip
+    return Clip(images, mattes, params, Ks, torch.as_tensor(np.asarray(tr.viewmat, np.float32)),
+                torch.as_tensor(np.asarray(tr.shape, np.float32)), tr.model, tr.fps, train_ids, test_ids, tr.source)
 
 
 def body_motion(mattes: np.ndarray, chin_rows: np.ndarray, reference: np.ndarray, Ks: np.ndarray, viewmat: np.ndarray,
@@ -249,15 +201,15 @@ def body_motion(mattes: np.ndarray, chin_rows: np.ndarray, reference: np.ndarray
     return cam @ R  # R^T cam, row-wise: a direction, so no translation
 
 
-def _mattes(out_dir: Path, tr: dict, rows: np.ndarray, images: np.ndarray, progress: bool,
+def _mattes(out_dir: Path, tr: Tracking, rows: np.ndarray, images: np.ndarray, progress: bool,
             box: tuple[int, int, int, int], src_size: tuple[int, int]) -> np.ndarray:  # fmt: skip
     n, H, W = images.shape[:3]
     given = out_dir / "mattes.npz"
     if given.is_file():
         with np.load(given) as z:
             m = z["mattes"]
-        if m.shape[0] != len(tr["frame_index"]):
-            raise AvatarError(f"{given}: {m.shape[0]} mattes for {len(tr['frame_index'])} tracked frames")
+        if m.shape[0] != tr.num_frames:
+            raise AvatarError(f"{given}: {m.shape[0]} mattes for {tr.num_frames} tracked frames")
         m = m[rows]
         m = (m * 255.0).round().astype(np.uint8) if m.dtype != np.uint8 else m
         return np.stack([_resize(_crop(x, box, src_size), W, H) for x in m])
