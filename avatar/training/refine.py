@@ -33,13 +33,14 @@ head model gives for the refined pose, without evaluating it again.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from avatar.models.rotations import axis_angle_to_matrix
 from avatar.training.data import BODY
+from avatar.utils.optim import Adam, LMOptions, fd_least_squares, levenberg_marquardt
 
 RIGID = ("global_orient", "transl", BODY)
 
@@ -56,49 +57,15 @@ def repose_vertices(verts: Tensor, go0: Tensor, t0: Tensor, go1: Tensor, t1: Ten
     return (verts - t0.to(verts)[:, None]) @ r0 @ r1.transpose(1, 2) + t1.to(verts)[:, None]
 
 
-class RowAdam:
-    """Adam on ``[N, D]`` tensors of which each step updates only some rows (one row per frame;
-    the rows of the frames in the batch).
-
-    Every row keeps its own moments and step count. Rows outside the batch neither move nor
-    decay. torch's Adam would keep moving them on stale momentum for hundreds of steps after
-    their frame was last seen.
-    """
+class RowAdam(Adam):
+    """:class:`avatar.utils.optim.Adam`, row-wise, with this module's former defaults (``eps`` 1e-12).
+    Per-frame deltas (``[N, 3]``, one row per frame) of which each step updates the rows of the
+    frames in the batch; :meth:`step` takes those rows. Kept so that ``from avatar.training.refine
+    import RowAdam`` works; new code uses ``Adam(..., eps=1e-12, row_wise=True)``."""
 
     def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-12) -> None:  # fmt: skip
-        self.params, self.lrs, self.betas, self.eps = params, lrs, betas, eps
-        self.m = {k: torch.zeros_like(p) for k, p in params.items()}
-        self.v = {k: torch.zeros_like(p) for k, p in params.items()}
-        first = next(iter(params.values()))  # every parameter has one row per frame
-        self.count = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
-
-    @torch.no_grad()
-    def step(self, rows: Tensor) -> None:
-        """Update ``rows`` (``[B]`` long, distinct) from each parameter's ``.grad``; clears the grads."""
-        rows = torch.unique(rows)
-        self.count[rows] += 1
-        b1, b2 = self.betas
-        c = self.count[rows].to(self.m[next(iter(self.m))].dtype)[:, None]
-        for k, p in self.params.items():
-            if p.grad is None:
-                continue
-            g = p.grad[rows]
-            m = self.m[k][rows].mul_(b1).add_(g, alpha=1 - b1)
-            v = self.v[k][rows].mul_(b2).addcmul_(g, g, value=1 - b2)
-            self.m[k][rows], self.v[k][rows] = m, v
-            p[rows] -= self.lrs[k] * (m / (1 - b1**c)) / ((v / (1 - b2**c)).sqrt() + self.eps)
-            p.grad = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"m": {k: t.cpu() for k, t in self.m.items()}, "v": {k: t.cpu() for k, t in self.v.items()},
-                "count": self.count.cpu()}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in self.params:
-            self.m[k].copy_(state["m"][k])
-            self.v[k].copy_(state["v"][k])
-        self.count.copy_(state["count"])
+        super().__init__(params, lrs, betas=betas, eps=eps, row_wise=True)
 
 
 class PoseCorrection(torch.nn.Module):
@@ -234,7 +201,6 @@ def refine_poses(
     device = deltas[keys[0]].device
     fd = torch.cat([torch.full((n,), fd_rotation if k == "global_orient" else fd_translation, dtype=torch.float64)
                     for k, n in zip(keys, sizes)]).to(device)  # fmt: skip
-    probes = torch.diag(fd)  # row j: the finite-difference step of number j
 
     def split(x: Tensor) -> dict[str, Tensor]:
         return dict(zip(keys, x.split(sizes, 1)))
@@ -255,27 +221,13 @@ def refine_poses(
         init = rows[start - 1 : start].expand(len(r)) if warm_start and start > 0 else r
         x = torch.cat([deltas[k][init] for k in keys], 1).double()
         with torch.no_grad():
-            res = residuals(x)
-            loss = res.square().sum(1)
-            damping = torch.full_like(loss, 1e-2)
-            for it in range(iters):
-                if it % jacobian_every == 0:
-                    jac = torch.stack([(residuals(x + probes[j]) - res) / fd[j] for j in range(len(fd))], 1)  # [B, D, P]
-                    hess = jac @ jac.transpose(1, 2)
-                    diag = torch.diagonal(hess, dim1=1, dim2=2)
-                    # A number the frame does not see (no body in view) has a zero column: keep it put.
-                    diag = diag + 1e-9 * diag.mean(1, keepdim=True) + 1e-30
-                grad = (jac @ res[:, :, None])[..., 0]
-                step = -torch.linalg.solve(hess + damping[:, None, None] * torch.diag_embed(diag), grad)
-                res_new = residuals(x + step)
-                loss_new = res_new.square().sum(1)
-                better = loss_new < loss
-                x = torch.where(better[:, None], x + step, x)
-                res = torch.where(better[:, None], res_new, res)
-                loss = torch.where(better, loss_new, loss)
-                damping = torch.where(better, damping * 0.3, damping * 10)
+            # lambda from 1e-2, x0.3 on an accepted step; a number the frame does not see (no body
+            # in view: a zero Jacobian column) is kept put by the relative floor.
+            x = levenberg_marquardt(x, *fd_least_squares(residuals, fd, jacobian_every), iters,
+                                    LMOptions(damping=1e-2, shrink=0.3, grow=10.0, relative_floor=1e-9))
             for k, v in split(x).items():
                 deltas[k][r] = v.to(deltas[k])
         if progress is not None:
             progress(min(start + batch, len(rows)))
     return deltas
+
