@@ -10,6 +10,7 @@ import torch
 from avatar.representations import load_avatar
 from avatar.training import StrategyConfig, evaluate, train
 from avatar.training.data import load_clip
+from avatar.training.frames import FrameRenderer
 from avatar.training.refine import PoseCorrection, RowAdam, fit_pose_correction, refine_poses, repose_vertices
 from avatar.training.synthetic import make_synthetic_clip
 from avatar.training.trainer import latest_checkpoint, refine_held_out
@@ -249,10 +250,11 @@ def test_held_out_pose_error_is_undone(trained):
     trainable = [n for n, p in av.representation.named_parameters() if p.requires_grad]
 
     def refined_psnr() -> tuple[dict, float]:
-        deltas = refine_held_out(av.representation, av.head, clip, rows, av.shape, bg, iters=8)
-        return deltas, evaluate(av.representation, av.head, clip, rows, av.shape, bg, deltas=deltas)[0]["psnr"]
+        deltas = refine_held_out(av.representation, frames, rows, iters=8)
+        return deltas, evaluate(av.representation, frames, rows, deltas=deltas)[0]["psnr"]
 
-    off = evaluate(av.representation, av.head, clip, rows, av.shape, bg)[0]["psnr"]
+    frames = FrameRenderer(av.head, clip, av.shape, bg)
+    off = evaluate(av.representation, frames, rows)[0]["psnr"]
     deltas, fixed = refined_psnr()
     assert fixed > off + 2.0, (off, fixed)
     assert all(deltas[k][clip.train_ids].abs().max() == 0 for k in deltas)  # only the given rows move

@@ -228,7 +228,7 @@ def test_back_of_the_head_is_a_closed_shell(anny_head):
     behind the head sees the shell's colour, fully covered."""
     from avatar.render.mesh import intrinsics, orbit_viewmat
     from avatar.representations.mesh_gaussians import FREE
-    from avatar.training.trainer import close_unseen_surface
+    from avatar.training.initialise import close_unseen_surface
 
     rep = _see_through(MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=2))
     v = anny_head().vertices

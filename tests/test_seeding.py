@@ -270,16 +270,17 @@ def test_teeth_follow_the_jaw_and_the_skull(anny_head):
     """The lower arc moves with jawOpen as the lower lip does; the upper stays with the skull; the
     teeth sit behind the lips and carry no expression blendshapes."""
     from avatar.representations.mesh_gaussians import TEETH
-    from avatar.training.seeding import INNER_LIP_LOWER, INNER_LIP_UPPER, seed_teeth
+    from avatar.training.seeding import INNER_LIP_LOWER, INNER_LIP_UPPER, TEETH_COLUMNS, TEETH_ROWS, seed_teeth
 
     head = anny_head
     with torch.no_grad():
         v0 = head().vertices[0]
     rep = MeshGaussians.on_surface(head, per_face=1, per_face_face=1, vertices=v0, expr_rank=4)
     n0 = rep.num_gaussians
-    added = seed_teeth(rep, head, v0, columns=5, rows=2)
+    added = seed_teeth(rep, head, v0)
     teeth = rep.region == TEETH
-    assert added == 20 and int(teeth.sum()) == 20 and (~teeth[:n0]).all()
+    arc = TEETH_COLUMNS * TEETH_ROWS
+    assert added == 2 * arc and int(teeth.sum()) == 2 * arc and (~teeth[:n0]).all()
     names = head.expression_names
     e = torch.zeros(1, len(names))
     e[0, names.index("jawOpen")] = 1.0
@@ -290,7 +291,7 @@ def test_teeth_follow_the_jaw_and_the_skull(anny_head):
         lips0 = head.landmarks_from_vertices(v0[None])[0]
         lips1 = head.landmarks_from_vertices(v1)[0]
         code = rep.expression_code(e)[0]
-    upper, lower = slice(0, 10), slice(10, 20)
+    upper, lower = slice(0, arc), slice(arc, 2 * arc)
     lip_drop = float(lips0[list(INNER_LIP_LOWER), 1].mean() - lips1[list(INNER_LIP_LOWER), 1].mean())
     assert lip_drop > 0.02  # the fixture's premise: jawOpen lowers the lower lip by centimetres
     drop = rest[lower, 1] - opened[lower, 1]

@@ -150,9 +150,8 @@ def test_config_overrides():
         override(cfg, ["steps=many"])
     with pytest.raises(AvatarError, match="unknown preset"):
         preset("turbo")
-    assert override(cfg, ["photometric=l2"]).photometric == "l2"
-    with pytest.raises(AvatarError, match="photometric must be"):
-        override(cfg, ["photometric=l3"])
+    with pytest.raises(AvatarError, match="unknown setting"):  # an experiment-only knob, removed
+        override(cfg, ["photometric=l1"])
     with pytest.raises(AvatarError, match="body_translation must be"):
         override(cfg, ["body_translation=2"])
     with pytest.raises(AvatarError, match="device must be one of"):
@@ -224,7 +223,7 @@ def test_tracking_refinement_runs_and_stays_small(clip_dir, tmp_path):
 
 
 def test_nearest_colors_takes_the_neighbours_colour():
-    from avatar.training.trainer import nearest_colors
+    from avatar.training.initialise import nearest_colors
 
     points = torch.tensor([[0.0, 0, 0], [0.01, 0, 0], [1.0, 0, 0], [1.01, 0, 0]], dtype=torch.float64)
     colors = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], [0, 0, 1.0]], dtype=torch.float64)
@@ -233,27 +232,21 @@ def test_nearest_colors_takes_the_neighbours_colour():
     assert torch.allclose(got, torch.tensor([[1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64))
 
 
-def test_photometric_loss_kinds():
-    from avatar.training.losses import photometric_loss
+def test_photometric_loss_is_l2_plus_dssim():
+    from avatar.training.losses import photometric_loss, ssim_map
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(2, 8, 8, 3, generator=g), torch.rand(2, 8, 8, 3, generator=g)
-    l1, _ = photometric_loss(a, b, lambda_dssim=0.0, kind="l1")
-    l2, parts = photometric_loss(a, b, lambda_dssim=0.0, kind="l2")
-    assert torch.isclose(l1, (a - b).abs().mean())
+    l2, parts = photometric_loss(a, b, lambda_dssim=0.0)
     assert torch.isclose(l2, 10 * ((a - b) ** 2).mean())
-    assert parts["l1"] == pytest.approx(float(l1))  # the progress bar's l1 stays the absolute error
-    from avatar.training.losses import ssim_map
-
-    mixed, parts = photometric_loss(a, b, lambda_dssim=0.25, kind="l2")
+    assert parts["l1"] == pytest.approx(float((a - b).abs().mean()))  # the progress bar's l1 stays the absolute error
+    mixed, parts = photometric_loss(a, b, lambda_dssim=0.25)
     assert torch.isclose(mixed, 0.75 * l2 + 0.25 * (1 - ssim_map(a, b).mean())) and "dssim" in parts
-    # L2's minimiser over two equally likely targets is their mean; L1 is flat between them.
+    # L2's minimiser over two equally likely targets is their mean (L1 would be flat between them).
     x = torch.full((1, 4, 4, 3), 0.5, requires_grad=True)
     lo, hi = torch.zeros(1, 4, 4, 3), torch.ones(1, 4, 4, 3)
-    (photometric_loss(x, lo, 0.0, "l2")[0] + photometric_loss(x, hi, 0.0, "l2")[0]).backward()
+    (photometric_loss(x, lo, 0.0)[0] + photometric_loss(x, hi, 0.0)[0]).backward()
     assert x.grad.abs().max() < 1e-6
-    with pytest.raises(ValueError, match="l1' or 'l2"):
-        photometric_loss(a, b, kind="huber")
 
 
 def test_densify_at_the_cap_takes_the_largest_gradients(anny_head):

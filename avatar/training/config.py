@@ -42,7 +42,8 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of ``avatar train``. Presets: :data:`PRESETS`."""
+    """Every knob of ``avatar train``. Presets: :data:`PRESETS`. Measured effects of the levers
+    that are on by default: ``docs/quality.md``."""
 
     resolution: int = 512  # long side of the training images (px); K is scaled to match
     head_crop: float = 3.0  # train on a square this many face sizes wide around the head, at most the frame's short side (0 = whole frames)
@@ -52,7 +53,7 @@ class TrainConfig:
     per_face_face: int = 3  # Gaussians per triangle on the face
     sh_degree: int = 1
     sh_increase_every: int = 1000  # active SH degree +1 every this many steps
-    sh_follows_head: bool = True  # view-dependent colour is kept in the head's frame and turns with it (shading that changes as the head turns under fixed light)
+    sh_follows_head: bool = True  # view-dependent colour is kept in the head's frame and turns with it
     lr_offset: float = 3e-3
     lr_offset_final_fraction: float = 0.05  # exponential decay of lr_offset to this fraction
     lr_rot: float = 1e-3
@@ -63,24 +64,18 @@ class TrainConfig:
     lr_follow: float = 0.05  # hair: logit of how much it turns with the head (vs stays with the body)
     lr_static: float = 2e-5  # hair: body-fixed position (metres)
     track_body: bool = True  # measure the body's motion from the mattes below the chin; body-fixed hair/shoulders follow it (avatar.perception.body)
-    body_translation: float = 0.0  # share of the head's translation body-fixed hair follows, per axis (see MeshGaussians)
-    lr_body: float = 0.0  # learn that share (its logit) at this rate; 0 keeps it (learnt or fixed at 1: no net gain measured)
+    body_translation: float = 0.0  # share of the head's translation body-fixed hair follows (fixed; see MeshGaussians)
     body_rotation: float = 0.02  # hair: initial share of the head's rotation its body frame turns with (see MeshGaussians)
     lr_turn: float = 0.05  # hair: learning rate of that share (its logit), one per Gaussian
-    photometric: Literal["l1", "l2"] = "l2"  # per-pixel term beside D-SSIM (l2: +0.4-0.8 dB held out; losses.photometric_loss)
-    lambda_dssim: float = 0.2  # 0 skips SSIM (faster CPU steps); measured at 0: PSNR +0.4 dB on one clip, +-0.1 on four, SSIM -0.01..-0.03
+    lambda_dssim: float = 0.2  # weight of D-SSIM beside 10 x L2 (losses.photometric_loss); 0 skips SSIM (faster CPU steps)
     lambda_alpha: float = 0.1  # L1 between the rendered opacity and the matte (sharp silhouettes, no halo)
     cull_backfacing: bool = True  # surface Gaussians facing away from the camera are hidden (no see-through face on the back of the head)
-    # Teeth behind the lips (region teeth; seeding.seed_teeth): AnnyHead has none. fast-cpu, the 6 shared
-    # clips: held-out PSNR inside the mouth opening 16.2 -> 20.0 dB on d3 (mouth wider than in training),
-    # -0.3..+0.6 elsewhere; foreground -0.10..+0.03 dB on all six (bench_avatar).
-    teeth: bool = True
+    teeth: bool = True  # two arcs of Gaussians behind the lips (seeding.seed_teeth); AnnyHead has no teeth
     seed_off_mesh: bool = True  # seed "hair" Gaussians where the matte shows what the mesh does not cover
     seed_frames: int = 4  # training frames (spread over the clip) that seed them, each filling what is left
-    seed_stride: int = 4  # one seed per stride x stride pixels (2 gave crisper hair that generalised worse)
-    # Per-Gaussian colour/offset blendshapes driven by the frame's expression (MeshGaussians docstring);
-    # 0 = none; off below 8 training frames. Rank 8 did as well as 16 held out (bench_avatar, fast-cpu)
-    # at a third less added time (Adam updates 48 numbers per Gaussian per rank-8 set).
+    seed_stride: int = 4  # one seed per stride x stride pixels
+    # Per-Gaussian colour/offset blendshapes driven by the frame's expression (MeshGaussians
+    # docstring): their rank; 0 = none; off below 8 training frames.
     expr_rank: int = 8
     lr_expr: float = 3e-3  # their per-Gaussian coefficients
     lr_expr_proj: float = 1e-3  # the shared expression -> code projection
@@ -89,33 +84,24 @@ class TrainConfig:
     w_scale: float = 1.0
     offset_tolerance: float = 0.5  # triangle units before the offset regulariser bites (in-plane)
     scale_tolerance: float = 0.6  # triangle units before the scale regulariser bites
-    # Per-frame refinement of the tracking from the training loss (avatar.training.refine): per-frame
-    # Adam steps (RowAdam) from refine_from of the run, once the avatar is sharp enough to align to.
-    # refine_pose: each training frame's rigid head pose and body motion (not below 8 training frames).
-    # fast-cpu, the 6 shared clips: training-frame PSNR +0.8..1.3 dB, held-out with refined poses
-    # -0.01..+0.42 dB (mean +0.16; seed noise ~0.3), with tracked poses -0.35..+0.30.
-    refine_pose: bool = True
+    # Per-frame refinement of the tracking from the training loss (avatar.training.refine): per-row
+    # Adam steps from refine_from of the run, once the avatar is sharp enough to align to.
+    refine_pose: bool = True  # each training frame's rigid head pose and body motion (not below 8 training frames)
     lr_pose_rotation: float = 2e-3  # radians (axis-angle) per step
     lr_pose_translation: float = 2e-4  # metres per step (head and body)
     # A learnt linear correction of the tracked rigid pose, the same function of it for every frame
-    # (refine.PoseCorrection), trained with the per-frame refinements from refine_from; unlike
-    # them it also moves the held-out frames (no held-out pixel is used to fit it). Not below 8
-    # training frames. fast-cpu, the 6 shared clips (bench_avatar), against no correction: held-out
-    # PSNR at the tracked poses +2.2 dB on d13 (+0.8 with seed 1), +1.3 on d10, -0.5 on d9 (-0.3
-    # with seed 1), within +-0.4 on the other three; with refined poses +0.02..+1.0 on all six.
+    # (refine.PoseCorrection), trained with the per-frame refinements from refine_from; it also
+    # moves the held-out frames. Not below 8 training frames.
     correct_pose: bool = True
-    lr_pose_model: float = 1e-4  # its Adam rate (radians; translation outputs are scaled by 0.1); 5e-4 cost aoc 2.3 dB of training-frame fit
-    w_pose_model: float = 1.0  # ridge on its slopes (on d3: 1e-3 gave 20.45 dB held out, 1.0 21.15)
-    # After training: the rigid pose of pose_fit_frames training frames (spread over the clip) is
-    # refined against the finished avatar (Levenberg-Marquardt, eval_refine_iters or 6 iterations),
-    # and a ridge regression from the tracked pose to that refinement (refine.fit_pose_correction)
-    # replaces the learnt correction for the held-out frames (the training frames keep theirs).
-    # No held-out pixel is used. 0 = off; not below 8 training frames. fast-cpu, the 6 shared
-    # clips, against the learnt correction on the same avatars (bench_avatar): held-out foreground
-    # PSNR at the tracked poses +0.07..+0.78 dB on all six, whole-image -0.29..+0.36; 110-150 s
-    # per clip with two clips training in parallel on 2 cores.
+    lr_pose_model: float = 1e-4  # its Adam rate (radians; translation outputs are scaled by 0.1)
+    w_pose_model: float = 1.0  # ridge on its slopes
+    # After training: the rigid pose of this many training frames (spread over the clip) is refined
+    # against the finished avatar (Levenberg-Marquardt, eval_refine_iters or 6 iterations), and a
+    # ridge regression from the tracked pose to that refinement (refine.fit_pose_correction)
+    # replaces the learnt correction on the held-out frames. No held-out pixel is used. 0 = off;
+    # not below 8 training frames.
     pose_fit_frames: int = 64
-    pose_fit_ridge: float = 10.0  # its ridge on the standardised inputs (10 against 100: better on four clips of six)
+    pose_fit_ridge: float = 10.0  # its ridge on the standardised inputs
     refine_tracking: bool = False  # also each training frame's expression, jaw, neck and eyes (small lr)
     lr_tracking: float = 1e-4
     w_tracking: float = 1.0  # L2 pull of the expression/jaw/neck/eyes refinements toward the tracked values
@@ -135,8 +121,6 @@ class TrainConfig:
     max_frames: int | None = None  # use only the first N tracked frames (quick runs)
 
     def __post_init__(self) -> None:
-        if self.photometric not in ("l1", "l2"):
-            raise AvatarError(f"photometric must be 'l1' or 'l2', got {self.photometric!r}")
         for name in ("body_translation", "body_rotation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AvatarError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -143,30 +143,26 @@ INNER_LIP_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 INNER_LIP_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 
 
+# The teeth's geometry (metres, on the neutral head): arcs TEETH_COLUMNS wide along the middle
+# TEETH_WIDTH of each inner-lip contour, TEETH_ROWS from the lip line to TEETH_HEIGHT (up for the
+# upper teeth, down for the lower), TEETH_DEPTH behind the lips; Gaussians of std TEETH_SIZE.
+TEETH_COLUMNS, TEETH_ROWS = 15, 5
+TEETH_WIDTH, TEETH_HEIGHT, TEETH_DEPTH, TEETH_SIZE = 0.7, 0.008, 0.004, 0.0015
+TEETH_RGB = (0.85, 0.82, 0.76)
+# Upper teeth are bound to a triangle within this distance (metres).
+TEETH_ANCHOR_RADIUS = 0.06
+
+
 @torch.no_grad()
-def seed_teeth(
-    rep: MeshGaussians,
-    head: Any,
-    vertices: Tensor,
-    *,
-    columns: int = 15,
-    rows: int = 5,
-    width: float = 0.7,
-    height: float = 0.008,
-    depth: float = 0.004,
-    size: float = 0.0015,
-    rgb: tuple[float, float, float] = (0.85, 0.82, 0.76),
-    anchor_radius: float = 0.06,
-) -> int:
+def seed_teeth(rep: MeshGaussians, head: Any, vertices: Tensor) -> int:
     """Append ``teeth`` Gaussians to ``rep`` (module docstring); returns how many (0 when the head
     model has no tongue to carry the lower teeth, or no landmark embedding to find the lips).
 
-    Each arc follows the middle ``width`` of its inner-lip contour on the neutral head
-    ``vertices [V, 3]`` (metres; +y up, the face toward +z), ``columns`` across and ``rows`` from
-    the lip line up to ``height`` (upper teeth; down for the lower), ``depth`` behind the lips.
-    The lower teeth are bound to the nearest tongue triangle; each upper tooth to the triangle,
-    within ``anchor_radius`` and outside the eyes and the mouth interior, that carries it least
-    far under any one expression channel (the nearest to a skull-fixed point the mesh offers).
+    The arcs (``TEETH_*`` above) follow the inner-lip contours of the neutral head ``vertices
+    [V, 3]`` (metres; +y up, the face toward +z). The lower teeth are bound to the nearest tongue
+    triangle; each upper tooth to the triangle, within ``TEETH_ANCHOR_RADIUS`` and outside the eyes
+    and the mouth interior, that carries it least far under any one expression channel (the
+    nearest to a skull-fixed point the mesh offers).
     """
     region_f = face_regions(head, vertices)
     tongue = torch.nonzero(region_f == MOUTH).squeeze(-1)
@@ -176,25 +172,25 @@ def seed_teeth(
     lm = head.landmarks_from_vertices(v[None].to(head.device))[0].cpu().double()
     faces = head.faces.cpu()
     origin, rot, k = (x[0] for x in triangle_frames(v[None].double(), faces))
-    lo, hi = 0.5 - width / 2, 0.5 + width / 2
-    along = np.linspace(lo, hi, columns)
-    up = torch.linspace(0.0, height, rows, dtype=torch.float64)
+    lo, hi = 0.5 - TEETH_WIDTH / 2, 0.5 + TEETH_WIDTH / 2
+    along = np.linspace(lo, hi, TEETH_COLUMNS)
+    up = torch.linspace(0.0, TEETH_HEIGHT, TEETH_ROWS, dtype=torch.float64)
     arcs = []
     for contour, sign in ((INNER_LIP_UPPER, 1.0), (INNER_LIP_LOWER, -1.0)):
         line = lm[list(contour)].numpy()
         t = np.linspace(0, 1, len(contour))
         arc = torch.from_numpy(np.stack([np.interp(along, t, line[:, c]) for c in range(3)], -1))
         p = arc[:, None, :] + sign * up[None, :, None] * arc.new_tensor([0.0, 1.0, 0.0])
-        arcs.append(p.reshape(-1, 3) - arc.new_tensor([0.0, 0.0, depth]))
+        arcs.append(p.reshape(-1, 3) - arc.new_tensor([0.0, 0.0, TEETH_DEPTH]))
     upper, lower = arcs
     tri_lower = tongue[torch.cdist(lower, origin[tongue]).argmin(1)]
     near = torch.nonzero((region_f != MOUTH) & (region_f != EYE)).squeeze(-1)
-    near = near[torch.cdist(origin[near], upper).amin(1) < anchor_radius]
+    near = near[torch.cdist(origin[near], upper).amin(1) < TEETH_ANCHOR_RADIUS]
     tri_upper = near[_steadiest(head, v, faces, near, upper, origin, rot, k)]
     p, tri = torch.cat([upper, lower]), torch.cat([tri_upper, tri_lower])
     local = ((p - origin[tri])[:, None, :] @ rot[tri]).squeeze(1) / k[tri, None]
-    log_scale = (size / k[tri]).log()[:, None].expand(-1, 3)
-    colour = torch.tensor(rgb).expand(p.shape[0], 3)
+    log_scale = (TEETH_SIZE / k[tri]).log()[:, None].expand(-1, 3)
+    colour = torch.tensor(TEETH_RGB).expand(p.shape[0], 3)
     rep.append(tri, torch.full((p.shape[0],), TEETH, dtype=torch.long), local.float(), log_scale.float(), colour, opacity=0.9)
     return int(p.shape[0])
 
