@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 import time
 from pathlib import Path
 
@@ -42,9 +43,13 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
     from avatar.training.config import TrainConfig, apply
     from avatar.training.data import load_clip
     from avatar.training.refine import fit_pose_correction
-    from avatar.training.trainer import _spread, evaluate, latest_checkpoint, refine_held_out, tracked_vertices
+    from avatar.training.evaluation import evaluate, refine_held_out, spread
+    from avatar.training.frames import FrameRenderer
+    from avatar.training.state import latest_checkpoint
 
-    cfg = apply(TrainConfig(), json.loads((out / "report.json").read_text())["config"])
+    saved = json.loads((out / "report.json").read_text())["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a report of an older version may name removed knobs
+    cfg = apply(TrainConfig(), {k: v for k, v in saved.items() if k in known})
     torch.set_num_threads(max(1, cfg.torch_threads))  # as avatar.training.train does on a CPU
     clip = load_clip(out, cfg.resolution, cfg.holdout, cfg.max_frames, progress=False, head_crop_faces=cfg.head_crop,
                      track_body=cfg.track_body)  # fmt: skip
@@ -56,11 +61,11 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
     head = load_head_model(clip.model)
     bg = torch.tensor(cfg.background, dtype=torch.float32)
     keys = [k for k in KEYS if k in clip.params]
-    fixed = tracked_vertices(head, clip.shape, clip)
-    sub = _spread(clip.train_ids, frames)
+    renderer = FrameRenderer(head, clip, clip.shape, bg, RasterOptions(num_threads=1))
+    renderer.pose_fixed_vertices()
+    sub = spread(clip.train_ids, frames)
     t0 = time.perf_counter()
-    lm = refine_held_out(rep, head, clip, sub, clip.shape, bg, cfg.eval_refine_iters or 6, fixed,
-                         options=RasterOptions(num_threads=1))  # fmt: skip
+    lm = refine_held_out(rep, renderer, sub, cfg.eval_refine_iters or 6)
     t_lm = time.perf_counter() - t0
     features = {"pose": ()}
     if with_expression:
@@ -77,7 +82,7 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
             for k in keys:
                 deltas[k][te] = pred[k][te].float()
         with torch.no_grad():
-            m, _ = evaluate(rep, head, clip, te, clip.shape, bg, deltas=deltas, fixed_verts=fixed)
+            m, _ = evaluate(rep, renderer, te, deltas=deltas)
         name = "tracked" if lam is None else f"corrected from {feat}, ridge {lam:g}"
         print(json.dumps({"clip": out.name, "poses": name, "psnr": round(m["psnr"], 2), "psnr_full": round(m["psnr_full"], 2),
                           "fitted_frames": len(sub), "lm_s": round(t_lm, 1)}), flush=True)  # fmt: skip
