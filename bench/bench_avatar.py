@@ -4,6 +4,13 @@ whole matted image (the literature's convention).
 
     python bench/bench_avatar.py [--preset fast-cpu] [--clips NAME ...] [--work /tmp/bench_avatar]
         [--set KEY=VALUE ...] [--limit FRAMES] [--seeds 0 1 2] [--resume] [--train-frames]
+    python bench/bench_avatar.py --table WORK [OTHER_WORK ...]
+
+``--table`` trains nothing: it prints the markdown table of the finished runs in WORK (every clip's
+report.json; the table in docs/quality.md) and, for each OTHER_WORK (the same clips trained with one
+lever changed), the per-clip change of the headline figure and the verdict of the defaults rule:
+a lever stays on only if it helps on most clips and costs no clip more than 0.5 dB (held-out
+foreground PSNR at the tracked poses through the default correction).
 
 Tracking (avatar.fitting.pipeline.track) runs first when WORK/<clip>/tracking.npz is absent; its time is
 printed separately. Timings are wall-clock on whatever else the machine is doing.
@@ -196,7 +203,12 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse finished/partial training runs (default: start over)")
     parser.add_argument("--train-frames", action="store_true",
                         help=f"also break the error down on {TRAIN_SAMPLE} training frames (fit vs generalisation)")  # fmt: skip
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="print the tables of finished runs (WORK, then runs with one lever changed) and stop")
     args = parser.parse_args()
+    if args.table:
+        print_table(args.table)
+        return
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is absent: nothing to benchmark")
     from avatar.training import override, preset, train
@@ -225,6 +237,67 @@ def main() -> None:
             rows.append(_row(video.stem, seed, t_track, time.perf_counter() - t1, report, breakdown, _video_seconds(out)))
             print(json.dumps(rows[-1]), flush=True)
     _print_tables(rows, len(args.seeds) > 1)
+
+
+#: A lever may cost no clip more than this (dB, held-out foreground at the tracked poses).
+MAX_COST_DB = 0.5
+
+
+def _reports(work: Path) -> dict[str, dict]:
+    """clip -> report.json of each finished run in ``work``."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(work.glob("*/report.json"))}
+
+
+def _fg(report: dict, which: str) -> float | None:
+    """A held-out foreground PSNR of ``report``: ``headline`` (tracked, through the default
+    correction), ``as_tracked`` (no correction), ``learnt`` (the learnt correction), ``refined``."""
+    section = {"headline": report.get("held_out"), "as_tracked": report.get("held_out_uncorrected_pose"),
+               "refined": report.get("held_out_refined_pose"),
+               "learnt": (report.get("pose_fit") or {}).get("held_out_learnt_correction")}[which]  # fmt: skip
+    return round(section["psnr"], 2) if section else None
+
+
+def verdict(deltas: list[float]) -> str:
+    """The defaults rule applied to per-clip changes ``deltas`` (dB, lever on minus off)."""
+    helped = sum(d > 0 for d in deltas)
+    worst = min(deltas)
+    keep = helped > len(deltas) / 2 and worst >= -MAX_COST_DB
+    return (f"helps on {helped}/{len(deltas)} clips, mean {sum(deltas) / len(deltas):+.2f} dB, worst {worst:+.2f} dB: "
+            + ("keep on" if keep else "off (fails the rule)"))
+
+
+def print_table(works: list[Path]) -> None:
+    """The markdown table of ``works[0]``'s runs, then each other work's change against it."""
+    base = _reports(works[0])
+    print(f"runs in {works[0]} ({len(base)} clips); PSNR in dB over held-out foreground pixels unless named")
+    print("| clip | frames (train / held out) | tracked poses, default correction | whole image | as tracked | "
+          "learnt correction | refined poses (peer-comparable) | training frames | Gaussians | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for clip, r in base.items():
+        cells = [f"{r['frames']['train']} / {r['frames']['held_out']}", _fg(r, "headline"),
+                 round(r["held_out"]["psnr_full"], 2), _fg(r, "as_tracked"), _fg(r, "learnt"), _fg(r, "refined"),
+                 round(r["train_sample"]["psnr"], 2), r["num_gaussians"], r.get("seconds_total")]  # fmt: skip
+        print(f"| {clip} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    for name, a, b in (("the drawn correction against none", "headline", "as_tracked"),
+                       ("the fitted correction against the learnt one", "headline", "learnt"),
+                       ("the learnt correction against none", "learnt", "as_tracked")):  # fmt: skip
+        d = [_fg(r, a) - _fg(r, b) for r in base.values() if _fg(r, a) is not None and _fg(r, b) is not None]
+        if d:
+            print(f"{name} (same avatars): {verdict(d)}")
+    for other in works[1:]:
+        runs = _reports(other)
+        shared = [c for c in base if c in runs]
+        print(f"\n{other} against {works[0]}: headline PSNR, baseline -> changed (change); a lever's verdict reads the")
+        print("changes with the sign of 'lever on minus off'")
+        print("| clip | baseline | changed | change | refined poses: baseline -> changed |")
+        print("|---|---|---|---|---|")
+        d = []
+        for c in shared:
+            x, y = _fg(base[c], "headline"), _fg(runs[c], "headline")
+            d.append(round(y - x, 2))
+            print(f"| {c} | {x} | {y} | {y - x:+.2f} | {_fg(base[c], 'refined')} -> {_fg(runs[c], 'refined')} |")
+        if d:
+            print(f"baseline (lever as in WORK) minus changed: {verdict([-x for x in d])}")
 
 
 def ceiling(psnr: float, share: float) -> float:

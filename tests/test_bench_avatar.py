@@ -1,7 +1,9 @@
 """bench/bench_avatar.py's ceiling: the PSNR once one region's error is gone, from the PSNR and that
-region's share of the squared error, against the PSNR measured on images with that region fixed."""
+region's share of the squared error, against the PSNR measured on images with that region fixed; its
+lever table and the defaults rule."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -25,3 +27,28 @@ def test_ceiling_matches_the_psnr_with_that_region_fixed(load_bench):
     assert abs(bench.ceiling(_psnr(pred, target), share) - _psnr(fixed, target)) < 0.01
     assert bench.ceiling(20.0, 1.0) == float("inf")
     assert bench.ceiling(20.0, 0.0) == 20.0
+
+
+def _report(fg: float, as_tracked: float, learnt: float, refined: float) -> dict:
+    held = {"psnr": fg, "psnr_full": fg + 1, "ssim": 0.9}
+    return {"frames": {"train": 80, "held_out": 15}, "held_out": held, "num_gaussians": 1000, "seconds_total": 1.0,
+            "held_out_uncorrected_pose": {"psnr": as_tracked}, "held_out_refined_pose": {"psnr": refined},
+            "pose_fit": {"held_out_learnt_correction": {"psnr": learnt}}, "train_sample": {"psnr": 30.0}}
+
+
+def test_lever_verdict_follows_the_defaults_rule(load_bench, tmp_path, capsys):
+    """A lever stays on only if it helps on most clips and costs none more than 0.5 dB."""
+    bench = load_bench("bench_avatar")
+    assert bench.verdict([0.2, 0.1, -0.3]).endswith("keep on")
+    assert bench.verdict([0.2, 0.1, -0.6]).endswith("off (fails the rule)")  # one clip pays too much
+    assert bench.verdict([0.2, -0.1, -0.1]).endswith("off (fails the rule)")  # helps on too few
+    for work, shift in (("base", 0.0), ("off", -1.0)):
+        for i, clip in enumerate(("a", "b")):
+            (tmp_path / work / clip).mkdir(parents=True)
+            report = _report(25.0 + i + shift, 24.0 + i, 24.5 + i, 27.0 + i)
+            (tmp_path / work / clip / "report.json").write_text(json.dumps(report))
+    bench.print_table([tmp_path / "base", tmp_path / "off"])
+    out = capsys.readouterr().out
+    assert "| a | 80 / 15 | 25.0 | 26.0 | 24.0 | 24.5 | 27.0 | 30.0 |" in out
+    assert "the drawn correction against none (same avatars): helps on 2/2 clips, mean +1.00 dB" in out
+    assert "| b | 26.0 | 25.0 | -1.00 |" in out and "baseline (lever as in WORK) minus changed: helps on 2/2" in out
