@@ -36,13 +36,16 @@ class Track:
 
     def run(self) -> None:
         from avatar.fitting.pipeline import track_clip
+        from avatar.render.landmark_embedding import build_landmark_embedding
 
         if self.stride < 1:
             raise AvatarError(f"--stride must be >= 1 (got {self.stride})")
         if self.focal is not None and not self.focal > 0:
             raise AvatarError(f"--focal must be > 0 pixels (got {self.focal})")
-        _, s = track_clip(self.input, self.output, model=self.model, model_path=self.model_path, stride=self.stride,
-                          limit=self.limit, focal=self.focal, threads=self.threads, overlay=self.overlay, progress=True)
+        # A FLAME model without a cached landmark embedding gets one built here (once, ~30 s).
+        _, s = track_clip(self.input, self.output, model=self.model, model_path=self.model_path,
+                          landmark_builder=build_landmark_embedding, stride=self.stride, limit=self.limit,
+                          focal=self.focal, threads=self.threads, overlay=self.overlay, progress=True)
         print(f"{self.output / 'tracking.npz'}: {s['frames']} frames, {s['frames_tracked']} tracked, "
               f"{s['frames_interpolated']} interpolated; reprojection median {s['reprojection_px_median']:.2f} px "
               f"({s['reprojection_pct_iod_median']:.2f}% of the inter-ocular distance); {s['fps']:.1f} fps")

