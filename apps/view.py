@@ -31,8 +31,6 @@ class View:
     """Port (the next free one is used if it is taken)."""
     save_dir: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
     """Where screenshots/ and recordings/ go (default: OUT, else the current folder)."""
-    synthetic_gaussians: int = 0
-    """Show this many made-up Gaussians bound to the mesh instead of the mesh (tries the splat path)."""
 
     def run(self) -> None:
         from avatar.viewer import is_loopback, open_viewer
@@ -43,7 +41,7 @@ class View:
                   file=sys.stderr)  # fmt: skip
         viewer = open_viewer(
             self.out, model=self.model, model_path=self.model_path, reenact=self.reenact, host=self.host,
-            port=self.port, synthetic_gaussians=self.synthetic_gaussians, save_dir=self.save_dir,
+            port=self.port, save_dir=self.save_dir,
         )  # fmt: skip
         print(f"avatar view: open {viewer.url} in a browser (Ctrl+C to stop)")
         try:

@@ -43,7 +43,8 @@ def open_viewer(
     model's mesh with ``out/tracking.npz`` for playback. Without: the head model (``model``) and its
     expressions. ``reenact``: other people's tracking files, offered for playback.
     ``synthetic_gaussians``: show that many made-up Gaussians bound to the mesh instead of the
-    mesh (to try the splat path without a trained avatar). ``head``: an already loaded head model
+    mesh (tests and ``bench/bench_viewer.py`` drive the splat path without a trained avatar; not
+    a CLI flag). ``head``: an already loaded head model
     (tests share one)."""
     from avatar.viewer.app import AvatarViewer
     from avatar.viewer.scene import SplatScene, splat_scene_from_representation
