@@ -25,7 +25,6 @@ from avatar.models.base import FRAME_PARAMS
 from avatar.representations.base import BODY
 from avatar.utils.files import atomic_path
 
-PARAMS = FRAME_PARAMS  # the per-frame head parameters (an alias kept for the trainer)
 #: FaceMesh's chin point (the body band starts below it).
 CHIN = 152
 

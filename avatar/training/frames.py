@@ -17,7 +17,9 @@ from torch import Tensor
 
 from avatar.representations import Representation, render_splats
 from avatar.representations.geometry import params_pose
-from avatar.training.data import BODY, PARAMS, Clip
+from avatar.models.base import FRAME_PARAMS
+from avatar.representations.base import BODY
+from avatar.training.data import Clip
 from avatar.training.refine import apply_deltas, repose_vertices
 
 Rows = Sequence[int] | np.ndarray | Tensor
@@ -47,12 +49,12 @@ class FrameRenderer:
         """The head parameters of ``rows`` (refined by ``deltas``: name -> ``[N, D]``, every
         frame's) and, when tracked, the body motion."""
         rows_t = torch.as_tensor(np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows), dtype=torch.long)
-        out = {k: self.clip.params[k][rows_t].to(self.device) for k in (*PARAMS, BODY) if k in self.clip.params}
+        out = {k: self.clip.params[k][rows_t].to(self.device) for k in (*FRAME_PARAMS, BODY) if k in self.clip.params}
         return apply_deltas(out, deltas, rows_t.to(self.device)) if deltas else out
 
     def head_vertices(self, params: dict[str, Tensor]) -> Tensor:
         """``[B, V, 3]`` vertices of the head model at ``params`` (evaluated)."""
-        return self.head(shape=self.shape[None], **{k: v for k, v in params.items() if k in PARAMS}).vertices
+        return self.head(shape=self.shape[None], **{k: v for k, v in params.items() if k in FRAME_PARAMS}).vertices
 
     def vertices(self, rows: Rows, params: dict[str, Tensor], repose: bool = True) -> Tensor:
         """``[B, V, 3]`` vertices of ``rows`` at ``params`` (:meth:`params`): the tracked ones moved

@@ -13,7 +13,7 @@ from avatar.representations import MeshGaussians
 from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.representations.mesh_gaussians import FREE
 from avatar.training.config import TrainConfig
-from avatar.training.data import BODY
+from avatar.representations.base import BODY
 from avatar.training.evaluation import spread
 from avatar.training.frames import FrameRenderer
 from avatar.training.seeding import seed_off_mesh, seed_teeth

@@ -15,7 +15,8 @@ from torch import Tensor
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation
 from avatar.training.config import TrainConfig
-from avatar.training.data import PARAMS, Clip
+from avatar.models.base import FRAME_PARAMS
+from avatar.training.data import Clip
 from avatar.training.refine import RIGID, PoseCorrection, RowAdam
 from avatar.training.strategy import DensifyStrategy
 from avatar.utils.files import atomic_path
@@ -65,7 +66,7 @@ class Refinements:
     def for_clip(cls, clip: Clip, config: TrainConfig, device: torch.device) -> "Refinements":
         enough = len(clip.train_ids) >= MIN_POSE_FRAMES
         keys = [k for k in RIGID if config.refine_pose and enough and k in clip.params]
-        keys += [k for k in PARAMS if config.refine_tracking and k not in RIGID]
+        keys += [k for k in FRAME_PARAMS if config.refine_tracking and k not in RIGID]
         deltas = {k: torch.zeros_like(clip.params[k], device=device).requires_grad_() for k in keys}
         lrs = {k: config.lr_pose_rotation if k == "global_orient" else config.lr_pose_translation if k in RIGID
                else config.lr_tracking for k in deltas}  # fmt: skip

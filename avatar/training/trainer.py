@@ -36,7 +36,9 @@ from torch import Tensor
 from avatar.errors import AvatarError
 from avatar.representations import save_avatar
 from avatar.training.config import TrainConfig
-from avatar.training.data import BODY, PARAMS, Clip, load_clip
+from avatar.models.base import FRAME_PARAMS
+from avatar.representations.base import BODY
+from avatar.training.data import Clip, load_clip
 from avatar.training.evaluation import correction_sizes, evaluate, fitted_correction, refine_held_out, spread
 from avatar.training.frames import FrameRenderer
 from avatar.training.initialise import new_avatar
@@ -310,7 +312,7 @@ def _performance(run: Run, state: TrainState, done: Finished, m: dict[str, Any])
     rows: their refined poses when measured, else the drawn correction), for ``avatar render
     --camera tracked``."""
     clip, device, deltas = run.clip, run.frames.device, state.refinements.deltas
-    perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if k in deltas else 0)).cpu() for k in (*PARAMS, BODY)
+    perf = {k: (clip.params[k].to(device) + (deltas[k].detach() if k in deltas else 0)).cpu() for k in (*FRAME_PARAMS, BODY)
             if k in clip.params}  # fmt: skip
     extra = m.get("test_deltas", done.correction) or {}  # test_deltas: the training rows are zero there
     for k, d in extra.items():
