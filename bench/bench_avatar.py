@@ -50,6 +50,7 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     if frames not in ("held_out", "train"):
         raise ValueError(f"frames must be 'held_out' or 'train', got {frames!r}")
 
+    from avatar.fitting import load_tracking
     from avatar.render.mesh import rasterize_triangles
     from avatar.representations import load_avatar, render_splats
     from avatar.representations.mesh_gaussians import FACE, face_regions
@@ -63,7 +64,8 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
     sums = {k: 0.0 for k in ("face", "mesh_other", "off_mesh", "background", "eyes", "mouth")}
     counts = dict.fromkeys(sums, 0)
     edge_err = 0.0
-    tracking = np.load(out / "tracking.npz")
+    tracking = load_tracking(out)
+    source_row = np.nonzero(tracking.usable)[0]  # clip row -> tracking row (clips skip untracked frames)
     rows = clip.test_ids if frames == "held_out" else \
         clip.train_ids[np.unique(np.linspace(0, len(clip.train_ids) - 1, TRAIN_SAMPLE).round().astype(int))]
     with torch.no_grad():
@@ -88,9 +90,10 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
                 counts[k] += int(sel.sum())
             edge = fg & (cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3) <= EDGE_PX)
             edge_err += float(err[edge].sum())
-            to_image = clip.Ks[r].double().numpy() @ np.linalg.inv(tracking["K"][r])  # source pixels -> training pixels
-            eyes = _eye_boxes(tracking["landmarks"][r, :, :2], to_image, err.shape)
-            mouth = fg & _mouth_opening(tracking["landmarks"][r, :, :2], to_image, err.shape)
+            t = source_row[r]
+            to_image = clip.Ks[r].double().numpy() @ np.linalg.inv(tracking.K[t])  # source pixels -> training pixels
+            eyes = _eye_boxes(tracking.landmarks[t, :, :2], to_image, err.shape)
+            mouth = fg & _mouth_opening(tracking.landmarks[t, :, :2], to_image, err.shape)
             for k, sel in (("eyes", eyes), ("mouth", mouth)):
                 sums[k] += float(err[sel].sum())
                 counts[k] += int(sel.sum())
