@@ -76,22 +76,51 @@ def track_clip(
     on_frame: Callable[[int], None] | None = None,
 ) -> tuple[Tracking, dict]:
     """:func:`track`, also returning the summary dict written to ``tracking.json``."""
-    from tqdm import tqdm
-
     from avatar.io import FrameReader
-    from avatar.perception import FaceTracker
 
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     reader = FrameReader(source, stride=stride, limit=limit, dtype="uint8")
     info = reader.info
     video = info.kind == "video"
     clip_fps = float(reader.fps) if reader.fps else float(fps or 25.0)
     t0 = time.perf_counter()
     head = _head(model, model_path, head, landmark_builder)
-    timings["load_model"] = time.perf_counter() - t0
+    timings = {"load_model": time.perf_counter() - t0}
+    landmarks, found = _detect(reader, source, threads, video, progress, on_frame, timings)
+    t0 = time.perf_counter()
+    frame_index = np.arange(len(found), dtype=np.int64) * stride
+    sel = np.nonzero(found)[0]
+    res = fit_landmarks(head, landmarks[sel], (info.width, info.height), frame_index=frame_index[sel], temporal=video,
+                        focal=focal, config=config)  # fmt: skip
+    timings["fit"] = time.perf_counter() - t0
+    timings.update({f"fit_{k}": v for k, v in res.timings.items()})
+    max_gap = max_gap if max_gap is not None else (max(1, int(round(0.5 * clip_fps))) if video else 0)
+    tracking = _assemble(res, head, landmarks, found, frame_index, info, clip_fps, max_gap)
+    summary = summarise(tracking, res.residual_px, res.iod_px)
+    summary.update(kind=info.kind, focal_px=res.focal, focal_given=focal is not None)
+    summary["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    # fps of the tracking itself: decode + landmarks + fit (the model load and files excluded).
+    work = timings["decode"] + timings["landmarks"] + timings["fit"]
+    summary["fps"] = len(found) / work if work > 0 else None
+    if output is not None:
+        _write(tracking, summary, head, source, Path(output), overlay, stride, limit, progress)
+    summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
+    if output is not None:
+        from avatar.utils.files import atomic_write
 
-    # ---- perception (streamed: frames are never all held in memory) --------------------------
+        with atomic_write(Path(output) / "tracking.json", "w") as fh:
+            json.dump(summary, fh, indent=2)
+    return tracking, summary
+
+
+def _detect(reader, source: str | Path, threads: int, video: bool, progress: bool,
+            on_frame: Callable[[int], None] | None, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(landmarks [N, 478, 3] float32, found [N] bool)`` of every frame of ``reader``, streamed
+    (frames are never all held in memory); adds the decode and landmark seconds to ``timings``."""
+    from tqdm import tqdm
+
+    from avatar.perception import FaceTracker
+
     tracker = FaceTracker(num_threads=threads, detector="auto", static_images=not video)
     lms, found = [], []
     t_decode = t_detect = 0.0
@@ -105,9 +134,8 @@ def track_clip(
             break
         t1 = time.perf_counter()
         face = tracker.process(frame)
-        t2 = time.perf_counter()
         t_decode += t1 - t0
-        t_detect += t2 - t1
+        t_detect += time.perf_counter() - t1
         lms.append(face.landmarks)
         found.append(face.found)
         bar.update(1)
@@ -115,82 +143,47 @@ def track_clip(
             on_frame(len(found))
     bar.close()
     timings["decode"], timings["landmarks"] = t_decode, t_detect
-    n = len(found)
-    if n == 0:
+    if not found:
         raise AvatarError(f"{source}: no frames to track (check --limit/--stride).")
-    found_arr = np.array(found, bool)
-    landmarks = np.stack(lms).astype(np.float32)
-    if not found_arr.any():
-        raise AvatarError(f"{source}: no face found in any of the {n} frame(s); the tracker needs a visible face "
-                          "(frontal to profile, not too small).")
+    if not any(found):
+        raise AvatarError(f"{source}: no face found in any of the {len(found)} frame(s); the tracker needs a visible face "
+                          "(frontal to profile, not too small).")  # fmt: skip
+    return np.stack(lms).astype(np.float32), np.array(found, bool)
 
-    # ---- fit -------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    frame_index = np.arange(n, dtype=np.int64) * stride
-    sel = np.nonzero(found_arr)[0]
-    W, H = info.width, info.height
-    res = fit_landmarks(head, landmarks[sel], (W, H), frame_index=frame_index[sel], temporal=video,
-                        focal=focal, config=config)
-    timings["fit"] = time.perf_counter() - t0
-    timings.update({f"fit_{k}": v for k, v in res.timings.items()})
 
-    max_gap = max_gap if max_gap is not None else (max(1, int(round(0.5 * clip_fps))) if video else 0)
+def _assemble(res, head: HeadModel, landmarks: np.ndarray, found: np.ndarray, frame_index: np.ndarray, info,
+              clip_fps: float, max_gap: int) -> Tracking:  # fmt: skip
+    """The :class:`Tracking` of every frame from the fit of the frames with a face (``res``): gaps
+    of at most ``max_gap`` frames are interpolated, longer ones left at zero and not usable."""
+    n, sel = len(found), np.nonzero(found)[0]
 
     def full(x: np.ndarray) -> np.ndarray:
         out = np.zeros((n, *x.shape[1:]), np.float32)
         out[sel] = x
-        filled, _ = fill_gaps(out, found_arr, max_gap)
+        filled, _ = fill_gaps(out, found, max_gap)
         return filled
 
-    _, interpolated = fill_gaps(np.zeros((n, 1), np.float32), found_arr, max_gap)
-    K = intrinsics_matrix(res.focal, W, H).astype(np.float32)
-    tracking = Tracking(
-        frame_index=frame_index,
-        tracked=found_arr,
-        interpolated=interpolated,
-        landmarks=landmarks,
-        expression=full(res.expression),
-        jaw=full(res.jaw),
-        neck=full(res.neck),
-        eyes=full(res.eyes),
-        global_orient=full(res.global_orient),
-        transl=full(res.transl),
-        K=np.repeat(K[None], n, 0),
-        viewmat=camera_viewmat().astype(np.float32),
-        shape=res.shape.astype(np.float32),
-        model=head.name,
-        expression_names=np.array(head.expression_names),
-        image_size=np.array([W, H], np.int64),
-        fps=clip_fps,
-        source=str(info.path),
-    )
-    summary = summarise(tracking, res.residual_px, res.iod_px)
-    summary["kind"] = info.kind
-    summary["focal_px"] = res.focal
-    summary["focal_given"] = focal is not None
-    timings_total = time.perf_counter() - t_start
-    summary["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-    # fps of the tracking itself: decode + landmarks + fit (the model load and files excluded).
-    work = timings["decode"] + timings["landmarks"] + timings["fit"]
-    summary["fps"] = n / work if work > 0 else None
+    _, interpolated = fill_gaps(np.zeros((n, 1), np.float32), found, max_gap)
+    K = intrinsics_matrix(res.focal, info.width, info.height).astype(np.float32)
+    return Tracking(
+        frame_index=frame_index, tracked=found, interpolated=interpolated, landmarks=landmarks,
+        expression=full(res.expression), jaw=full(res.jaw), neck=full(res.neck), eyes=full(res.eyes),
+        global_orient=full(res.global_orient), transl=full(res.transl), K=np.repeat(K[None], n, 0),
+        viewmat=camera_viewmat().astype(np.float32), shape=res.shape.astype(np.float32), model=head.name,
+        expression_names=np.array(head.expression_names), image_size=np.array([info.width, info.height], np.int64),
+        fps=clip_fps, source=str(info.path),
+    )  # fmt: skip
 
-    if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        save_tracking(tracking, out / "tracking.npz")
-        if overlay:
-            draw_overlay(tracking, head, source, out, stride=stride, limit=limit, progress=progress)
-        timings["write"] = time.perf_counter() - t0
-        summary["timings_s"]["write_and_overlay"] = round(timings["write"], 4)
-        summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
-        from avatar.utils.files import atomic_write
 
-        with atomic_write(out / "tracking.json", "w") as fh:
-            json.dump(summary, fh, indent=2)
-    else:
-        summary["timings_s"]["total"] = round(timings_total, 4)
-    return tracking, summary
+def _write(tracking: Tracking, summary: dict, head: HeadModel, source: str | Path, out: Path, overlay: bool,
+           stride: int, limit: int | None, progress: bool) -> None:  # fmt: skip
+    """``out/tracking.npz`` and, with ``overlay``, the overlay video; their seconds go into ``summary``."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    save_tracking(tracking, out / "tracking.npz")
+    if overlay:
+        draw_overlay(tracking, head, source, out, stride=stride, limit=limit, progress=progress)
+    summary["timings_s"]["write_and_overlay"] = round(time.perf_counter() - t0, 4)
 
 
 def track(
