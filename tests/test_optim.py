@@ -50,7 +50,8 @@ def test_adam_row_subset_leaves_other_rows_and_their_moments_untouched() -> None
     opt = Adam({"p": p, "q": q}, {"p": 0.1, "q": 0.05}, row_wise=True)
     for rows in (torch.tensor([0, 2]), torch.tensor([2, 5]), torch.tensor([2, 2, 0])):
         before = {k: (t.detach().clone(), opt.m[k].clone(), opt.v[k].clone()) for k, t in (("p", p), ("q", q))}
-        p.grad, q.grad = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+        p.grad = torch.randn(6, 2, generator=g, dtype=torch.float64)
+        q.grad = torch.randn(6, 3, generator=g, dtype=torch.float64)
         opt.step(rows)
         out = torch.ones(6, dtype=torch.bool)
         out[rows] = False
@@ -142,10 +143,10 @@ def test_levenberg_marquardt_rejects_a_step_that_raises_the_loss() -> None:
         return g, H
 
     x0 = torch.tensor([[0.0], [0.0]], dtype=torch.float64)
-    x = levenberg_marquardt(x0, loss, model, iterations=3, options=LMOptions(damping=1e-3, grow=10.0))
+    x = levenberg_marquardt(x0, loss, model, iterations=3, options=LMOptions(damping=1e-3, increase=10.0))
     # Item 0: steps 2/0.01/(1+lam) ~ 200 overshoot, then lambda 1e-2, 1e-1: all rejected.
     assert torch.equal(x, x0)
     assert [a.tolist() for _, a in seen] == [[True, True], [False, False], [False, False]]
-    x = levenberg_marquardt(x0, loss, model, iterations=12, options=LMOptions(damping=1e-3, grow=10.0))
+    x = levenberg_marquardt(x0, loss, model, iterations=12, options=LMOptions(damping=1e-3, increase=10.0))
     assert 0.0 < float(x[0, 0]) < 2.0 and float(loss(x)[0]) < 1.0  # damped enough, then accepted
     assert float(x[1, 0]) == 0.0  # H ~ 0: lambda never catches up within 12 iterations

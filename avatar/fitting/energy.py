@@ -1,4 +1,7 @@
-"""Terms of the tracking energy: camera projection, robust losses, landmark subsets and weights.
+"""Terms of the tracking energy and the variables they read: camera projection, robust loss,
+landmark subsets and weights, the per-frame parameters (:class:`FrameParams`) and one solve's
+detections with its data, prior and temporal terms (:class:`Problem`). The energy itself is
+written out in :mod:`avatar.fitting.solver`'s docstring.
 
 Landmark indices are MediaPipe FaceMesh's (468 mesh points + 10 iris points, see
 :mod:`avatar.perception.landmarks`).
@@ -6,10 +9,17 @@ Landmark indices are MediaPipe FaceMesh's (468 mesh points + 10 iris points, see
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # the solver's knobs; only read here
+    from avatar.fitting.landmark_model import LandmarkModel
+    from avatar.fitting.solver import FitConfig
+    from avatar.models.base import HeadModel
 
 #: The silhouette ring of MediaPipe's mesh (face oval). These points slide along the occluding
 #: contour as the head turns, so no single surface point matches them: low weight.
@@ -49,6 +59,12 @@ IRIS = np.arange(468, 478)
 #: Outer eye corners (the inter-ocular distance used to normalise errors, as in bench_landmarks).
 EYE_OUTER = (33, 263)
 NUM_MESH = 468
+#: AnnyHead expression channels held at 0: the ``eyeLook*`` blendshapes move the eyeballs that the
+#: eye joints already rotate (fitting both is ambiguous), and no landmark sees ``tongueOut``.
+FROZEN_ANNY = ("eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
+               "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "tongueOut")
+#: The blink channels, which the temporal expression term weights by ``FitConfig.blink_smooth``.
+BLINKS = ("eyeBlinkLeft", "eyeBlinkRight")
 
 
 def landmark_weights(contour: float = 0.3, iris: float = 1.0, n: int = 478, upper_lid_skin: float = 1.0,
@@ -113,15 +129,172 @@ def prior_focal(width: int, height: int, fov_deg: float) -> float:
     return 0.5 * max(width, height) / math.tan(math.radians(fov_deg) / 2.0)
 
 
-def geman_mcclure(x2: Tensor, sigma: float) -> Tensor:
-    """Geman-McClure on squared residuals: ``sigma^2 x^2 / (x^2 + sigma^2)`` (~x^2 near 0, saturates
-    at sigma^2: a landmark far off costs a bounded amount)."""
-    s2 = sigma * sigma
-    return s2 * x2 / (x2 + s2)
-
-
 def charbonnier(x2: Tensor, sigma: float) -> Tensor:
     """Pseudo-Huber on squared residuals: ``2 sigma^2 (sqrt(1 + x^2/sigma^2) - 1)`` (~x^2 near 0,
-    linear tails: convex, for the first, far-from-the-answer stage)."""
+    linear tails: convex, and a landmark far off still pulls, so a start far from the answer moves)."""
     s2 = sigma * sigma
     return 2.0 * s2 * (torch.sqrt(1.0 + x2 / s2) - 1.0)
+
+
+def transl(xy: Tensor, logd: Tensor) -> Tensor:
+    """``[n, 3]`` translation from ``xy [n, 2]`` and the log depth ``logd [n]``: ``(x, y, -exp(logd))``
+    (the head stays in front of the camera)."""
+    return torch.cat([xy, -logd.exp()[:, None]], 1)
+
+
+def eyes3(eyes2: Tensor) -> Tensor:
+    """``[n, 2, 2]`` (pitch, yaw) -> ``[n, 2, 3]`` axis-angle with zero roll."""
+    return torch.cat([eyes2, torch.zeros_like(eyes2[..., :1])], -1)
+
+
+@dataclass(frozen=True)
+class FrameParams:
+    """The tracker's per-frame parameters of ``n`` frames (see :mod:`avatar.fitting.solver`'s
+    parameterisation); ``flat`` packs them into one row per frame for Levenberg-Marquardt:
+    ``[rot 3 | xy 2 | logd 1 | expression E | eyes 4 | jaw 3 (FLAME)]``."""
+
+    rot: Tensor  # [n, 3] axis-angle global_orient
+    xy: Tensor  # [n, 2] transl x, y (metres)
+    logd: Tensor  # [n] log depth: transl z = -exp(logd)
+    expression: Tensor  # [n, E] (the frozen channels included; Problem.expression masks them)
+    eyes: Tensor  # [n, 2, 2] pitch, yaw per eye (model joint order)
+    jaw: Tensor | None = None  # [n, 3] axis-angle, when the jaw joint is fitted (FLAME)
+
+    def transl(self) -> Tensor:
+        return transl(self.xy, self.logd)
+
+    def flat(self) -> Tensor:
+        """``[n, 6 + E + 4 (+ 3)]``, detached."""
+        parts = [self.rot, self.xy, self.logd[:, None], self.expression, self.eyes.reshape(-1, 4)]
+        return torch.cat([x.detach() for x in parts + ([self.jaw] if self.jaw is not None else [])], 1)
+
+    @staticmethod
+    def unflat(theta: Tensor, num_expressions: int, fit_jaw: bool) -> "FrameParams":
+        """Views into ``theta`` (:meth:`flat`'s layout)."""
+        E = num_expressions
+        eyes = theta[:, 6 + E : 10 + E].reshape(-1, 2, 2)
+        jaw = theta[:, 10 + E : 13 + E] if fit_jaw else None
+        return FrameParams(theta[:, :3], theta[:, 3:5], theta[:, 5], theta[:, 6 : 6 + E], eyes, jaw)
+
+
+def smooth(x: Tensor, gap_w: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Sum over consecutive solved frames of ``|x_t - x_t-1|^2 / gap`` -> scalar (divided by n);
+    ``weight [D]`` scales each of the D components of ``x [n, D]``."""
+    if x.shape[0] < 2:
+        return x.sum() * 0.0
+    d = (x[1:] - x[:-1]).reshape(x.shape[0] - 1, -1)
+    d2 = d * d if weight is None else d * d * weight
+    return (d2.sum(1) * gap_w).sum() / x.shape[0]
+
+
+def smooth_gaze(eyes: Tensor, gap_w: Tensor, scale: float) -> Tensor:
+    """Temporal term of the gaze ``[n, 2, 2]``: :func:`smooth`, but per eye and frame pair
+    ``2 s^2 (sqrt(1 + |d|^2 / s^2) - 1)`` (equal to ``|d|^2`` for small changes ``d``, linear in
+    ``|d|`` beyond the scale ``s``, so a saccade is not smeared); ``scale = 0`` is quadratic."""
+    if scale <= 0 or eyes.shape[0] < 2:
+        return smooth(eyes, gap_w)
+    d2 = ((eyes[1:] - eyes[:-1]) ** 2).sum(-1)  # [n-1, 2]: per eye
+    s2 = scale * scale
+    rho = 2.0 * s2 * (torch.sqrt(1.0 + d2 / s2) - 1.0)
+    return (rho.sum(1) * gap_w).sum() / eyes.shape[0]
+
+
+class Problem:
+    """One solve: the detections and their weights, the head and its landmark model, the camera,
+    the config, and the terms of the energy that read them (data, priors, temporal)."""
+
+    def __init__(self, head: "HeadModel", lmodel: "LandmarkModel", landmarks: Tensor, image_size, cfg: "FitConfig",
+                 frame_index: np.ndarray | None, temporal: bool, focal: float | None) -> None:  # fmt: skip
+        """``landmarks [M, 478, 3]``; ``frame_index [M]`` (default ``0..M-1``) weights the temporal
+        terms by 1/gap; ``focal``: pixels when known (else its prior, ``cfg.focal_fov_deg``)."""
+        self.head, self.lm, self.cfg = head, lmodel, cfg
+        dtype = self.dtype = head.dtype
+        self.det = landmarks.to(dtype)  # [M, 478, 3]
+        M = self.num_frames = self.det.shape[0]
+        self.W, self.H = image_size
+        self.cx, self.cy = self.W / 2.0, self.H / 2.0
+        self.iod = interocular_px(self.det).clamp_min(1.0)  # [M]
+        w = landmark_weights(cfg.contour_weight, cfg.iris_weight, upper_lid_skin=cfg.upper_lid_skin_weight,
+                             aperture=cfg.aperture_weight)  # fmt: skip
+        self.w = torch.as_tensor(w, dtype=dtype)
+        # Per frame and landmark: 1, or the iris points scaled by their eye's openness. The
+        # normaliser stays w.sum(), so a blink does not re-weight the other points.
+        self.frame_w = torch.ones(self.det.shape[0], self.det.shape[1], dtype=dtype)
+        if self.det.shape[1] > IRIS[-1]:
+            vis = iris_visibility(self.det, cfg.iris_closed, cfg.iris_open)  # [M, 2]
+            self.frame_w[:, IRIS[:5]] = vis[:, :1]
+            self.frame_w[:, IRIS[5:]] = vis[:, 1:]
+        self.stable = torch.as_tensor(STABLE)
+        self.bounded = head.name == "anny"
+        E = self.num_expressions = head.num_expressions
+        self.fit_jaw = lmodel.jaw_joint is not None
+        self.expr_mask = torch.ones(E, dtype=dtype)
+        if self.bounded:
+            for n in FROZEN_ANNY:
+                if n in head.expression_names:
+                    self.expr_mask[head.expression_names.index(n)] = 0.0
+        self.smooth_w = torch.ones(E, dtype=dtype)  # per-channel factor of the temporal expression term
+        for n in BLINKS:
+            if n in head.expression_names:
+                self.smooth_w[head.expression_names.index(n)] = cfg.blink_smooth
+        with torch.no_grad():
+            ident = lmodel.identity(torch.zeros(1, head.num_shape, dtype=dtype))
+            rest = ident["rest"]  # [3, L]
+            self.iod_m = float((rest[:, 33] - rest[:, 263]).norm())
+        # Rigid-like expression modes, measured on the stable points (jawOpen moves the whole lower
+        # face, which over all points looks partly like a translation; the stable points stay put).
+        self.rigid_gram = lmodel.rigid_mode_gram(self.stable) / (self.iod_m**2 * len(self.stable))  # [E, E]
+        # MediaPipe z (mesh points), centred per frame, in IODs.
+        z = self.det[:, :NUM_MESH, 2]
+        self.z_mp = (z - z.mean(1, keepdim=True)) / self.iod[:, None]
+        # Time: the temporal terms (videos only) weight each consecutive pair by 1/gap.
+        self.temporal = temporal
+        fidx = np.arange(M) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
+        gaps = np.maximum(np.diff(fidx), 1).astype(np.float32)
+        self.gap_w = torch.as_tensor(1.0 / gaps, dtype=dtype)  # [M - 1]
+        # Camera: the focal length, known or its prior (log f is solved in the identity stage).
+        self.focal_known = focal is not None
+        self.f0 = prior_focal(*image_size, cfg.focal_fov_deg) if focal is None else float(focal)
+
+    def data(self, planes: Tensor, focal: Tensor, frames: Tensor | slice) -> Tensor:
+        """Per-frame weighted robust 2D term (+ depth cue), ``[n]``, of the frames ``frames``."""
+        u, v, depth = project_planes(planes, focal, self.cx, self.cy)
+        det = self.det[frames]
+        iod = self.iod[frames][:, None]
+        w, fw = self.w, self.frame_w[frames]
+        r2 = ((u - det[..., 0]) ** 2 + (v - det[..., 1]) ** 2) / iod**2
+        rho = charbonnier(r2, self.cfg.robust_sigma)
+        e = (rho * w * fw).sum(1) / w.sum()
+        if self.cfg.w_depth > 0:
+            d = depth[:, :NUM_MESH]
+            zm = (d - d.mean(1, keepdim=True)) * focal / d.mean(1, keepdim=True) / iod
+            e = e + self.cfg.w_depth * ((zm - self.z_mp[frames]) ** 2).mean(1)
+        return e
+
+    def expression(self, e: Tensor) -> Tensor:
+        return e * self.expr_mask
+
+    def regularisers(self, e: Tensor, eyes: Tensor | None, jaw: Tensor | None) -> Tensor:
+        """Per-frame priors ``[n]`` of the (masked) expression ``e``, the gaze and the jaw."""
+        c = self.cfg
+        r = c.w_expr_l2 * (e * e).sum(1)
+        if self.bounded:
+            r = r + c.w_expr_l1 * e.sum(1)
+        r = r + c.w_rigid * ((e @ self.rigid_gram) * e).sum(1)
+        if eyes is not None:
+            r = r + c.w_eyes * (eyes * eyes).sum((1, 2)) + c.w_vergence * ((eyes[:, 0] - eyes[:, 1]) ** 2).sum(1)
+        if jaw is not None:
+            r = r + c.w_jaw * (jaw * jaw).sum(1)
+        return r
+
+    def temporal_terms(self, f: FrameParams, gaze: bool = True) -> Tensor:
+        """The smoothness terms over all frames (a scalar, divided by the frame count); 0 for photos."""
+        c = self.cfg
+        if not self.temporal:
+            return f.rot.sum() * 0.0
+        tr = f.transl() / self.iod_m
+        t = c.w_smooth_rot * smooth(f.rot, self.gap_w) + c.w_smooth_transl * smooth(tr, self.gap_w)
+        t = t + c.w_smooth_expr * smooth(self.expression(f.expression), self.gap_w, self.smooth_w)
+        if gaze:
+            t = t + c.w_smooth_eyes * smooth_gaze(f.eyes, self.gap_w, c.smooth_eyes_scale)
+        return t

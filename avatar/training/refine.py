@@ -221,10 +221,10 @@ def refine_poses(
         init = rows[start - 1 : start].expand(len(r)) if warm_start and start > 0 else r
         x = torch.cat([deltas[k][init] for k in keys], 1).double()
         with torch.no_grad():
-            # lambda from 1e-2, x0.3 on an accepted step; a number the frame does not see (no body
-            # in view: a zero Jacobian column) is kept put by the relative floor.
+            # lambda from 1e-2, divided by 10/3 (x0.3) on an accepted step; a number the frame does
+            # not see (no body in view: a zero Jacobian column) is kept put by the relative floor.
             x = levenberg_marquardt(x, *fd_least_squares(residuals, fd, jacobian_every), iters,
-                                    LMOptions(damping=1e-2, shrink=0.3, grow=10.0, relative_floor=1e-9))
+                                    LMOptions(damping=1e-2, decrease=10 / 3, increase=10.0, relative_floor=1e-9))
             for k, v in split(x).items():
                 deltas[k][r] = v.to(deltas[k])
         if progress is not None:

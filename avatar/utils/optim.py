@@ -1,5 +1,6 @@
 """The two optimisers of the code base: Adam over named tensors (optionally row by row) and a
-batched Levenberg-Marquardt loop (one small dense system per batch item).
+batched Levenberg-Marquardt loop (one small dense system per batch item), with
+:func:`fd_least_squares` to drive the loop from residuals alone (a forward-difference Jacobian).
 
 Lowest layer: imports only torch. The callers bring their problem (which tensors, which loss, how
 to get a gradient and a Hessian); these classes own only the update rules.
@@ -41,15 +42,17 @@ class Adam:
             outside a step neither move nor decay: torch's Adam would keep moving them on stale
             momentum long after their frame was last seen.
 
-    Written out rather than ``torch.optim.Adam``, whose first construction imports torch._dynamo
-    (seconds per process: more than the whole fit of a short clip), and which has no row subsets.
+    Not row-wise, it is ``torch.optim.Adam`` (to rounding; tests/test_optim.py), written out
+    because torch's first construction imports torch._dynamo (seconds per process: more than the
+    whole fit of a short clip), and torch's has no row subsets.
 
     >>> opt = Adam({"p": p}, {"p": 0.1}, row_wise=True)    # doctest: +SKIP
     >>> loss.backward(); opt.step(rows)                    # doctest: +SKIP
     """
 
     def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], *, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, schedule: Callable[[int], float] | None = None, row_wise: bool = False) -> None:  # fmt: skip
+                 eps: float = 1e-8, schedule: Callable[[int], float] | None = None,
+                 row_wise: bool = False) -> None:  # fmt: skip
         if set(lrs) != set(params):
             raise ValueError(f"one learning rate per tensor: params {sorted(params)}, lrs {sorted(lrs)}")
         first = next(iter(params.values()))
@@ -76,13 +79,20 @@ class Adam:
         for k, p in self.params.items():
             if p.grad is None:
                 continue
-            c = self.count[idx].to(p.dtype)
-            c = c.reshape(c.shape + (1,) * max(p.ndim - c.ndim, 0))  # one count per row
-            g = p.grad[idx]
-            m = self.m[k][idx].mul_(b1).add_(g, alpha=1 - b1)
-            v = self.v[k][idx].mul_(b2).addcmul_(g, g, value=1 - b2)
-            self.m[k][idx], self.v[k][idx] = m, v
-            p[idx] -= self.lrs[k] * factor * (m / (1 - b1**c)) / ((v / (1 - b2**c)).sqrt() + self.eps)
+            lr = self.lrs[k] * factor
+            if self.count.ndim == 0:  # one count: the bias corrections are numbers, folded into the step size
+                n = int(self.count)
+                m = self.m[k].mul_(b1).add_(p.grad, alpha=1 - b1)
+                v = self.v[k].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p.addcdiv_(m, (v / (1 - b2**n)).sqrt_().add_(self.eps), value=-lr / (1 - b1**n))
+            else:  # one count per row
+                c = self.count[idx].to(p.dtype)
+                c = c.reshape(c.shape + (1,) * (p.ndim - 1))
+                g = p.grad[idx]
+                m = self.m[k][idx].mul_(b1).add_(g, alpha=1 - b1)
+                v = self.v[k][idx].mul_(b2).addcmul_(g, g, value=1 - b2)
+                self.m[k][idx], self.v[k][idx] = m, v
+                p[idx] -= lr * (m / (1 - b1**c)) / ((v / (1 - b2**c)).sqrt() + self.eps)
             p.grad = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,8 +112,8 @@ class LMOptions:
     """Damping and scaling of :func:`levenberg_marquardt` (``lambda`` per batch item)."""
 
     damping: float = 1e-3  # lambda at the start
-    shrink: float = 1.0 / 3.0  # factor on lambda after an accepted step
-    grow: float = 10.0  # factor on lambda after a rejected step
+    decrease: float = 3.0  # lambda is divided by this after an accepted step
+    increase: float = 10.0  # and multiplied by this after a rejected one
     min_damping: float = 0.0  # lambda never goes below this
     # The damped system is H + diag(lambda * (d + relative_floor * mean(d)) + jitter), d = diag(H):
     # relative_floor keeps a parameter that an item does not see (a zero column) put, jitter keeps
@@ -162,7 +172,7 @@ def levenberg_marquardt(
             at_trial = f_new <= f
             x = torch.where(at_trial[:, None], new, x)
             f = torch.where(at_trial, f_new, f)
-            lam = torch.where(at_trial, (lam * options.shrink).clamp_min(options.min_damping), lam * options.grow)
+            lam = torch.where(at_trial, (lam / options.decrease).clamp_min(options.min_damping), lam * options.increase)
     return x
 
 
