@@ -43,6 +43,22 @@ def test_adam_full_update_matches_torch(schedule: bool) -> None:
     assert opt.steps == 8 and int(opt.count) == 8
 
 
+def test_adam_row_wise_on_every_row_matches_torch() -> None:
+    """Row-wise (a count per row), every row in every step (``rows`` all, or ``None``): torch's Adam."""
+    g = torch.Generator().manual_seed(2)
+    p = torch.randn(5, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    ref = p.detach().clone().requires_grad_(True)
+    opt = Adam({"p": p}, {"p": 0.05}, eps=1e-12, row_wise=True)
+    ref_opt = torch.optim.Adam([ref], lr=0.05, eps=1e-12)
+    for i in range(6):
+        grad = torch.randn(5, 3, generator=g, dtype=torch.float64)
+        p.grad, ref.grad = grad.clone(), grad.clone()
+        opt.step(torch.arange(5) if i % 2 else None)
+        ref_opt.step()
+    torch.testing.assert_close(p.detach(), ref.detach(), rtol=0, atol=1e-12)
+    assert opt.count.tolist() == [6] * 5
+
+
 def test_adam_row_subset_leaves_other_rows_and_their_moments_untouched() -> None:
     g = torch.Generator().manual_seed(1)
     p = torch.zeros(6, 2, dtype=torch.float64, requires_grad=True)
