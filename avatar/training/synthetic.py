@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatar.fitting.tracking import Tracking, save_tracking
 from avatar.utils.files import atomic_path
 
 FRONTAL_VIEWMAT = np.diag([1.0, -1.0, -1.0, 1.0])  # camera at the origin looking down world -Z
@@ -83,13 +84,11 @@ def make_synthetic_clip(
             landmarks[i, :, 2] = cam[:, 2]
     with atomic_path(out_dir / "mattes.npz") as tmp:
         np.savez(tmp, mattes=mattes)
-    with atomic_path(out_dir / "tracking.npz") as tmp:
-        np.savez(
-            tmp, frame_index=np.arange(num_frames, dtype=np.int64), tracked=np.ones(num_frames, bool),
-            interpolated=np.zeros(num_frames, bool), landmarks=landmarks, expression=expr, jaw=jaw, neck=neck,
-            eyes=eyes, global_orient=orient, transl=transl, K=np.repeat(K[None], num_frames, 0),
-            viewmat=FRONTAL_VIEWMAT.astype(np.float32), shape=shape, model=np.array(head.name),
-            expression_names=np.array(names), image_size=np.array([size, size]), fps=np.float32(fps),
-            source=np.array(str(frames_dir.resolve())),
-        )  # fmt: skip
+    save_tracking(Tracking(
+        frame_index=np.arange(num_frames, dtype=np.int64), tracked=np.ones(num_frames, bool),
+        interpolated=np.zeros(num_frames, bool), landmarks=landmarks, expression=expr, jaw=jaw, neck=neck,
+        eyes=eyes, global_orient=orient, transl=transl, K=np.repeat(K[None], num_frames, 0),
+        viewmat=FRONTAL_VIEWMAT.astype(np.float32), shape=shape, model=head.name, expression_names=np.array(names),
+        image_size=np.array([size, size]), fps=float(fps), source=str(frames_dir.resolve()),
+    ), out_dir / "tracking.npz")  # fmt: skip
     return out_dir
