@@ -279,3 +279,30 @@ def test_too_few_frames_for_expression_blendshapes_or_pose_refinement(clip_dir, 
     with np.load(out / "tracking.npz") as z:
         # Training poses as tracked (the held-out frame, the last, is refined at evaluation).
         assert np.array_equal(av.performance["global_orient"].numpy()[:5], z["global_orient"][:5])
+
+
+def test_frame_renderer_draws_a_refined_pose_as_the_head_model_does(anny_head, clip_dir):
+    """The one frame renderer: rows + rigid deltas drawn from the tracked vertices moved rigidly
+    (fixed_verts) equal the head model evaluated at the refined pose; the renders match the target
+    layout the loss reads."""
+    from avatar.representations import MeshGaussians
+    from avatar.training.frames import FrameRenderer
+
+    clip = load_clip(clip_dir, SIZE, holdout=0.15)
+    frames = FrameRenderer(anny_head, clip, clip.shape, torch.ones(3))
+    rep = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1)
+    rows = [2, 7]
+    deltas = {"global_orient": torch.zeros(12, 3), "transl": torch.zeros(12, 3)}
+    deltas["global_orient"][rows] = torch.tensor([[0.05, -0.1, 0.02], [-0.03, 0.08, 0.0]])
+    deltas["transl"][rows] = torch.tensor([[0.004, -0.002, 0.01], [0.0, 0.003, -0.005]])
+    with torch.no_grad():
+        evaluated, alpha_e, _ = frames.render(rep, rows, deltas)
+        frames.pose_fixed_vertices()
+        moved, alpha_m, _ = frames.render(rep, rows, deltas)
+        as_tracked, _, _ = frames.render(rep, rows)
+    assert evaluated.shape == (2, SIZE, SIZE, 3) and alpha_e.shape == (2, SIZE, SIZE, 1)
+    torch.testing.assert_close(moved, evaluated, atol=2e-4, rtol=0)
+    torch.testing.assert_close(alpha_m, alpha_e, atol=2e-4, rtol=0)
+    assert (as_tracked - evaluated).abs().max() > 0.1  # the deltas do move the head in the image
+    gt, matte = frames.target(rows)
+    assert gt.shape == evaluated.shape and matte.shape == alpha_e.shape
