@@ -91,6 +91,8 @@ def error_breakdown(out: Path, cfg, frames: str = "held_out") -> dict[str, float
             edge = fg & (cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3) <= EDGE_PX)
             edge_err += float(err[edge].sum())
             t = source_row[r]
+            if not tracking.tracked[t]:  # an interpolated frame has no detections (NaN) to box the eyes and mouth by
+                continue
             to_image = clip.Ks[r].double().numpy() @ np.linalg.inv(tracking.K[t])  # source pixels -> training pixels
             eyes = _eye_boxes(tracking.landmarks[t, :, :2], to_image, err.shape)
             mouth = fg & _mouth_opening(tracking.landmarks[t, :, :2], to_image, err.shape)
