@@ -25,6 +25,11 @@ from avatar.training.refine import apply_deltas, repose_vertices
 Rows = Sequence[int] | np.ndarray | Tensor
 
 
+def _cpu_rows(rows: Rows) -> Tensor:
+    """``rows`` as a CPU long tensor (the clip's arrays live on the CPU)."""
+    return torch.as_tensor(np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows), dtype=torch.long)
+
+
 @dataclass
 class FrameRenderer:
     """Draws frames of ``clip`` with ``head`` (identity ``shape``) over ``background``.
@@ -48,7 +53,7 @@ class FrameRenderer:
     def params(self, rows: Rows, deltas: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The head parameters of ``rows`` (refined by ``deltas``: name -> ``[N, D]``, every
         frame's) and, when tracked, the body motion."""
-        rows_t = torch.as_tensor(np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows), dtype=torch.long)
+        rows_t = _cpu_rows(rows)
         out = {k: self.clip.params[k][rows_t].to(self.device) for k in (*FRAME_PARAMS, BODY) if k in self.clip.params}
         return apply_deltas(out, deltas, rows_t.to(self.device)) if deltas else out
 
@@ -62,7 +67,7 @@ class FrameRenderer:
         else the head model evaluated."""
         if self.fixed_verts is None:
             return self.head_vertices(params)
-        r = torch.as_tensor(np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows), dtype=torch.long)
+        r = _cpu_rows(rows)
         verts = self.fixed_verts[r.to(self.fixed_verts.device)]
         if not repose:
             return verts
@@ -95,7 +100,7 @@ class FrameRenderer:
     def draw(self, rep: Representation, rows: Rows, params: dict[str, Tensor], verts: Tensor, sh_degree: int | None = None,
              local: Any = None) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:  # fmt: skip
         """``(rgb [B, H, W, 3], alpha [B, H, W, 1], metas)`` of ``rep`` posed by ``params``/``verts``."""
-        r = torch.as_tensor(np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows), dtype=torch.long)
+        r = _cpu_rows(rows)
         return render_splats(self.splats(rep, verts, params, sh_degree, local), self.clip.viewmat.to(self.device),
                              self.clip.Ks[r].to(self.device), *self.clip.size, self.background, self.options)  # fmt: skip
 
@@ -107,5 +112,4 @@ class FrameRenderer:
 
     def target(self, rows: Rows) -> tuple[Tensor, Tensor]:
         """``(ground truth [B, H, W, 3] composited on the background, matte [B, H, W, 1])``."""
-        r = np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows)
-        return self.clip.target(r, self.background, self.device)
+        return self.clip.target(_cpu_rows(rows).numpy(), self.background, self.device)
