@@ -52,6 +52,13 @@ def make_optimizer(rep: Representation, config: TrainConfig) -> torch.optim.Adam
     return torch.optim.Adam(groups, eps=1e-15, fused=True)
 
 
+def with_correction(deltas: dict[str, Tensor], correction: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """Per-frame ``deltas`` plus a pose ``correction`` (both name -> ``[N, D]``, every frame's)."""
+    if not correction:
+        return deltas
+    return {**correction, **{k: d + correction[k] if k in correction else d for k, d in deltas.items()}}
+
+
 @dataclass
 class Refinements:
     """Per-frame deltas of the tracking (name -> ``[N, D]``, zeros = as tracked), each on its own
@@ -78,10 +85,7 @@ class Refinements:
 
     def step_deltas(self) -> dict[str, Tensor]:
         """The deltas a training step draws with: per-frame refinements plus the learnt correction."""
-        if self.correction is None:
-            return self.deltas
-        corr = self.correction()
-        return {**corr, **{k: d + corr[k] if k in corr else d for k, d in self.deltas.items()}}
+        return self.deltas if self.correction is None else with_correction(self.deltas, self.correction())
 
     def learnt_correction(self) -> dict[str, Tensor] | None:
         with torch.no_grad():

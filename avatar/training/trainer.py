@@ -44,7 +44,7 @@ from avatar.training.frames import FrameRenderer
 from avatar.training.initialise import new_avatar
 from avatar.training.losses import photometric_loss
 from avatar.training.state import (MIN_POSE_FRAMES, TrainState, latest_checkpoint, list_checkpoints,
-                                   save_checkpoint)  # fmt: skip
+                                   save_checkpoint, with_correction)  # fmt: skip
 from avatar.utils.files import atomic_write
 
 __all__ = ["train", "pick_device", "latest_checkpoint", "list_checkpoints", "evaluate", "refine_held_out"]
@@ -238,9 +238,8 @@ def _evaluate(run: Run, state: TrainState, done: Finished) -> tuple[dict[str, An
         m["uncorrected"], _ = evaluate(rep, frames, run.eval_ids)
     if done.pose_fit is not None and done.learnt is not None:
         m["learnt"], _ = evaluate(rep, frames, run.eval_ids, done.learnt)
-    trained = {k: d.detach() for k, d in state.refinements.deltas.items()}
-    if done.correction:  # (training rows of the correction are the learnt one, as trained)
-        trained = {**done.correction, **{k: d + done.correction[k] if k in done.correction else d for k, d in trained.items()}}
+    # (training rows of the correction are the learnt one, as trained)
+    trained = with_correction({k: d.detach() for k, d in state.refinements.deltas.items()}, done.correction)
     m["train"], _ = evaluate(rep, frames, spread(clip.train_ids, TRAIN_SAMPLE), trained or None)
     refined_panels: list[np.ndarray] = []
     if config.eval_refine_iters > 0 and len(clip.test_ids):
