@@ -306,3 +306,30 @@ def test_frame_renderer_draws_a_refined_pose_as_the_head_model_does(anny_head, c
     assert (as_tracked - evaluated).abs().max() > 0.1  # the deltas do move the head in the image
     gt, matte = frames.target(rows)
     assert gt.shape == evaluated.shape and matte.shape == alpha_e.shape
+
+
+def test_metric_sums_frame_by_frame_equal_the_pooled_figures():
+    """evaluate pools a clip's figures one frame at a time; they must equal the figures of all
+    frames at once, computed here from their definitions."""
+    import math
+
+    from avatar.training.losses import MetricSums, masked_metrics, ssim_map
+
+    g = torch.Generator().manual_seed(1)
+    pred, gt = torch.rand(3, 12, 10, 3, generator=g), torch.rand(3, 12, 10, 3, generator=g)
+    mask = (torch.rand(3, 12, 10, 1, generator=g) > 0.4).float()
+    mask[1] = 0  # a frame with no foreground still counts towards the whole-image figures
+    pooled = MetricSums()
+    for i in range(3):
+        pooled.merge(MetricSums().add(pred[i : i + 1], gt[i : i + 1], mask[i : i + 1]))
+    got = pooled.result()
+    fg = mask[..., 0] > 0.5
+    sq, smap = (pred - gt) ** 2, ssim_map(pred, gt)
+    assert got["psnr"] == pytest.approx(-10 * math.log10(float(sq[fg].mean())), rel=1e-5)
+    assert got["ssim"] == pytest.approx(float(smap[fg].mean()), rel=1e-5)
+    assert got["psnr_full"] == pytest.approx(-10 * math.log10(float(sq.mean())), rel=1e-5)
+    assert got["ssim_full"] == pytest.approx(float(smap.mean()), rel=1e-5)
+    assert got["pixels"] == int(fg.sum())
+    assert masked_metrics(pred, gt, mask) == pytest.approx(got, rel=1e-6)
+    assert math.isnan(masked_metrics(pred[1:2], gt[1:2], mask[1:2])["psnr"])
+    assert MetricSums().result() == {}

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from avatar.representations import Representation
 from avatar.training.frames import FrameRenderer
-from avatar.training.losses import masked_metrics
+from avatar.training.losses import MetricSums
 from avatar.training.refine import RIGID, apply_deltas, fit_pose_correction, refine_poses, repose_vertices
 
 
@@ -30,17 +30,18 @@ def evaluate(rep: Representation, frames: FrameRenderer, rows: np.ndarray, delta
     """Masked PSNR/SSIM of ``rows`` (pooled over the frames, and per frame) drawn with ``deltas``
     (name -> ``[N, D]`` refinements of every frame) and, with ``keep_images``, side-by-side frames
     GT | render | error (|error| x 4, grey)."""
-    preds, gts, masks, panels, per_frame = [], [], [], [], []
-    for r in rows:
+    pooled, panels, per_frame = MetricSums(), [], []
+    for r in rows:  # one frame at a time: nothing per clip is held on the device
         rgb, _, _ = frames.render(rep, [int(r)], deltas, sh_degree)
         gt, m = frames.target([int(r)])
         pred = rgb.clamp(0, 1)
-        preds.append(pred), gts.append(gt), masks.append(m)
-        per_frame.append(masked_metrics(pred, gt, m)["psnr"])
+        frame = MetricSums().add(pred, gt, m)
+        pooled.merge(frame)
+        per_frame.append(frame.result()["psnr"])
         if keep_images:
             err = ((pred - gt).abs().mean(-1, keepdim=True) * 4).clamp(0, 1).expand_as(pred)
             panels.append((torch.cat([gt, pred, err], 2)[0].cpu().numpy() * 255).round().astype(np.uint8))
-    metrics = masked_metrics(torch.cat(preds), torch.cat(gts), torch.cat(masks)) if preds else {}
+    metrics = pooled.result()
     metrics["psnr_per_frame"] = per_frame
     metrics["frames"] = [int(r) for r in rows]
     return metrics, panels

@@ -47,7 +47,50 @@ def photometric_loss(pred: Tensor, target: Tensor, lambda_dssim: float = 0.2) ->
     return loss, {"l1": float(l1.detach()), "dssim": float(dssim.detach())}
 
 
-@torch.no_grad()
+class MetricSums:
+    """Running sums behind :func:`masked_metrics`, fed one batch of frames at a time, so that a
+    clip's pooled figures need no more memory than one frame (frames are rendered on the run's
+    device; a long held-out set would not fit there at once). Sums are kept in float64 on the host."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.sq_fg = self.ssim_fg = self.sq_all = self.ssim_all = 0.0
+        self.values_fg = self.pixels_fg = self.values_all = self.pixels_all = 0
+
+    @torch.no_grad()
+    def add(self, pred: Tensor, target: Tensor, mask: Tensor) -> "MetricSums":
+        """Adds images ``[B, H, W, C]`` with their matte ``[B, H, W, 1]``; returns ``self``."""
+        fg = mask[..., 0] > self.threshold
+        sq = ((pred - target) ** 2).double()
+        smap = ssim_map(pred, target).double()
+        n = int(fg.sum())
+        self.sq_fg += float(sq[fg].sum())
+        self.ssim_fg += float(smap[fg].sum())
+        self.pixels_fg += n
+        self.values_fg += n * sq.shape[-1]
+        self.sq_all += float(sq.sum())
+        self.ssim_all += float(smap.sum())
+        self.pixels_all += smap.numel()
+        self.values_all += sq.numel()
+        return self
+
+    def merge(self, other: "MetricSums") -> "MetricSums":
+        """Adds ``other``'s sums (e.g. one frame's, whose own figures are wanted too); returns ``self``."""
+        for name in ("sq_fg", "ssim_fg", "sq_all", "ssim_all", "values_fg", "pixels_fg", "values_all", "pixels_all"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def result(self) -> dict[str, float]:
+        """PSNR (dB) and SSIM over foreground pixels, and ``psnr_full``/``ssim_full`` over every pixel."""
+        if self.pixels_all == 0:
+            return {}
+        full = {"psnr_full": _psnr(self.sq_all / self.values_all), "ssim_full": self.ssim_all / self.pixels_all}
+        if self.pixels_fg == 0:
+            return {"psnr": float("nan"), "ssim": float("nan"), "pixels": 0, **full}
+        return {"psnr": _psnr(self.sq_fg / self.values_fg), "ssim": self.ssim_fg / self.pixels_fg,
+                "pixels": self.pixels_fg, **full}  # fmt: skip
+
+
 def masked_metrics(pred: Tensor, target: Tensor, mask: Tensor, threshold: float = 0.5) -> dict[str, float]:
     """PSNR (dB) and SSIM over foreground pixels (``mask [B, H, W, 1] > threshold``), pooled
     over the batch: PSNR from the mean squared error of all foreground pixels and channels,
@@ -55,14 +98,7 @@ def masked_metrics(pred: Tensor, target: Tensor, mask: Tensor, threshold: float 
     background beforehand). ``psnr_full``/``ssim_full``: the same over every pixel - the
     convention of the head-avatar literature (INSTA, GaussianAvatars, FlashAvatar), where the
     background, identical in both images up to the render's stray splats, raises the figure."""
-    fg = mask[..., 0] > threshold
-    n = int(fg.sum())
-    sq = (pred - target) ** 2
-    smap = ssim_map(pred, target)
-    full = {"psnr_full": _psnr(float(sq.mean())), "ssim_full": float(smap.mean())}
-    if n == 0:
-        return {"psnr": float("nan"), "ssim": float("nan"), "pixels": 0, **full}
-    return {"psnr": _psnr(float(sq[fg].mean())), "ssim": float(smap[fg].mean()), "pixels": n, **full}
+    return MetricSums(threshold).add(pred, target, mask).result()
 
 
 def _psnr(mse: float) -> float:
