@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "view": "avatar_apps.view:View",
     "landmarks": "avatar_apps.landmarks:Landmarks",
     "show-model": "avatar_apps.show_model:ShowModel",
+    "doctor": "avatar_apps.doctor:Doctor",
 }
 
 
