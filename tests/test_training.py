@@ -211,6 +211,17 @@ def test_cli_settings_file(clip_dir, tmp_path, capsys):
     assert report["steps"] == 3 and report["config"]["resolution"] == SIZE and not report["config"]["eval_video"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_train_on_cuda_without_cuda_is_one_line(clip_dir, tmp_path, capsys):
+    from avatar_apps.cli import main
+
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    assert main(["train", str(out), "--device", "cuda", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avatar: error:") and "no CUDA device" in err and "\n" not in err
+    assert not (out / "checkpoints").exists()
+
+
 def test_tracking_refinement_runs_and_stays_small(clip_dir, tmp_path):
     out = _copy_clip(clip_dir, tmp_path / "run")
     report = train(out, tiny(steps=12, refine_tracking=True, lr_tracking=1e-3, checkpoint_every=100,
