@@ -30,6 +30,8 @@ class Render:
     """Orbit: number of frames for one turn (expressions cycle through the performance)."""
     fps: float | None = None
     """Frame rate (default: the clip's)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render (auto = CUDA when usable)."""
 
     def run(self) -> None:
         import numpy as np
@@ -40,8 +42,10 @@ class Render:
         from avatar.representations import load_avatar
         from avatar.render.mesh import intrinsics, orbit_viewmat
         from avatar.representations.base import BODY
+        from avatar.render.device import pick_device
 
-        av = load_avatar(self.out)
+        dev = pick_device(self.device)
+        av = load_avatar(self.out, dev)
         cfg = av.config
         params, fps = self._performance(av)
         fps = self.fps or fps or 25.0
@@ -58,7 +62,7 @@ class Render:
             H = W = self.size or 512
             with torch.no_grad():
                 v = av.vertices({})[0]
-            centre = (0.5 * (v.amax(0) + v.amin(0))).double().numpy()
+            centre = (0.5 * (v.amax(0) + v.amin(0))).double().cpu().numpy()
             height = float(v[:, 1].amax() - v[:, 1].amin())
             fov = 20.0
             dist = 0.75 * height / np.tan(np.radians(fov / 2))
@@ -78,8 +82,8 @@ class Render:
         with VideoWriter(self.output, fps=fps) as writer:
             for i in tqdm(range(len(cams)), desc="render", dynamic_ncols=True):
                 vm, k = cams[i]
-                rgb, _ = av.render({key: val[i : i + 1] for key, val in params.items()}, vm, k, W, H, bg)
-                writer.write(rgb[0].clamp(0, 1).numpy())
+                rgb, _ = av.render({key: val[i : i + 1].to(dev) for key, val in params.items()}, vm.to(dev), k.to(dev), W, H, bg)
+                writer.write(rgb[0].clamp(0, 1).cpu().numpy())
         print(f"wrote {self.output} ({len(cams)} frames, {W}x{H})")
 
     def _performance(self, av):
@@ -92,7 +96,7 @@ class Render:
 
         if self.drive is None:
             if av.performance:  # with the tracked body motion when the avatar was trained with it
-                return {k: av.performance[k].float() for k in (*FRAME_PARAMS, BODY) if k in av.performance}, av.config.get("fps")
+                return {k: av.performance[k].float().cpu() for k in (*FRAME_PARAMS, BODY) if k in av.performance}, av.config.get("fps")
             tr = load_tracking(Path(av.path).parent)
             return {k: torch.as_tensor(v).float() for k, v in tr.frame_params().items()}, tr.fps
         tr = load_tracking(self.drive)
@@ -105,5 +109,5 @@ class Render:
         # placed where this avatar's subject stood.
         own = av.performance.get("transl")
         if own is not None:
-            p["transl"] = p["transl"] - p["transl"].mean(0) + own.float().mean(0)
+            p["transl"] = p["transl"] - p["transl"].mean(0) + own.float().cpu().mean(0)
         return p, tr.fps

@@ -92,7 +92,8 @@ class Avatar:
         background: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """``(rgb [B, H, W, 3], alpha [B, H, W, 1])``."""
-        rgb, alpha, _ = render_splats(self.splats(params), viewmats, Ks, width, height, torch.tensor(background))
+        bg = torch.tensor(background, dtype=torch.float32, device=self.shape.device)
+        rgb, alpha, _ = render_splats(self.splats(params), viewmats, Ks, width, height, bg)
         return rgb, alpha
 
 

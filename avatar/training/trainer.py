@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avatar.errors import AvatarError
 from avatar.representations import save_avatar
 from avatar.training.config import TrainConfig
 from avatar.models.base import FRAME_PARAMS
+from avatar.render.device import describe, pick_device
 from avatar.representations.base import BODY
 from avatar.training.data import Clip, load_clip
 from avatar.training.evaluation import correction_sizes, evaluate, fitted_correction, refine_held_out, spread
@@ -54,14 +54,6 @@ StepCallback = Callable[[int, dict[str, float]], None]
 TRAIN_SAMPLE = 16
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AvatarError("device='cuda' but no CUDA device is available; use device=cpu (or the fast-cpu preset)")
-    return torch.device(name)
-
-
 def train(out_dir: str | Path, config: TrainConfig, *, progress: bool = True, on_step: StepCallback | None = None) -> dict[str, Any]:
     """Train (or resume) the avatar in ``out_dir``; returns the report written to ``report.json``.
 
@@ -69,6 +61,8 @@ def train(out_dir: str | Path, config: TrainConfig, *, progress: bool = True, on
     step), e.g. to stop a run early from a test by raising ``KeyboardInterrupt``.
     """
     device = pick_device(config.device)
+    if progress:
+        print(f"train on {describe(device)}")
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(max(1, config.torch_threads))
