@@ -1,9 +1,16 @@
 """Differentiable Gaussian-splat rasterization: one entry point, gsplat's semantics.
 
-CUDA tensors go to ``gsplat.rasterization`` (an optional dependency, imported on first use);
-CPU tensors go to our tile rasterizer in ``kernels/splat_cpu`` (C++, compiled at first use).
-A slow dense pure-torch twin (``_torch_impl``) is available as ``RasterOptions(backend="torch")``
-for tests and debugging.
+Backends (``RasterOptions.backend``; ``"auto"`` picks by device, and the environment variable
+``AVATAR_RASTER_BACKEND`` = auto | gpu | gsplat | cpu | torch, when set, replaces what "auto" picks):
+
+- ``"cpu"``: our tile rasterizer in ``kernels/splat_cpu`` (C++, compiled at first use); float32 or
+  float64 CPU tensors. What "auto" picks for CPU tensors.
+- ``"gpu"``: the same ops as NVIDIA Warp kernels in ``kernels/splat_warp``, run on the tensors'
+  device (CUDA, or the CPU, which is how CI checks them); float32 only. What "auto" picks for CUDA
+  tensors when gsplat is not installed.
+- ``"gsplat"``: ``gsplat.rasterization`` (an optional dependency, CUDA only). What "auto" picks for
+  CUDA tensors when gsplat is importable.
+- ``"torch"``: the slow dense pure-torch twin (``_torch_impl``), for tests and debugging.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from avatar.render._sh import spherical_harmonics
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 _RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+_BACKENDS = ("auto", "gpu", "gsplat", "cpu", "torch")
+BACKEND_ENV = "AVATAR_RASTER_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -35,9 +44,11 @@ class RasterOptions:
             during backward (densification a la AbsGS / gsplat's ``absgrad``).
         rasterize_mode: "classic", or "antialiased" (opacity scaled by the eps2d compensation
             factor, Mip-Splatting style).
-        backend: "auto" (CUDA -> gsplat, CPU -> our kernels), "cpu", "gsplat", or "torch" (the dense
-            reference: every Gaussian at every pixel; small scenes only).
-        num_threads: CPU kernel threads; None = ``torch.get_num_threads()``.
+        backend: "auto" (CUDA -> gsplat if importable, else "gpu"; CPU -> "cpu"; the environment
+            variable ``AVATAR_RASTER_BACKEND``, when set, overrides this choice), "cpu" (our C++
+            kernels), "gpu" (our Warp kernels, on the tensors' device, float32), "gsplat", or
+            "torch" (the dense reference: every Gaussian at every pixel; small scenes only).
+        num_threads: C++ kernel threads; None = ``torch.get_num_threads()``.
     """
 
     eps2d: float = 0.3
@@ -45,7 +56,7 @@ class RasterOptions:
     tile_size: int = 16
     absgrad: bool = False
     rasterize_mode: Literal["classic", "antialiased"] = "classic"
-    backend: Literal["auto", "cpu", "gsplat", "torch"] = "auto"
+    backend: Literal["auto", "gpu", "gsplat", "cpu", "torch"] = "auto"
     num_threads: int | None = None
 
 
@@ -115,9 +126,7 @@ def rasterize(
         raise AvatarError(f"rasterize_mode must be 'classic' or 'antialiased', got {options.rasterize_mode!r}")
     _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, sh_degree, width, height)
 
-    backend = options.backend
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "cpu"
+    backend = resolve_backend(options.backend, means.device)
     if backend == "gsplat":
         return _rasterize_gsplat(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
@@ -128,12 +137,46 @@ def rasterize(
             raise AvatarError(f"backend='cpu' needs CPU tensors, got {means.device}")
         if means.dtype not in (torch.float32, torch.float64):
             raise AvatarError(f"the CPU rasterizer takes float32 or float64, got {means.dtype}")
+    elif backend == "gpu":
+        tensors = (means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
+        bad = sorted({str(t.dtype) for t in tensors if t is not None and t.dtype != torch.float32})
+        if bad:
+            raise AvatarError(
+                f"backend='gpu' takes float32 tensors, got {', '.join(bad)}: convert them with .float(), "
+                "or use backend='cpu' (float64 on the CPU)"
+            )
+        if means.device.type not in ("cpu", "cuda"):
+            raise AvatarError(f"backend='gpu' runs on CUDA or CPU tensors, got {means.device}")
     elif backend != "torch":
-        raise AvatarError(f"unknown backend {backend!r}; use 'auto', 'cpu', 'gsplat' or 'torch'")
+        raise AvatarError(f"unknown backend {backend!r}; use one of {_BACKENDS}")
     return _rasterize_ours(
         backend, means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         backgrounds, near, far, sh_degree, render_mode, options,
     )  # fmt: skip
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that ``backend`` means for tensors on ``device``: "auto" becomes
+    ``$AVATAR_RASTER_BACKEND`` when that is set (and not "auto"), else "gsplat" (CUDA, gsplat
+    importable), "gpu" (CUDA, no gsplat) or "cpu". Other values are returned as they are."""
+    if backend != "auto":
+        return backend
+    env = os.environ.get(BACKEND_ENV, "").strip()
+    if env and env not in _BACKENDS:
+        raise AvatarError(f"{BACKEND_ENV}={env!r} is not a rasterizer backend; use one of {_BACKENDS}")
+    if env and env != "auto":
+        return env
+    if device.type == "cuda":
+        return "gsplat" if _gsplat_importable() else "gpu"
+    return "cpu"
+
+
+def _gsplat_importable() -> bool:
+    try:
+        import gsplat  # noqa: F401  (optional: only CUDA users install it)
+    except ImportError:
+        return False
+    return True
 
 
 def _check_shapes(
@@ -231,10 +274,14 @@ def _rasterize_ours(
     C, N = viewmats.shape[0], means.shape[0]
     antialiased = options.rasterize_mode == "antialiased"
     n_threads = options.num_threads or torch.get_num_threads() or os.cpu_count() or 1
-    if backend == "cpu":
-        from avatar.render import _cpu  # loads (and on first use compiles) the kernels
+    if backend in ("cpu", "gpu"):
+        # Both load (and on first use compile) their kernels; same signatures.
+        if backend == "cpu":
+            from avatar.render import _cpu as kernels
+        else:
+            from avatar.render import _gpu as kernels
 
-        radii, means2d, depths, conics, comps = _cpu.project(
+        radii, means2d, depths, conics, comps = kernels.project(
             means, quats, scales, opacities, viewmats, Ks, width, height, eps2d=options.eps2d,
             near=near, far=far, radius_clip=options.radius_clip, antialiased=antialiased,
             n_threads=n_threads,
@@ -270,9 +317,9 @@ def _rasterize_ours(
         bgs = bgs.to(feats.dtype)
 
     tile = options.tile_size
-    if backend == "cpu":
-        offsets, flat_ids = _cpu.bin_tiles(means2d, radii, depths, width, height, tile, n_threads)
-        render, alpha = _cpu.rasterize_to_pixels(
+    if backend in ("cpu", "gpu"):
+        offsets, flat_ids = kernels.bin_tiles(means2d, radii, depths, width, height, tile, n_threads)
+        render, alpha = kernels.rasterize_to_pixels(
             means2d, conics, feats, opac, bgs, width, height, tile, offsets, flat_ids,
             options.absgrad, n_threads,
         )  # fmt: skip
