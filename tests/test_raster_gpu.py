@@ -55,8 +55,8 @@ def _run(scene: dict, backend: str, dtype: torch.dtype, *, grad: bool = True, ab
     out = {"render": render.detach(), "alpha": alpha.detach(), "meta": meta, "grads": {}}
     if grad:
         g = torch.Generator().manual_seed(1)
-        w_r = torch.randn(render.shape, generator=g, dtype=_F64).to(dtype)
-        w_a = torch.randn(alpha.shape, generator=g, dtype=_F64).to(dtype)
+        w_r = torch.randn(render.shape, generator=g, dtype=_F64).to(render.device, dtype)
+        w_a = torch.randn(alpha.shape, generator=g, dtype=_F64).to(alpha.device, dtype)
         meta["means2d"].retain_grad()
         ((render * w_r).sum() + (alpha * w_a).sum()).backward()
         out["grads"] = {k: v.grad for k, v in t.items()}

@@ -133,7 +133,7 @@ class _Project(torch.autograd.Function):
         # Written whole by the kernel (one thread per Gaussian).
         v_means, v_quats, v_scales = torch.empty_like(means), torch.empty_like(quats), torch.empty_like(scales)
         # Per (Gaussian, camera) parts, summed here: deterministic, and no atomics on 16 floats.
-        v_vm_parts = torch.empty(N, C, 4, 4, device=dev) if ctx.needs_input_grad[4] else None
+        v_vm_parts = torch.empty(N, C, 4, 4, dtype=torch.float32, device=dev) if ctx.needs_input_grad[4] else None
         # fmt: off
         _launch(kern.project_bwd, N, [
             _arr(means, wp.vec3), _arr(quats, wp.vec4), _arr(scales, wp.vec3), _arr(viewmats, wp.mat44),
@@ -212,7 +212,7 @@ def bin_tiles(
         m2, r2, _arr(ends - counts), N, tile_size, tiles_x, tiles_y, _arr(tile_of), _arr(flat_ids),
     ], dev)
     # fmt: on
-    keys = (tile_of << 32) | _depth_keys(depths.detach().reshape(-1)[flat_ids.long()])
+    keys = (tile_of << 32) | _depth_keys(depths.detach().reshape(-1))[flat_ids.long()]
     keys, order = torch.sort(keys, stable=True)  # stable: equal depths stay in flat-id order
     flat_ids = flat_ids[order].contiguous()
     _launch(kern.tile_ranges, n_isect, [_arr((keys >> 32).contiguous()), n_tiles, _arr(offsets)], dev)
@@ -226,7 +226,7 @@ def _raster_inputs(
     """(vector type, the leading kernel arguments shared by the forward and the backward)."""
     wp = _warp()
     C, N, D = colors.shape
-    vecD = _kernels()[2].raster_kernels(D)[0]
+    vecD = _kernels()[2].vector_type(D)
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     # fmt: off
     args = [
@@ -263,11 +263,12 @@ class _RasterizeToPixels(torch.autograd.Function):
         C, N, D = colors.shape
         dev = colors.device
         vecD, args = _raster_inputs(means2d, conics, colors, opacities, bg, offsets, flat_ids, width, height, tile_size)
-        render = torch.empty(C, height, width, D, device=dev)
-        trans = torch.empty(C, height, width, device=dev)
-        alpha = torch.empty(C, height, width, 1, device=dev)  # 1 - trans, written by the kernel
+        f32 = {"dtype": torch.float32, "device": dev}
+        render = torch.empty(C, height, width, D, **f32)
+        trans = torch.empty(C, height, width, **f32)
+        alpha = torch.empty(C, height, width, 1, **f32)  # 1 - trans, written by the kernel
         last = torch.empty(C, height, width, dtype=torch.int32, device=dev)
-        fwd = _kernels()[2].raster_kernels(D)[1]
+        fwd = _kernels()[2].forward_kernel(D)
         # fmt: off
         _launch(fwd, (offsets.numel() - 1) * tile_size * tile_size, args + [  # a thread per pixel of every tile
             _arr(render.reshape(-1, D), vecD), _arr(trans.reshape(-1)), _arr(alpha.reshape(-1)),
@@ -286,7 +287,7 @@ class _RasterizeToPixels(torch.autograd.Function):
         C, N, D = colors.shape
         dev = colors.device
         if v_render is None:
-            v_render = torch.zeros(C, height, width, D, device=dev)
+            v_render = torch.zeros(C, height, width, D, dtype=torch.float32, device=dev)
         v_render = v_render.contiguous()
         v_alpha = None if v_alpha is None else v_alpha.contiguous().reshape(-1)  # None: the kernel reads 0
         # Accumulated by the kernel's atomics.
@@ -294,7 +295,7 @@ class _RasterizeToPixels(torch.autograd.Function):
         v_colors, v_opac = torch.zeros_like(colors), torch.zeros_like(opacities)
         v_abs = torch.zeros_like(means2d) if absgrad else None
         vecD, args = _raster_inputs(means2d, conics, colors, opacities, bg, offsets, flat_ids, width, height, tile_size)
-        bwd = _kernels()[2].raster_kernels(D)[2]
+        bwd = _kernels()[2].backward_kernel(D)
         # fmt: off
         _launch(bwd, (offsets.numel() - 1) * tile_size * tile_size, args + [
             _arr(trans.reshape(-1)), _arr(last.reshape(-1)), _arr(v_render.reshape(-1, D), vecD), _arr(v_alpha),

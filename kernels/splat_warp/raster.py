@@ -13,8 +13,9 @@ adds each pixel's share of the per-Gaussian gradients with atomics.
 
 Layout: flat ids g = c N + n index means2d [C N] vec2, conics [C N] vec3, colors [C N] vecD,
 opacities [C N]; pixels (c H + y) W + x index render [C H W] vecD, trans/alpha [C H W], last.
-The channel count D is the length of the colour vector type, so ``raster_kernels(D)`` builds (and
-Warp compiles at first launch) one pair of kernels per D.
+The channel count D is the length of the colour vector type (``vector_type(D)``), so
+``forward_kernel(D)`` and ``backward_kernel(D)`` build (and Warp compiles at first launch) one pair
+of kernels per D.
 """
 from __future__ import annotations
 
@@ -49,10 +50,14 @@ def sample(m: wp.vec2, q: wp.vec3, opac: float, px: float, py: float) -> Sample:
     return s
 
 
+@functools.cache  # one type per D: the kernels' annotations and the callers' arrays must agree
+def vector_type(D: int) -> Any:
+    return wp.types.vector(length=D, dtype=wp.float32)
+
+
 @functools.cache
-def raster_kernels(D: int) -> tuple[Any, Any, Any]:
-    """(vector type of D floats, forward kernel, backward kernel) for D channels."""
-    vecD = wp.types.vector(length=D, dtype=wp.float32)
+def forward_kernel(D: int) -> Any:
+    vecD = vector_type(D)
 
     @wp.kernel(enable_backward=False, module="unique")
     def raster_fwd(
@@ -100,6 +105,13 @@ def raster_kernels(D: int) -> tuple[Any, Any, Any]:
         trans[pix] = T
         alpha[pix] = 1.0 - T
         last[pix] = n_walked
+
+    return raster_fwd
+
+
+@functools.cache
+def backward_kernel(D: int) -> Any:
+    vecD = vector_type(D)
 
     @wp.kernel(enable_backward=False, module="unique")
     def raster_bwd(
@@ -171,4 +183,4 @@ def raster_kernels(D: int) -> tuple[Any, Any, Any]:
                 if v_means2d_abs.shape[0] > 0:
                     wp.atomic_add(v_means2d_abs, g, wp.vec2(wp.abs(gx), wp.abs(gy)))
 
-    return vecD, raster_fwd, raster_bwd
+    return raster_bwd
