@@ -12,11 +12,12 @@ the same fixed random projection of render and alpha. Tolerances (``_check``):
 - radii: identical to the C++ kernels'; against float64, at most 1% of (camera, Gaussian) pairs
   may differ (a float32 ceil landing on the other integer only adds or drops tiles where alpha
   is below 1/255).
-Each edge-case test also asserts that its edge case really occurs.
+Each edge-case test also asserts that its edge case really occurs. Without a GPU, the kernels are
+still compiled for CUDA (sm_90 PTX, through Warp's bundled NVRTC); with one, they also run there
+against the C++ kernels.
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import replace
 
@@ -411,6 +412,21 @@ def test_gpu_backend_rejects_float64():
     s32 = {k: (v.float() if isinstance(v, Tensor) else v) for k, v in scene.items()}
     with pytest.raises(AvatarError, match="float32"):  # one float64 input is enough
         _render_auto(dict(s32, Ks=scene["Ks"]), backend="gpu")
+
+
+def test_kernels_compile_for_cuda(tmp_path):
+    # NVRTC (bundled with Warp) needs no GPU: CUDA-only code generation errors show up here too.
+    from avatar.render._gpu import _kernels, _warp
+
+    wp = _warp()
+    if 90 not in wp.get_cuda_supported_archs():
+        pytest.skip("this Warp build has no NVRTC for sm_90")
+    project, binning, raster = _kernels()
+    kernels = [k(d) for d in (1, 3, 4) for k in (raster.forward_kernel, raster.backward_kernel)]
+    modules = [project, binning] + [k.module for k in kernels]
+    for module in modules:
+        (ptx,) = wp.compile_aot_module(module, arch=90, module_dir=tmp_path, use_ptx=True)
+        assert ".entry" in ptx.read_text()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
