@@ -9,15 +9,17 @@ the same fixed random projection of render and alpha. Tolerances (``_check``):
   (pixel coordinates of off-screen centres exceed 100, where one float32 step is 8e-6);
 - every gradient (means, quats, scales, opacities, colors, viewmats, means2d, backgrounds,
   absgrad): 1e-4 x the largest reference gradient of that input;
-- radii: identical to the C++ kernels'; against float64, at most 1% of (camera, Gaussian) pairs
-  may differ (a float32 ceil landing on the other integer only adds or drops tiles where alpha
-  is below 1/255).
+- radii: identical to the C++ kernels' (on Warp's CPU device); against float64, or with the
+  kernels on another device, at most 1% of (camera, Gaussian) pairs may differ (a ceil landing
+  on the other integer only adds or drops tiles where alpha is below 1/255).
+``AVATAR_TEST_DEVICE`` (default cpu) sets where backend "gpu" runs in the comparisons.
 Each edge-case test also asserts that its edge case really occurs. Without a GPU, the kernels are
 still compiled for CUDA (sm_90 PTX, through Warp's bundled NVRTC); with one, they also run there
 against the C++ kernels.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 
@@ -37,42 +39,51 @@ from avatar.render import gaussians as gaussians_mod  # noqa: E402
 pytestmark = pytest.mark.skipif(not has_cpu_kernels(), reason="no C++ compiler to build the CPU kernels")
 
 _F32, _F64 = torch.float32, torch.float64
+# Where backend "gpu" runs in the comparisons: "cpu" (Warp's CPU device; CI) or e.g. "cuda" for a
+# device check (bench/bench_gpu.py sets it).
+_DEVICE = torch.device(os.environ.get("AVATAR_TEST_DEVICE", "cpu"))
 _ATOL, _PROJ_RTOL, _GRAD_ATOL = 1e-5, 1e-6, 1e-4
 
 
 def _run(scene: dict, backend: str, dtype: torch.dtype, *, grad: bool = True, absgrad: bool = False,
          **kwargs) -> dict:  # fmt: skip
     """Render the scene in ``dtype`` and back-propagate ``sum(w_r render) + sum(w_a alpha)`` with
-    weights drawn in float64 (so float32 and float64 runs get the same loss)."""
+    weights drawn in float64 (so float32 and float64 runs get the same loss). Backend "gpu" runs
+    on ``$AVATAR_TEST_DEVICE`` (default cpu); everything returned is on the CPU."""
+    dev = _DEVICE if backend == "gpu" else torch.device("cpu")
     opts = replace(kwargs.pop("options", RasterOptions()), backend=backend, absgrad=absgrad)
-    t = {k: scene[k].to(dtype).clone().requires_grad_(grad) for k in _INPUTS}
+    t = {k: scene[k].to(dev, dtype).clone().requires_grad_(grad) for k in _INPUTS}
     bgs = kwargs.pop("backgrounds", None)
     if bgs is not None:
-        bgs = bgs.to(dtype).clone().requires_grad_(grad)
+        bgs = bgs.to(dev, dtype).clone().requires_grad_(grad)
     render, alpha, meta = rasterize(
         t["means"], t["quats"], t["scales"], t["opacities"], t["colors"], t["viewmats"],
-        scene["Ks"].to(dtype), scene["width"], scene["height"], backgrounds=bgs, options=opts, **kwargs,
+        scene["Ks"].to(dev, dtype), scene["width"], scene["height"], backgrounds=bgs, options=opts, **kwargs,
     )  # fmt: skip
-    out = {"render": render.detach(), "alpha": alpha.detach(), "meta": meta, "grads": {}}
+    grads = {}
     if grad:
         g = torch.Generator().manual_seed(1)
-        w_r = torch.randn(render.shape, generator=g, dtype=_F64).to(render.device, dtype)
-        w_a = torch.randn(alpha.shape, generator=g, dtype=_F64).to(alpha.device, dtype)
+        w_r = torch.randn(render.shape, generator=g, dtype=_F64).to(dev, dtype)
+        w_a = torch.randn(alpha.shape, generator=g, dtype=_F64).to(dev, dtype)
         meta["means2d"].retain_grad()
         ((render * w_r).sum() + (alpha * w_a).sum()).backward()
-        out["grads"] = {k: v.grad for k, v in t.items()}
-        out["grads"]["means2d"] = meta["means2d"].grad
+        grads = {k: v.grad for k, v in t.items()}
+        grads["means2d"] = meta["means2d"].grad
         if bgs is not None:
-            out["grads"]["backgrounds"] = bgs.grad
+            grads["backgrounds"] = bgs.grad
         if absgrad:
-            out["grads"]["absgrad"] = meta["means2d"].absgrad
-    return out
+            grads["absgrad"] = meta["means2d"].absgrad
+    cpu = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in meta.items()}
+    return {
+        "render": render.detach().cpu(), "alpha": alpha.detach().cpu(), "meta": cpu,
+        "grads": {k: (None if v is None else v.cpu()) for k, v in grads.items()},
+    }  # fmt: skip
 
 
 def _check(got: dict, ref: dict, name: str) -> None:
     """``got`` (the Warp kernels, float32) against ``ref`` at the tolerances of the module docstring."""
     r_got, r_ref = got["meta"]["radii"], ref["meta"]["radii"]
-    if name == "cpu":
+    if name == "cpu" and _DEVICE.type == "cpu":  # the same float32 operations, the same CPU maths library
         assert torch.equal(r_got, r_ref), f"radii differ from the C++ kernels' at {(r_got != r_ref).nonzero()[:5]}"
     else:
         assert (r_got != r_ref).any(-1).float().mean() < 0.01, "radii differ from the reference's"
@@ -165,8 +176,8 @@ def test_large_scene_binning_and_sort():
         eps2d=0.3, near=0.01, far=1e10, radius_clip=0.0, antialiased=False, n_threads=2,
     )  # fmt: skip
     off_c, ids_c = _cpu.bin_tiles(means2d, radii, depths, 96, 80, 16, 2)
-    off_g, ids_g = _gpu.bin_tiles(means2d, radii, depths, 96, 80, 16)
-    assert torch.equal(off_g, off_c) and torch.equal(ids_g, ids_c)
+    off_g, ids_g = _gpu.bin_tiles(means2d.to(_DEVICE), radii.to(_DEVICE), depths.to(_DEVICE), 96, 80, 16)
+    assert torch.equal(off_g.cpu(), off_c) and torch.equal(ids_g.cpu(), ids_c)
     lengths = off_c.diff()
     assert ids_c.numel() > 10_000 and lengths.max() > 500 and (lengths > 0).sum() > 30
     compare(scene, with_reference=False)  # the dense reference with autograd would need GBs
@@ -183,15 +194,15 @@ def test_loss_on_one_output_only(output):
     # The other output's gradient reaches the backward as None.
     scene = head_scene(150, seed=33, n_cameras=2, width=28, height=24, dtype=_F32)
     grads = {}
-    for backend in ("gpu", "cpu"):
-        t = {k: scene[k].clone().requires_grad_() for k in ("means", "quats", "scales", "opacities", "colors")}
+    for backend, dev in (("gpu", _DEVICE), ("cpu", torch.device("cpu"))):
+        t = {k: scene[k].to(dev).clone().requires_grad_() for k in _INPUTS[:5]}
         render, alpha, _ = rasterize(
-            t["means"], t["quats"], t["scales"], t["opacities"], t["colors"], scene["viewmats"], scene["Ks"],
-            scene["width"], scene["height"], options=RasterOptions(backend=backend),
+            t["means"], t["quats"], t["scales"], t["opacities"], t["colors"], scene["viewmats"].to(dev),
+            scene["Ks"].to(dev), scene["width"], scene["height"], options=RasterOptions(backend=backend),
         )  # fmt: skip
         out = render if output == "render" else alpha
-        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(4))).sum().backward()
-        grads[backend] = {k: v.grad for k, v in t.items()}
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dev)).sum().backward()
+        grads[backend] = {k: (None if v.grad is None else v.grad.cpu()) for k, v in t.items()}
     for key, ref in grads["cpu"].items():
         got = grads["gpu"][key]
         if output == "alpha" and key == "colors":
