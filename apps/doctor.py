@@ -34,6 +34,9 @@ def probe_environment() -> dict[str, str]:
         info["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     else:
         info["gpu"] = "none visible to torch"
+    from avatar.render.device import describe, pick_device
+
+    info["device=auto"] = describe(pick_device("auto"))
     info["warp"] = _version("warp")
     info["gsplat"] = _version("gsplat")
     return info

@@ -10,26 +10,26 @@ import functools
 import torch
 
 from avatar.errors import AvatarError
+from avatar.render.gaussians import resolve_backend
 
 
 @functools.lru_cache(maxsize=1)
 def gpu_raster_backend() -> str | None:
-    """The rasterizer CUDA tensors get under ``backend="auto"``: ``"gsplat"`` when it imports,
-    else ``"gpu"`` (our Warp kernels) when Warp sees a CUDA device, else ``None``."""
+    """The rasterizer CUDA tensors get under ``backend="auto"`` (see
+    :func:`~avatar.render.gaussians.resolve_backend`: ``AVATAR_RASTER_BACKEND``, else gsplat when it
+    imports, else ``"gpu"``), or ``None`` when there is no CUDA device or that rasterizer cannot run
+    there (our Warp kernels need Warp to see the device)."""
     if not torch.cuda.is_available():
         return None
+    backend = resolve_backend("auto", torch.device("cuda"))
+    if backend == "cpu":  # AVATAR_RASTER_BACKEND=cpu: the C++ kernels take CPU tensors only
+        return None
+    if backend != "gpu":
+        return backend
     try:
-        import gsplat  # noqa: F401 - optional
-    except ImportError:
-        pass
-    else:
-        return "gsplat"
-    try:
-        import warp as wp
+        from avatar.render._gpu import _warp
 
-        wp.config.quiet = True
-        wp.init()
-        return "gpu" if wp.is_cuda_available() else None
+        return "gpu" if _warp().is_cuda_available() else None
     except Exception:  # noqa: BLE001 - a Warp that cannot start is a Warp we cannot use
         return None
 
@@ -49,6 +49,7 @@ def pick_device(name: str) -> torch.device:
 
 def describe(device: torch.device) -> str:
     """One line naming the device and the rasterizer it draws with, for logs and reports."""
+    backend = resolve_backend("auto", device)
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)}; rasterizer {gpu_raster_backend()})"
-    return "cpu (rasterizer: C++ kernels)"
+        return f"cuda ({torch.cuda.get_device_name(device)}; rasterizer {backend})"
+    return f"cpu (rasterizer {backend})"
