@@ -1,4 +1,6 @@
-"""Frames in and out: video files, image folders and images (PyAV + Pillow), streamed."""
+"""Frames in and out: video files, image folders and images (PyAV + Pillow), streamed; Live Link Face
+UDP packets in and out (:mod:`avatar.io.livelink`)."""
+from avatar.io.livelink import LiveLinkFrame, LiveLinkPacketError, LiveLinkReceiver, LiveLinkSender
 from avatar.io.video import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -12,6 +14,7 @@ from avatar.io.video import (
 )
 
 __all__ = [
-    "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "FrameReader", "VideoInfo", "VideoWriter", "probe",
+    "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "FrameReader", "LiveLinkFrame", "LiveLinkPacketError", "LiveLinkReceiver",
+    "LiveLinkSender", "VideoInfo", "VideoWriter", "probe",
     "read_frames", "read_image", "write_image",
 ]
