@@ -147,6 +147,29 @@ def test_save_load_round_trip(rep, anny_head, tmp_path):
     assert rgb.shape == (1, 64, 64, 3) and alpha[0, 32, 32, 0] > 0.9 and alpha[0, 0, 0, 0] < 0.05
 
 
+def test_interrupted_bundle_write_leaves_the_previous_bundle(rep, anny_head, tmp_path, monkeypatch):
+    """A crash while the new bundle is written (here: writing its performance file) leaves the old
+    bundle whole, not the new representation beside the old avatar.json; no temporary folder stays."""
+    import avatar.representations.bundle as bundle
+
+    shape = torch.zeros(anny_head.num_shape)
+    save_avatar(tmp_path / "avatar", rep, model="anny", shape=shape, extra={"run": 1})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "avatar").iterdir()}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle, "save_file", crash)
+    other = MeshGaussians.from_state(rep.config(), rep.state_dict())
+    other.set_colors(torch.zeros(rep.num_gaussians, 3))
+    with pytest.raises(KeyboardInterrupt):
+        save_avatar(tmp_path / "avatar", other, model="anny", shape=shape, extra={"run": 2},
+                    performance={"transl": torch.zeros(3, 3)})  # fmt: skip
+    assert {p.name: p.read_bytes() for p in (tmp_path / "avatar").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avatar"]
+    assert load_avatar(tmp_path).config["run"] == 1
+
+
 def _front_camera(z: float = 0.0) -> torch.Tensor:
     """The tracking's world-to-camera matrix (camera looking down -z) for a camera at (0, 0, z)."""
     vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from avatar.utils.files import atomic_path, atomic_write
+from avatar.utils.files import atomic_folder, atomic_path, atomic_write
 
 
 def test_atomic_write_keeps_old_file_on_error(tmp_path):
@@ -34,3 +34,25 @@ def test_atomic_path_permissions_follow_umask(tmp_path):
             raise KeyboardInterrupt
     assert not (tmp_path / "c.npz").exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == ["b.npz"]
+
+
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "bundle"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+        (tmp / "b.txt").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "a.txt").write_text("2")
+            raise RuntimeError("crash before the second file")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a.txt": "1", "b.txt": "1"}
+    with atomic_folder(target) as tmp:
+        (tmp / "c.txt").write_text("3")
+    assert [p.name for p in target.iterdir()] == ["c.txt"]  # the old files do not linger
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    # A crash between moving the old folder aside and renaming the new one in: the next call restores it.
+    os.replace(target, tmp_path / ".bundle.old")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target):
+            raise RuntimeError
+    assert [p.name for p in target.iterdir()] == ["c.txt"]

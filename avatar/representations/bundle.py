@@ -24,7 +24,7 @@ from avatar.errors import AvatarError
 from avatar.models.base import FRAME_PARAMS
 from avatar.representations.base import BODY, Representation, Splats, render_splats
 from avatar.representations.mesh_gaussians import MeshGaussians
-from avatar.utils.files import atomic_path, atomic_write
+from avatar.utils.files import atomic_folder, atomic_path
 
 BUNDLE_FORMAT = 1
 REPRESENTATIONS: dict[str, type[Representation]] = {MeshGaussians.kind: MeshGaussians}
@@ -107,14 +107,8 @@ def save_avatar(
     extra: dict[str, Any] | None = None,
     performance: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write a bundle to ``folder`` (each file atomically; ``avatar.json`` last, so a folder with
-    an ``avatar.json`` is complete)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_representation(rep, folder / "representation.safetensors")
-    if performance:
-        with atomic_path(folder / "performance.safetensors") as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in performance.items()}, str(tmp))
+    """Write a bundle to ``folder``, published whole (:func:`~avatar.utils.files.atomic_folder`):
+    an interrupted write leaves the previous bundle as it was, never a mix of old and new files."""
     desc = {
         "format": BUNDLE_FORMAT,
         "representation": rep.config(),
@@ -123,9 +117,13 @@ def save_avatar(
         "shape": [float(x) for x in shape.detach().cpu().reshape(-1)],
         **(extra or {}),
     }
-    with atomic_write(folder / "avatar.json", "w") as f:
-        json.dump(desc, f, indent=1)
-    return folder
+    with atomic_folder(folder) as tmp:
+        save_representation(rep, tmp / "representation.safetensors")
+        if performance:
+            save_file({k: v.detach().cpu().contiguous() for k, v in performance.items()}, str(tmp / "performance.safetensors"))
+        with open(tmp / "avatar.json", "w") as f:
+            json.dump(desc, f, indent=1)
+    return Path(folder)
 
 
 def load_avatar(path: str | Path, device: str | torch.device = "cpu") -> Avatar:
