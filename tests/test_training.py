@@ -133,11 +133,56 @@ def test_interrupt_and_resume(clip_dir, tmp_path):
     for p in list_checkpoints(out / "checkpoints"):
         if p.name != "step_0000015.pt":
             assert torch.load(p, weights_only=True)["step"] in (15, 20, 24)
-    assert not [p for p in out.rglob(".*") if p.is_file()], "temporary files left behind"
+    assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".lock"], "temporary files left behind"
     assert load_avatar(out).representation.num_gaussians == report["num_gaussians"]
     # Running again finds the finished run: no training steps, same step count.
     again = []
     assert train(out, cfg, progress=False, on_step=lambda s, _: again.append(s))["steps"] == 24 and again == []
+
+
+def test_resume_refuses_other_settings_or_inputs(clip_dir, tmp_path):
+    """A checkpoint resumes only with the settings and tracking it was made with (its length, where
+    it runs and what is measured after training may change); anything else names what changed."""
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    cfg = tiny(steps=6, checkpoint_every=2, eval_refine_iters=0, pose_fit_frames=0)
+
+    def stop_at_3(step, _):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(out, cfg, progress=False, on_step=stop_at_3)
+    with pytest.raises(AvatarError, match=r"lambda_alpha 0.1 -> 0.3.*--restart"):
+        train(out, dataclasses.replace(cfg, lambda_alpha=0.3), progress=False)
+    with pytest.raises(AvatarError, match=r"strategy.every 20 -> 7"):
+        train(out, dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, every=7)), progress=False)
+    tracking = dict(np.load(out / "tracking.npz"))
+    np.savez(out / "tracking.npz", **{**tracking, "transl": tracking["transl"] + 1e-4})  # tracked again
+    with pytest.raises(AvatarError, match="tracking changed since this run started"):
+        train(out, cfg, progress=False)
+    np.savez(out / "tracking.npz", **tracking)
+    report = train(out, dataclasses.replace(cfg, steps=8, eval_video=True), progress=False)
+    assert report["resumed_from"] == 2 and report["steps"] == 8
+
+
+def test_a_second_process_on_the_same_folder_is_refused(clip_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    hold = ("import sys, time\nfrom avatar.utils.files import exclusive\n"
+            "with exclusive(sys.argv[1], 'a test holder'):\n    print('held', flush=True)\n    time.sleep(60)\n")  # fmt: skip
+    child = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(AvatarError, match=rf"in use by pid {child.pid} \(a test holder\)"):
+            train(out, tiny(steps=2), progress=False)
+        assert not (out / "checkpoints").exists()
+    finally:
+        child.kill()
+        child.wait()
+    # The holder died without letting go: the operating system freed its lock.
+    assert train(out, tiny(steps=2, eval_refine_iters=0, pose_fit_frames=0), progress=False)["steps"] == 2
 
 
 def test_config_overrides():

@@ -5,6 +5,7 @@ generator and the step. A checkpoint is exactly :meth:`TrainState.state_dict`.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,47 @@ class TrainState:
             ref.correction.load_state_dict(ck["pose_model"])
             ref.correction_optimizer.load_state_dict(ck["pose_model_optimizer"])
         return state
+
+
+#: Settings that may differ between a run and its resume: where it runs, what it writes, its length
+#: (the learning-rate decay follows the new one), and the measurements made after training. Any
+#: other change makes a different avatar, so resuming with it is refused.
+RESUME_FREE = frozenset({"steps", "device", "torch_threads", "raster_threads", "checkpoint_every", "keep_checkpoints",
+                         "eval_video", "eval_refine_iters", "pose_fit_frames", "pose_fit_ridge"})  # fmt: skip
+
+
+def input_digest(out_dir: Path) -> dict[str, str]:
+    """What a run was trained from, to compare on resume: the SHA-256 of ``tracking.npz``."""
+    h = hashlib.sha256()
+    with open(out_dir / "tracking.npz", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"tracking": h.hexdigest()}
+
+
+def check_resumable(ck: dict[str, Any], config: TrainConfig, inputs: dict[str, str], name: str) -> None:
+    """Raises an :class:`AvatarError` naming what changed when checkpoint ``ck`` was made with other
+    settings (outside :data:`RESUME_FREE`) or from other inputs than this run's."""
+    saved, now = _flat(ck.get("config", {})), _flat(config.to_dict())
+    changed = [k for k in sorted(saved.keys() | now.keys()) if k.split(".")[0] not in RESUME_FREE and saved.get(k) != now.get(k)]
+    fix = "; resume with the same settings, or start over with `avatar train OUT --restart`"
+    if changed:
+        listed = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:4]) + (", ..." if len(changed) > 4 else "")
+        raise AvatarError(f"{name} was trained with other settings ({listed}){fix}")
+    for key, value in ck.get("inputs", {}).items():
+        if inputs.get(key) != value:
+            raise AvatarError(f"{name}: the {key} changed since this run started (tracked again?){fix}")
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"strategy": {"every": 1}}`` -> ``{"strategy.every": 1}``, tuples as lists (as saved)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 # --- checkpoint files ----------------------------------------------------------------------------

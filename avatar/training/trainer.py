@@ -43,9 +43,9 @@ from avatar.training.evaluation import correction_sizes, evaluate, fitted_correc
 from avatar.training.frames import FrameRenderer
 from avatar.training.initialise import new_avatar
 from avatar.training.losses import photometric_loss
-from avatar.training.state import (MIN_POSE_FRAMES, TrainState, latest_checkpoint, list_checkpoints,
-                                   save_checkpoint, with_correction)  # fmt: skip
-from avatar.utils.files import atomic_write
+from avatar.training.state import (MIN_POSE_FRAMES, TrainState, check_resumable, input_digest, latest_checkpoint,
+                                   list_checkpoints, save_checkpoint, with_correction)  # fmt: skip
+from avatar.utils.files import atomic_write, exclusive
 
 __all__ = ["train", "pick_device", "latest_checkpoint", "list_checkpoints", "evaluate", "refine_held_out"]
 
@@ -67,7 +67,8 @@ def train(out_dir: str | Path, config: TrainConfig, *, progress: bool = True, on
     if device.type == "cpu":
         torch.set_num_threads(max(1, config.torch_threads))
     try:
-        return _train(Path(out_dir), config, device, progress, on_step)
+        with exclusive(out_dir, "avatar train"):
+            return _train(Path(out_dir), config, device, progress, on_step)
     finally:
         torch.set_num_threads(threads)
 
@@ -81,6 +82,7 @@ class Run:
     clip: Clip
     frames: FrameRenderer
     progress: bool
+    inputs: dict[str, str]  # what it trains from (state.input_digest), saved with each checkpoint
     t_start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -89,7 +91,8 @@ class Run:
         return self.clip.test_ids if len(self.clip.test_ids) else self.clip.train_ids
 
     def checkpoint(self, state: TrainState) -> Path:
-        return save_checkpoint(self.out_dir / "checkpoints", state.state_dict(self.config), self.config.keep_checkpoints)
+        return save_checkpoint(self.out_dir / "checkpoints", {**state.state_dict(self.config), "inputs": self.inputs},
+                               self.config.keep_checkpoints)  # fmt: skip
 
 
 @dataclass
@@ -130,7 +133,8 @@ def _setup(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     head = load_head_model(clip.model).to(device)
     bg = torch.tensor(config.background, dtype=torch.float32, device=device)
     raster = RasterOptions(num_threads=config.raster_threads or os.cpu_count() or 1)
-    return Run(out_dir, config, clip, FrameRenderer(head, clip, clip.shape.to(device), bg, raster), progress, t_start)
+    frames = FrameRenderer(head, clip, clip.shape.to(device), bg, raster)
+    return Run(out_dir, config, clip, frames, progress, input_digest(out_dir), t_start)
 
 
 def _initialise(run: Run) -> TrainState:
@@ -146,6 +150,7 @@ def _resume(run: Run) -> TrainState | None:
     if found is None:
         return None
     path, ck = found
+    check_resumable(ck, run.config, run.inputs, str(path))
     return TrainState.from_checkpoint(ck, run.clip, run.config, run.frames.device, name=str(path))
 
 

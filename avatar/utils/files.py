@@ -103,3 +103,39 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Holds ``folder/.lock`` for this process while the block runs: a second process that asks
+    for the same folder gets an :class:`~avatar.errors.AvatarError` naming the holder's pid and
+    ``what`` it runs. The lock is the operating system's (``flock``), so a process that dies frees
+    it and no stale lock is left to clear. Where ``fcntl`` is missing (Windows) nothing is locked."""
+    from avatar.errors import AvatarError
+
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    if not folder.is_dir():  # nothing there to protect; the caller reports the missing folder
+        yield
+        return
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise AvatarError(f"{folder} is in use by {holder}; wait for it to finish (or stop it) and run again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} ({what})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
