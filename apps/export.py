@@ -15,10 +15,10 @@ from avatar.errors import AvatarError
 class Export:
     """Export the head from an output folder into OUT/exports/: GLB with ARKit-52 morph targets,
     skin, texture and (when tracked) the performance; the trained Gaussians as a 3DGS .ply; or a
-    static OBJ. Without tracking or a trained avatar, the neutral head model is exported."""
+    static OBJ. --neutral exports the bare head model (neutral shape and expression) instead."""
 
     out: tyro.conf.Positional[Path]
-    """Output folder of `avatar reconstruct` (or any folder: only the model is needed for glb/obj)."""
+    """Output folder of `avatar track`, `avatar train` or `avatar reconstruct`."""
     format: Literal["glb", "ply", "obj"] = "glb"
     """glb: mesh + morph targets + skin + texture + animation; ply: Gaussian splats; obj: static mesh."""
     frame: int | None = None
@@ -31,20 +31,44 @@ class Export:
     """Head model: the built-in AnnyHead (CC0) or a FLAME .pkl given with --model-path."""
     model_path: Path | None = None
     """FLAME .pkl file; only with --model flame."""
+    neutral: bool = False
+    """Export the bare head model (neutral shape and expression, default texture, glb or obj) into
+    OUT/exports/, whatever OUT holds; OUT is created if missing."""
 
     def run(self) -> None:
         if not 16 <= self.texture_size <= 8192:
             raise AvatarError(f"--texture-size {self.texture_size} is out of range (16..8192)")
         if self.frame is not None and self.format == "glb":
             raise AvatarError("--frame poses a static export; use it with --format obj (the GLB holds the whole performance)")
+        check_source_folder(self)
         dest = self.out / "exports"
         if self.format == "ply":
             path = export_ply(self.out, dest, self.frame)
         else:
             head = load_model(self)
-            tracking = tracking_if_any(self.out)
+            tracking = None if self.neutral else tracking_if_any(self.out)
             path = export_glb_cli(self, head, tracking, dest) if self.format == "glb" else export_obj_cli(self, head, tracking, dest)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+def check_source_folder(cfg: Export) -> None:
+    """OUT must be a folder an earlier stage wrote into: a mistyped path would otherwise export the
+    untracked head model without a word (--neutral asks for exactly that)."""
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise AvatarError(f"{out} is a file; pass the output folder of `avatar track` or `avatar reconstruct`")
+    if cfg.neutral:
+        if cfg.format == "ply" or cfg.frame is not None:
+            raise AvatarError("--neutral exports the bare head model: use it with --format glb or obj and without --frame")
+        return
+    if not out.is_dir():
+        raise AvatarError(f"{out}: no such folder; pass the output folder of `avatar track` or `avatar reconstruct` "
+                          "(--neutral exports the bare head model)")  # fmt: skip
+    stages_done = (out / "tracking.npz").exists() or (out / "avatar" / "avatar.json").exists()
+    # ply and --frame name what they miss themselves (export_ply, export_obj_cli).
+    if cfg.format != "ply" and cfg.frame is None and not stages_done:
+        raise AvatarError(f"{out} holds neither tracking.npz nor a trained avatar/: run `avatar track INPUT -o {out}` "
+                          "(or `avatar reconstruct`) first, or pass --neutral to export the bare head model")  # fmt: skip
 
 
 def load_model(cfg: Export):

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import tyro
 
 from avatar.errors import AvatarError
+from avatar_apps.track import check_output_folder
 
 EXPORT_FILES = {"glb": "head.glb", "ply": "gaussians.ply", "obj": "head.obj"}
 
@@ -53,6 +54,7 @@ class Reconstruct:
 
             load_config(self.config, base=preset(self.preset))
         out = Path(self.output)
+        check_output_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         self.log: list[str] = []  # what each stage did, printed at the end
         t0 = time.perf_counter()

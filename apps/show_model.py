@@ -1,6 +1,7 @@
 """`avatar show-model`: render a head model on the CPU (shaded), with chosen expressions and pose."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -37,6 +38,7 @@ class ShowModel:
     """Vertical field of view in degrees."""
 
     def run(self) -> None:
+        check_numbers(self)  # before the model loads
         image = render_head(load_model(self), self)
         write_image(self.output, image)
         print(f"wrote {self.output}")
@@ -57,7 +59,20 @@ def parse_expression(items: tuple[str, ...], names: list[str]) -> dict[str, floa
             out[name] = float(value)
         except ValueError as e:
             raise AvatarError(f"expression value {value!r} for {name} is not a number") from e
+        if not math.isfinite(out[name]):
+            raise AvatarError(f"expression {item!r}: the value must be a finite number, e.g. {name}=0.8")
     return out
+
+
+def check_numbers(cfg: ShowModel) -> None:
+    """Pose and camera values must be finite (a NaN renders an empty image without a word), the
+    field of view an angle a camera can have."""
+    for flag, values in (("--jaw", cfg.jaw), ("--neck", cfg.neck), ("--yaw", (cfg.yaw,)), ("--pitch", (cfg.pitch,)),
+                         ("--fov", (cfg.fov,))):  # fmt: skip
+        if not all(math.isfinite(v) for v in values):
+            raise AvatarError(f"{flag} {' '.join(str(v) for v in values)}: values must be finite numbers")
+    if not 1.0 <= cfg.fov <= 170.0:
+        raise AvatarError(f"--fov {cfg.fov} is out of range (1..170 degrees)")
 
 
 def load_model(cfg: ShowModel):

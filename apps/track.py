@@ -1,6 +1,7 @@
 """`avatar track INPUT -o OUT`: identity, ARKit-52 expression, gaze, head pose and camera per frame."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -42,6 +43,7 @@ class Track:
             raise AvatarError(f"--stride must be >= 1 (got {self.stride})")
         if self.focal is not None and not self.focal > 0:
             raise AvatarError(f"--focal must be > 0 pixels (got {self.focal})")
+        check_output_folder(self.output)
         # A FLAME model without a cached landmark embedding gets one built here (once, ~30 s).
         _, s = track_clip(self.input, self.output, model=self.model, model_path=self.model_path,
                           landmark_builder=build_landmark_embedding, stride=self.stride, limit=self.limit,
@@ -49,3 +51,14 @@ class Track:
         print(f"{self.output / 'tracking.npz'}: {s['frames']} frames, {s['frames_tracked']} tracked, "
               f"{s['frames_interpolated']} interpolated; reprojection median {s['reprojection_px_median']:.2f} px "
               f"({s['reprojection_pct_iod_median']:.2f}% of the inter-ocular distance); {s['fps']:.1f} fps")
+
+
+def check_output_folder(path: Path, flag: str = "-o") -> None:
+    """Fail now, in one line, when ``path`` cannot become the output folder (it, or a folder above
+    it, is a file; or it is not writable) rather than after minutes of work."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise AvatarError(f"{flag} {path} {where}, not a folder; pass a folder for the outputs (created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AvatarError(f"{flag} {path}: cannot write into {existing}; pass a folder you can write to")

@@ -55,8 +55,8 @@ def test_obj_posed_mesh(anny_head, tmp_path: Path) -> None:
     assert mtl.count("newmtl") == 3 and "map_Kd head.png" in mtl and info.texture.exists()
 
 
-def test_cli_glb_without_tracking(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["export", str(tmp_path), "--format", "glb", "--texture-size", "256"]) == 0
+def test_cli_glb_of_the_bare_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(tmp_path), "--neutral", "--format", "glb", "--texture-size", "256"]) == 0
     glb = tmp_path / "exports" / "head.glb"
     assert glb.exists() and glb.read_bytes()[:4] == b"glTF"
     assert "0 animation frames" in capsys.readouterr().out

@@ -13,6 +13,7 @@ the way a player shows them. Images honour their EXIF orientation.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +24,8 @@ import numpy as np
 
 from avatar.errors import AvatarError
 from avatar.utils.files import atomic_path
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".webm", ".mkv", ".mpg", ".mpeg", ".wmv", ".flv", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -67,7 +70,9 @@ def _rotate(frame: np.ndarray, degrees_ccw: int) -> np.ndarray:
 
 
 def read_image(path: str | Path, dtype: str = "float32") -> np.ndarray:
-    """One image file -> HWC RGB (EXIF orientation applied). Unreadable files -> AvatarError."""
+    """One image file -> HWC RGB (EXIF orientation applied), whatever its mode: 16-bit and float
+    greyscale are scaled to 8 bits, palette and transparent images composited over white.
+    Unreadable files -> AvatarError."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -75,12 +80,34 @@ def read_image(path: str | Path, dtype: str = "float32") -> np.ndarray:
         raise AvatarError(f"{path}: no such image file; check the path.")
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            arr = _rgb8(ImageOps.exif_transpose(im))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise AvatarError(f"{path}: not a readable image ({e}); pass a PNG/JPEG file, a folder of "
                           "images, or a video.") from e
     return _convert(np.ascontiguousarray(arr), dtype)
+
+
+def _rgb8(im) -> np.ndarray:
+    """A Pillow image of any mode -> ``[H, W, 3]`` uint8 RGB."""
+    from PIL import Image
+
+    if im.mode == "F" or im.mode.startswith("I"):  # greyscale deeper than 8 bits
+        # Pillow's convert("RGB") clips these at 255 instead of scaling: a 16-bit photo turns white.
+        grey = np.asarray(im, dtype=np.float64)
+        peak = float(grey.max(initial=0.0))
+        if im.mode.startswith("I;16") or peak > 255.0:  # "I" and "F" do not say their range
+            full = 65535.0
+        elif im.mode == "F" and peak <= 1.0:
+            full = 1.0
+        else:
+            full = 255.0
+        grey = np.clip(np.rint(grey * (255.0 / full)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
 
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:
@@ -116,6 +143,7 @@ class FrameReader:
         self.source = Path(source)
         self.stride, self.limit, self.dtype = stride, limit, dtype
         self._images: list[Path] = []
+        self.skipped: list[Path] = []  # images of a folder that did not decode (each warned about once)
         if not self.source.exists():
             raise AvatarError(f"{self.source}: no such file or folder; check the input path.")
         if self.source.is_dir():
@@ -126,7 +154,11 @@ class FrameReader:
             if not self._images:
                 raise AvatarError(f"{self.source}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                                   "pass a folder of frames, an image or a video file.")
-            first = read_image(self._images[0], "uint8")
+            first = next(self._readable_images(), (None, None))[1]
+            if first is None:
+                names = ", ".join(p.name for p in self._images[:3]) + (", ..." if len(self._images) > 3 else "")
+                raise AvatarError(f"{self.source}: none of its {len(self._images)} images is readable ({names}); "
+                                  "pass a folder of PNG/JPEG photos or frames.")
             self.info = VideoInfo(self.source, "images", first.shape[1], first.shape[0], None, len(self._images), 0)
         elif self.source.suffix.lower() in IMAGE_SUFFIXES:
             first = read_image(self.source, "uint8")
@@ -212,12 +244,33 @@ class FrameReader:
             raise AvatarError(f"{self.source}: the video holds no decodable frames; re-export it.")
 
     # -- images --------------------------------------------------------------------------------
+    def _readable_images(self) -> Iterator[tuple[Path, np.ndarray]]:
+        """``(path, frame)`` of each image of the folder that decodes. An unreadable one is skipped
+        with a warning naming it, so one damaged photo does not cost the others."""
+        for path in self._images:
+            try:
+                frame = read_image(path, self.dtype)
+            except AvatarError as e:
+                if path not in self.skipped:
+                    self.skipped.append(path)
+                    log.warning("skipping %s: not a readable image (%s)", path, e.__cause__ or e)
+                continue
+            yield path, frame
+
     def _iter_images(self) -> Iterator[np.ndarray]:
+        if self.info.kind == "image":
+            if self.limit != 0:
+                yield read_image(self.source, self.dtype)
+            return
+        # The stride counts readable images, so a frame's index (i * stride) names the same image
+        # for a reader with stride 1, as later stages read the folder again that way. It means
+        # every image is decoded, also the ones the stride leaves out.
         kept = 0
-        for path in self._images[:: self.stride]:
+        for n, (path, frame) in enumerate(self._readable_images()):
             if self.limit is not None and kept >= self.limit:
                 break
-            frame = read_image(path, self.dtype)
+            if n % self.stride:
+                continue
             if frame.shape[:2] != (self.info.height, self.info.width):
                 raise AvatarError(f"{path}: size {frame.shape[1]}x{frame.shape[0]} differs from the first "
                                   f"image's {self.info.width}x{self.info.height}; frames of one clip "

@@ -48,7 +48,8 @@ def load_head_model(
         from avatar.models.flame import FLAME_HELP, FlameHead
 
         if path is None:
-            raise MissingAssetError(f"the FLAME head model needs its model file: pass path=... . {FLAME_HELP}")
+            raise MissingAssetError(f"the FLAME head model needs its model file: on the command line pass --model-path "
+                                    f"FILE.pkl (with --model flame). {FLAME_HELP}")  # fmt: skip
         head = FlameHead.from_file(path, device=device, dtype=dtype)
         if landmarks:
             try:
