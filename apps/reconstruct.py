@@ -43,6 +43,9 @@ class Reconstruct:
     """Export formats written to OUT/exports/."""
     texture_size: int = 2048
     """Size of the baked texture in the GLB/OBJ exports."""
+    overlay: bool = True
+    """Write OUT/overlay.mp4 while tracking (the fitted wireframe over the frames, at most 720p);
+    --no-overlay skips it."""
     orbit: bool = True
     """Render OUT/orbit.mp4 (a novel-view orbit around the avatar); --no-orbit skips it."""
     restart: bool = False
@@ -83,7 +86,7 @@ class Reconstruct:
         if self._skip(done, "track"):
             return
         Track(input=self.input, output=out, stride=self.stride, limit=self.limit, model=self.model,
-              model_path=self.model_path).run()  # fmt: skip
+              model_path=self.model_path, overlay=self.overlay).run()  # fmt: skip
         self.log.append(f"track: wrote {done}")
 
     def _train(self, out: Path) -> None:

@@ -33,7 +33,8 @@ class Track:
     threads: int = 2
     """CPU threads for the landmark models."""
     overlay: bool = True
-    """Write OUT/overlay.mp4 (the fitted head as a wireframe over the frames); --no-overlay skips it."""
+    """Write OUT/overlay.mp4 (the fitted head as a wireframe over the frames, scaled down to 720p when
+    larger); --no-overlay skips it."""
 
     def run(self) -> None:
         from avatar.fitting.pipeline import track_clip
@@ -50,7 +51,8 @@ class Track:
                           focal=self.focal, threads=self.threads, overlay=self.overlay, progress=True)
         print(f"{self.output / 'tracking.npz'}: {s['frames']} frames, {s['frames_tracked']} tracked, "
               f"{s['frames_interpolated']} interpolated; reprojection median {s['reprojection_px_median']:.2f} px "
-              f"({s['reprojection_pct_iod_median']:.2f}% of the inter-ocular distance); {s['fps']:.1f} fps")
+              f"({s['reprojection_pct_iod_median']:.2f}% of the inter-ocular distance); {s['fps']:.1f} fps tracking, "
+              f"{s['frames'] / s['timings_s']['total']:.1f} fps end to end (model load, overlay and files included)")
 
 
 def check_output_folder(path: Path, flag: str = "-o") -> None:

@@ -250,6 +250,11 @@ def summarise(tracking: Tracking, residual_px: np.ndarray, iod_px: np.ndarray) -
 
 
 # --- overlay ------------------------------------------------------------------------------------
+# The overlay is for looking at the fit: 720p shows it, and encoding 1080p or 4K frames takes
+# longer than tracking them.
+OVERLAY_SHORT_SIDE = 720
+
+
 def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     """World ``[..., 3]`` -> pixels ``[..., 2]`` with the tracker's camera (viewmat diag(1,-1,-1,1))."""
     d = -points[..., 2]
@@ -260,11 +265,11 @@ def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 def draw_overlay(
     tracking: Tracking, head: HeadModel, source, out: Path, *, stride: int = 1, limit: int | None = None,
-    progress: bool = True, chunk: int = 32,
+    progress: bool = True, chunk: int = 32, short_side: int = OVERLAY_SHORT_SIDE,
 ) -> Path:
     """``out/overlay.mp4`` (and ``overlay.png`` for a single image): the fitted head as a wireframe
-    of its camera-facing triangles over each frame, detected landmarks as dots."""
-    import cv2
+    of its camera-facing triangles over each frame, detected landmarks as dots. Frames whose
+    shorter side exceeds ``short_side`` pixels are scaled down to it first."""
     from tqdm import tqdm
 
     from avatar.io import FrameReader, VideoWriter, write_image
@@ -273,9 +278,11 @@ def draw_overlay(
     faces = head.faces.cpu().numpy()
     n = tracking.num_frames
     single = reader.info.kind == "image"
+    scale = min(1.0, short_side / min(reader.info.width, reader.info.height))
     path = out / "overlay.mp4"
     bar = tqdm(total=n, unit="frame", desc="overlay", delay=2.0, disable=not progress)
-    with VideoWriter(path, fps=tracking.fps or 25.0) as writer:
+    # A preview: a faster x264 preset and a little more compression than the default.
+    with VideoWriter(path, fps=tracking.fps or 25.0, crf=23, preset="superfast") as writer:
         verts = None
         for i, frame in enumerate(reader):
             if i >= n:
@@ -284,27 +291,57 @@ def draw_overlay(
                 sl = slice(i, min(i + chunk, n))
                 with torch.no_grad():
                     verts = head(**tracking.head_params(frames=sl)).vertices.numpy()
-            img = np.ascontiguousarray(frame[..., :3]).copy()
-            if tracking.tracked[i] or tracking.interpolated[i]:
-                uv = _project(verts[i % chunk], tracking.K[i])
-                tri = uv[faces]  # [F, 3, 2]
-                e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
-                # Image y points down, so triangles facing the camera turn clockwise on screen.
-                front = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0
-                pts = np.round(tri[front] * 4).astype(np.int32)  # 2 bits of sub-pixel precision
-                color = (90, 200, 255) if tracking.tracked[i] else (255, 170, 60)
-                wire = img.copy()
-                cv2.polylines(wire, list(pts), True, color, 1, cv2.LINE_AA, shift=2)
-                img = cv2.addWeighted(img, 0.6, wire, 0.4, 0.0)  # see-through, so the face shows
-            if tracking.tracked[i]:
-                for x, y in tracking.landmarks[i, :, :2]:
-                    cv2.circle(img, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
-            else:
-                label = "no face (interpolated)" if tracking.interpolated[i] else "no face"
-                cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 0, 0), 2)
+            img = _draw_frame(_scaled(frame, scale), tracking, i, verts[i % chunk], faces, scale)
             writer.write(img)
             if single:
                 write_image(out / "overlay.png", img)
             bar.update(1)
     bar.close()
     return path
+
+
+def _scaled(frame: np.ndarray, scale: float) -> np.ndarray:
+    """A writable RGB copy of ``frame``, resized by ``scale`` when below 1."""
+    import cv2
+
+    rgb = frame[..., :3]
+    if scale >= 1.0:
+        return np.ascontiguousarray(rgb).copy()
+    h, w = rgb.shape[:2]
+    # Area averaging only where bilinear would alias: it costs four times as much.
+    interpolation = cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
+
+
+def _draw_frame(img: np.ndarray, tracking: Tracking, i: int, verts: np.ndarray, faces: np.ndarray,
+                scale: float) -> np.ndarray:  # fmt: skip
+    """Frame ``i``'s wireframe and landmarks drawn on ``img`` (the frame resized by ``scale``)."""
+    import cv2
+
+    if tracking.tracked[i] or tracking.interpolated[i]:
+        tri = (_project(verts, tracking.K[i]) * scale)[faces]  # [F, 3, 2]
+        e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+        # Image y points down, so triangles facing the camera turn clockwise on screen.
+        front = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0
+        pts = np.round(tri[front] * 4).astype(np.int32)  # 2 bits of sub-pixel precision
+        color = (90, 200, 255) if tracking.tracked[i] else (255, 170, 60)
+        wire = img.copy()
+        cv2.polylines(wire, list(pts), True, color, 1, cv2.LINE_AA, shift=2)
+        img = cv2.addWeighted(img, 0.6, wire, 0.4, 0.0)  # see-through, so the face shows
+    if tracking.tracked[i]:
+        _dots(img, tracking.landmarks[i, :, :2] * scale, (0, 255, 0))
+    else:
+        label = "no face (interpolated)" if tracking.interpolated[i] else "no face"
+        cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 0, 0), 2)
+    return img
+
+
+def _dots(img: np.ndarray, points: np.ndarray, color: tuple[int, int, int]) -> None:
+    """Plus-shaped dots at ``points [N, 2]`` (what ``cv2.circle`` draws at radius 1), drawn in one
+    go rather than one call per landmark."""
+    h, w = img.shape[:2]
+    xy = np.round(points).astype(np.int64)
+    for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
+        x, y = xy[:, 0] + dx, xy[:, 1] + dy
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        img[y[inside], x[inside]] = color
