@@ -13,7 +13,7 @@ endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.avatar-installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench bench-quality bench-experiments bench-gpu bench-mediapipe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,32 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
 
+# The benches that run on this checkout alone, installing nothing (tens of minutes on a laptop CPU);
+# the two that read the shared clips run where ../shared/data exists.
+SHARED_VIDEO := ../shared/data/video
 bench: $(STAMP)
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/bench_raster.py
+	$(BIN)/python bench/bench_models.py
+	$(BIN)/python bench/bench_viewer.py
+	@if [ -d $(SHARED_VIDEO) ]; then \
+	  $(BIN)/python bench/bench_landmarks.py && $(BIN)/python bench/bench_tracking.py; \
+	else echo "$(SHARED_VIDEO) not found: bench_landmarks and bench_tracking skipped"; fi
+
+# Longer or special runs, each named. BENCH_WORK keeps the trained clips the experiments read.
+BENCH_WORK ?= /tmp/bench_avatar
+# The 13-clip quality table of docs/quality.md: tracks and trains every shared clip (hours on a CPU).
+bench-quality: $(STAMP)
+	$(BIN)/python bench/bench_avatar.py --work $(BENCH_WORK)
+# Pose experiments on the avatars bench-quality trained (see each script's docstring).
+bench-experiments: $(STAMP)
+	$(BIN)/python bench/bench_pose_correction.py $(BENCH_WORK)/*/
+	$(BIN)/python bench/bench_tracker_pose.py $(BENCH_WORK)/*/
+# The GPU device check (about 8 minutes on one H100).
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/bench_gpu.py
+# Landmarks against MediaPipe itself, which it installs into a throw-away venv (--mp-venv).
+bench-mediapipe: $(STAMP)
+	$(BIN)/python bench/bench_landmarks.py --compare-mediapipe
 
 clean:
 	rm -rf $(OUT) .pytest_cache
