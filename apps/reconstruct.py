@@ -47,7 +47,10 @@ class Reconstruct:
     """Write OUT/overlay.mp4 while tracking (the fitted wireframe over the frames, at most 720p);
     --no-overlay skips it."""
     orbit: bool = True
-    """Render OUT/orbit.mp4 (a novel-view orbit around the avatar); --no-orbit skips it."""
+    """Render OUT/orbit.mp4 (novel views: the camera sweeps over the angles the clip saw the head
+    from, plus 15 degrees each side); --no-orbit skips it."""
+    full_orbit: bool = False
+    """Turn the orbit camera all the way round the head (its back was never seen)."""
     restart: bool = False
     """Redo every stage, ignoring what OUT already holds."""
 
@@ -114,7 +117,7 @@ class Reconstruct:
         target = out / "orbit.mp4"
         if self._skip(target, "orbit"):
             return
-        Render(out=out, camera="orbit", output=target).run()
+        Render(out=out, camera="orbit", output=target, full_orbit=self.full_orbit).run()
         self.log.append(f"orbit: wrote {target}")
 
 

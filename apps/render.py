@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import tyro
 
 from avatar.errors import AvatarError
@@ -27,14 +28,16 @@ class Render:
     size: int | None = None
     """Image height in pixels (default: the training size for tracked, else 512)."""
     frames: int = 120
-    """Orbit: number of frames for one turn (expressions cycle through the performance)."""
+    """Orbit: number of frames of the sweep (expressions cycle through the performance)."""
+    full_orbit: bool = False
+    """Orbit: turn the camera all the way round the head. By default it sweeps there and back over
+    the angles the clip saw the head from, plus 15 degrees each side (the back was never seen)."""
     fps: float | None = None
     """Frame rate (default: the clip's)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render (auto = CUDA when usable)."""
 
     def run(self) -> None:
-        import numpy as np
         import torch
         from tqdm import tqdm
 
@@ -71,11 +74,11 @@ class Render:
             # mean pose), the camera moves instead.
             params = {k: v for k, v in params.items() if k not in ("global_orient", "transl", BODY)}
             if self.camera == "orbit":
-                total = self.frames
-                rows = np.arange(total) % n
+                yaws, what = orbit_yaws(self.frames, None if self.full_orbit else own_seen_azimuths(av))
+                print(f"orbit: {what}")
+                rows = np.arange(len(yaws)) % n
                 params = {k: v[torch.as_tensor(rows)] for k, v in params.items()}
-                cams = [(torch.tensor(orbit_viewmat(centre, dist, 360.0 * i / total, 5.0), dtype=torch.float32), K)
-                        for i in range(total)]  # fmt: skip
+                cams = [(torch.tensor(orbit_viewmat(centre, dist, yaw, 5.0), dtype=torch.float32), K) for yaw in yaws]
             else:
                 cams = [(torch.tensor(orbit_viewmat(centre, dist, 0.0, 5.0), dtype=torch.float32), K)] * n
         bg = tuple(cfg.get("background", (1.0, 1.0, 1.0)))
@@ -111,3 +114,58 @@ class Render:
         if own is not None:
             p["transl"] = p["transl"] - p["transl"].mean(0) + own.float().cpu().mean(0)
         return p, tr.fps
+
+
+ORBIT_MARGIN_DEG = 15.0  # past the angles seen: a little more of the sides, none of the unseen back
+
+
+def own_seen_azimuths(av) -> np.ndarray | None:
+    """:func:`seen_azimuths` of the avatar's own clip (whoever drives it): its trained performance,
+    else OUT/tracking.npz; ``None`` when neither is there."""
+    from avatar.fitting import load_tracking
+
+    poses = {k: av.performance[k].double().cpu().numpy() for k in ("global_orient", "transl") if k in av.performance}
+    if len(poses) < 2:
+        tracking = Path(av.path).parent / "tracking.npz"
+        if not tracking.exists():
+            return None
+        tr = load_tracking(tracking)
+        poses = tr.frame_params(np.nonzero(tr.usable)[0])
+    viewmat = np.asarray(av.config.get("viewmat", np.diag([1.0, -1.0, -1.0, 1.0])), np.float64)
+    return seen_azimuths(poses["global_orient"], poses["transl"], viewmat)
+
+
+def seen_azimuths(global_orient: np.ndarray, transl: np.ndarray, viewmat: np.ndarray) -> np.ndarray:
+    """Per frame, the orbit yaw (degrees, as :func:`avatar.render.mesh.orbit_viewmat` takes it)
+    from which the clip's camera saw the head: the camera centre brought into the head's rest frame.
+
+    Args:
+        global_orient, transl: ``[N, 3]`` the head's pose per frame (axis-angle, metres).
+        viewmat: ``[4, 4]`` the clip's world-to-camera matrix.
+    """
+    import torch
+
+    from avatar.models.rotations import axis_angle_to_matrix
+
+    R = axis_angle_to_matrix(torch.as_tensor(np.asarray(global_orient), dtype=torch.float64)).numpy()  # [N, 3, 3]
+    camera = -viewmat[:3, :3].T @ viewmat[:3, 3]
+    seen = np.einsum("nji,nj->ni", R, camera[None] - np.asarray(transl, np.float64))  # R^T (camera - t)
+    yaw = np.degrees(np.arctan2(seen[:, 0], seen[:, 2]))
+    # Unwrapped around the mean direction, so a clip seen from behind does not span -180..180.
+    middle = np.degrees(np.arctan2(np.sin(np.radians(yaw)).mean(), np.cos(np.radians(yaw)).mean()))
+    return (yaw - middle + 180.0) % 360.0 - 180.0 + middle
+
+
+def orbit_yaws(frames: int, seen: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """Camera yaw per orbit frame (degrees) and a line saying what it covers: a sweep there and back
+    over the ``seen`` yaws plus :data:`ORBIT_MARGIN_DEG` each side, or a whole turn when ``seen`` is
+    ``None`` or already spans it."""
+    t = np.arange(frames) / frames
+    if seen is None or seen.size == 0:
+        return 360.0 * t, "a whole turn round the head"
+    lo, hi = float(seen.min()) - ORBIT_MARGIN_DEG, float(seen.max()) + ORBIT_MARGIN_DEG
+    if hi - lo >= 360.0:
+        return 360.0 * t, "a whole turn round the head (the clip saw it from every side)"
+    what = (f"yaw {round(lo):+d}..{round(hi):+d} degrees: the clip saw the head from {round(float(seen.min())):+d}.."
+            f"{round(float(seen.max())):+d}, plus {ORBIT_MARGIN_DEG:.0f} each side (--full-orbit turns all the way)")  # fmt: skip
+    return 0.5 * (lo + hi) + 0.5 * (hi - lo) * np.sin(2.0 * np.pi * t), what
