@@ -79,7 +79,8 @@ def test_pose_correction_carries_a_systematic_error_to_frames_it_was_not_fitted_
 
 def test_fitted_pose_correction_predicts_a_linear_tracker_error_on_other_frames():
     """The closed-form ridge fit: a 20 % yaw under-read and a 2 mm offset, seen on 40 frames,
-    predicted on 20 beyond their yaw range; a constant input drops out; the ridge shrinks slopes,
+    predicted on 20 beyond their yaw range (up to 3 deviations from their mean, then held); a
+    constant input drops out; the ridge shrinks slopes,
     not the offset; extra inputs widen the features."""
     g = torch.Generator().manual_seed(4)
     n = 60
@@ -94,8 +95,16 @@ def test_fitted_pose_correction_predicts_a_linear_tracker_error_on_other_frames(
                for k in true}  # rows outside `fit` are not read  # fmt: skip
     out = fit_pose_correction(tracked, refined, fit, ridge=1e-9)
     assert set(out) == {"global_orient", "transl", "body"} and out["transl"].shape == (n, 3)
+    # Beyond the fit frames' yaw range, up to 3 standard deviations from their mean: predicted exactly.
+    z = (tracked["global_orient"][:, 1] - tracked["global_orient"][fit, 1].mean()) / tracked["global_orient"][fit, 1].std(unbiased=False)
+    near, far = rest[z[rest] <= 3.0], rest[z[rest] > 3.0]
+    assert len(near) >= 5 and len(far) >= 3
     for k in ("global_orient", "transl"):
-        torch.testing.assert_close(tracked[k][rest] + out[k][rest], true[k][rest], rtol=0, atol=1e-6)
+        torch.testing.assert_close(tracked[k][near] + out[k][near], true[k][near], rtol=0, atol=1e-6)
+    # Further out the fit is not carried on: the yaw correction stays where 3 deviations put it.
+    at_3sd = out["global_orient"][near[-1], 1] + (out["global_orient"][near[-1], 1] - out["global_orient"][near[-2], 1]) \
+        * (3.0 - z[near[-1]]) / (z[near[-1]] - z[near[-2]])
+    torch.testing.assert_close(out["global_orient"][far, 1], at_3sd.expand(len(far)), rtol=0, atol=1e-6)
     assert out["body"].abs().max() < 1e-9
     shrunk = fit_pose_correction(tracked, refined, fit, ridge=1e3)
     assert shrunk["global_orient"][:, 1].std() < 0.1 * out["global_orient"][:, 1].std()

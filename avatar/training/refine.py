@@ -121,6 +121,11 @@ class PoseCorrection(torch.nn.Module):
         return self.weight.square().sum()
 
 
+#: The fitted correction is evaluated at most this many standard deviations (of the fit frames) from
+#: their mean, input by input: a linear fit carried far outside its data can be far off (docs/quality.md).
+MAX_EXTRAPOLATION_SD = 3.0
+
+
 def fit_pose_correction(tracked: dict[str, Tensor], refined: dict[str, Tensor], rows: Tensor, ridge: float,
                         extra: tuple[str, ...] = ()) -> dict[str, Tensor]:  # fmt: skip
     """The rigid-pose correction of every frame predicted from its tracked pose by a ridge
@@ -130,7 +135,8 @@ def fit_pose_correction(tracked: dict[str, Tensor], refined: dict[str, Tensor], 
     :data:`RIGID`) -> ``[N, 3]`` deltas that align the frames ``rows`` (e.g. a Levenberg-Marquardt
     pass against the trained avatar, :func:`refine_poses`); other rows are not read. Features:
     the tracked values of the ``refined`` names, then of ``extra``, standardised over ``rows`` (one
-    that does not vary there drops out); the intercept is not penalised. Returns name -> ``[N, 3]``.
+    that does not vary there drops out); the intercept is not penalised. Each frame is predicted
+    with its standardised inputs clamped to +-:data:`MAX_EXTRAPOLATION_SD`. Returns name -> ``[N, 3]``.
     Unlike :class:`PoseCorrection` (trained by gradient steps along with the avatar) this is fitted
     once, after training, to poses that fully converged against the finished avatar.
     """
@@ -143,7 +149,8 @@ def fit_pose_correction(tracked: dict[str, Tensor], refined: dict[str, Tensor], 
     a = torch.cat([xs, torch.ones(len(x), 1, dtype=x.dtype)], 1)
     penalty = torch.diag(torch.tensor([ridge] * x.shape[1] + [0.0], dtype=x.dtype))
     w = torch.linalg.solve(a[rows].T @ a[rows] + penalty, a[rows].T @ y[rows])
-    pred = (a @ w).to(next(iter(refined.values())).dtype)
+    near = torch.cat([xs.clamp(-MAX_EXTRAPOLATION_SD, MAX_EXTRAPOLATION_SD), a[:, -1:]], 1)
+    pred = (near @ w).to(next(iter(refined.values())).dtype)
     return dict(zip(keys, pred.split(3, 1)))
 
 
