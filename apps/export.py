@@ -43,10 +43,10 @@ class Export:
         check_source_folder(self)
         dest = self.out / "exports"
         if self.format == "ply":
-            path = export_ply(self.out, dest, self.frame)
+            path = export_ply(self.out, dest, self.frame, self.model_path)
         else:
-            head = load_model(self)
             tracking = None if self.neutral else tracking_if_any(self.out)
+            head = load_model(self, tracking)
             path = export_glb_cli(self, head, tracking, dest) if self.format == "glb" else export_obj_cli(self, head, tracking, dest)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
@@ -71,12 +71,17 @@ def check_source_folder(cfg: Export) -> None:
                           "(or `avatar reconstruct`) first, or pass --neutral to export the bare head model")  # fmt: skip
 
 
-def load_model(cfg: Export):
+def load_model(cfg: Export, tracking=None):
+    """The head model: the one ``tracking`` was made with (its FLAME file where it was, unless
+    --model-path names where it is now), else ``--model``."""
     from avatar.models import load_head_model
 
-    if cfg.model != "flame" and cfg.model_path is not None:
+    name = tracking.model if tracking is not None else cfg.model
+    if name != "flame" and cfg.model_path is not None:
         raise AvatarError("--model-path is only used with --model flame")
-    return load_head_model(cfg.model, path=None if cfg.model_path is None else str(cfg.model_path))
+    path = cfg.model_path or (tracking.model_path if tracking is not None else None) or None
+    sha = (tracking.model_sha256 if tracking is not None else None) or None
+    return load_head_model(name, path=None if path is None else str(path), sha256=sha)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +182,7 @@ def export_obj_cli(cfg: Export, head, tracking, dest: Path) -> Path:
     return export_obj(dest / name, head, params=params, texture=texture, texture_size=cfg.texture_size).obj
 
 
-def export_ply(out: Path, dest: Path, frame: int | None) -> Path:
+def export_ply(out: Path, dest: Path, frame: int | None, model_path: Path | None = None) -> Path:
     """The trained Gaussians in the INRIA 3DGS layout, posed at the neutral expression (head at
     the origin, +Y up) or at tracked frame ``frame`` (in the tracking's world frame)."""
     import torch
@@ -188,7 +193,7 @@ def export_ply(out: Path, dest: Path, frame: int | None) -> Path:
     if not (out / "avatar" / "avatar.json").exists():
         raise AvatarError(f"--format ply needs a trained avatar ({out / 'avatar'} is missing or unfinished); "
                           f"run `avatar train {out}` first")  # fmt: skip
-    av = load_avatar(out / "avatar")
+    av = load_avatar(out / "avatar", model_path=model_path)
     params: dict[str, torch.Tensor] = {}
     name = "gaussians.ply"
     if frame is not None:

@@ -98,7 +98,8 @@ class Reconstruct:
         if self._skip(out / "avatar" / "avatar.json", "train"):
             return
         # Train resumes from OUT/checkpoints by itself when an earlier run was interrupted.
-        Train(out=out, preset=self.preset, config=self.config, steps=self.steps, restart=self.restart).run()
+        Train(out=out, preset=self.preset, config=self.config, steps=self.steps, model_path=self.model_path,
+              restart=self.restart).run()  # fmt: skip
         self.log.append(f"train: wrote {out / 'avatar'} and {out / 'report.json'}")
 
     def _export(self, out: Path) -> None:
@@ -117,7 +118,7 @@ class Reconstruct:
         target = out / "orbit.mp4"
         if self._skip(target, "orbit"):
             return
-        Render(out=out, camera="orbit", output=target, full_orbit=self.full_orbit).run()
+        Render(out=out, camera="orbit", output=target, full_orbit=self.full_orbit, model_path=self.model_path).run()
         self.log.append(f"orbit: wrote {target}")
 
 

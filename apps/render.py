@@ -34,6 +34,8 @@ class Render:
     the angles the clip saw the head from, plus 15 degrees each side (the back was never seen)."""
     fps: float | None = None
     """Frame rate (default: the clip's)."""
+    model_path: Path | None = None
+    """The FLAME file, if it moved since the avatar was trained with it (the bundle records its path)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render (auto = CUDA when usable)."""
 
@@ -48,7 +50,7 @@ class Render:
         from avatar.render.device import pick_device
 
         dev = pick_device(self.device)
-        av = load_avatar(self.out, dev)
+        av = load_avatar(self.out, dev, model_path=self.model_path)
         cfg = av.config
         params, fps = self._performance(av)
         fps = self.fps or fps or 25.0

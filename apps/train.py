@@ -27,6 +27,8 @@ class Train:
     """Where to train (overrides the preset; auto = CUDA when present)."""
     set: tuple[str, ...] = ()
     """Any other setting as KEY=VALUE (strategy.KEY=VALUE for densification), e.g. sh_degree=2 refine_tracking=true."""
+    model_path: Path | None = None
+    """The FLAME file, if it moved since the clip was tracked with it (the tracking records its path)."""
     restart: bool = False
     """Ignore existing checkpoints and start over (they are deleted)."""
     quiet: bool = False
@@ -46,7 +48,7 @@ class Train:
         cfg = override(cfg, [*extra, *self.set])
         if self.restart:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
-        report = train(self.out, cfg, progress=not self.quiet)
+        report = train(self.out, cfg, progress=not self.quiet, model_path=self.model_path)
         held, init = report["held_out"], report["held_out_initial"]
         refined = report.get("held_out_refined_pose") or {}
         # psnr/ssim: foreground pixels only; *_full: whole matted image (the literature's convention);

@@ -21,7 +21,7 @@ class View:
     model: Literal["anny", "flame"] = "anny"
     """Head model when OUT has no avatar: the built-in AnnyHead or a FLAME .pkl (--model-path)."""
     model_path: Path | None = None
-    """FLAME .pkl file; only with --model flame."""
+    """FLAME .pkl file; with --model flame, or for a FLAME avatar whose file moved since training."""
     reenact: tuple[Path, ...] = ()
     """Other people's tracking.npz files to play on this avatar (cross-reenactment). Files typed in
     the browser must lie inside OUT; these are allowed because you named them here."""

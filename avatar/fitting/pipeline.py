@@ -1,6 +1,7 @@
 """The tracking pipeline: frames -> landmarks -> fit -> ``tracking.npz`` (+ summary, overlay)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from avatar.fitting.energy import camera_viewmat, intrinsics_matrix
 from avatar.fitting.solver import FitConfig, fit_landmarks
 from avatar.fitting.tracking import Tracking, save_tracking
 from avatar.models.base import HeadModel
+from avatar.models.registry import model_file_digest
 from avatar.models.landmark_embedding import LandmarkBuilder
 
 __all__ = ["track", "track_clip", "fill_gaps", "summarise", "draw_overlay"]
@@ -96,6 +98,9 @@ def track_clip(
     timings.update({f"fit_{k}": v for k, v in res.timings.items()})
     max_gap = max_gap if max_gap is not None else (max(1, int(round(0.5 * clip_fps))) if video else 0)
     tracking = _assemble(res, head, landmarks, found, frame_index, info, clip_fps, max_gap)
+    if model_path is not None and head.name == "flame":
+        tracking = dataclasses.replace(tracking, model_path=str(Path(model_path).resolve()),
+                                       model_sha256=model_file_digest(model_path))  # fmt: skip
     summary = summarise(tracking, res.residual_px, res.iod_px)
     summary.update(kind=info.kind, focal_px=res.focal, focal_given=focal is not None)
     summary["timings_s"] = {k: round(v, 4) for k, v in timings.items()}

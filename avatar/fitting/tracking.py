@@ -47,6 +47,8 @@ class Tracking:
     image_size: np.ndarray  # [2] (W, H)
     fps: float
     source: str
+    model_path: str = ""  # the FLAME file tracked with (absolute), "" for the built-in model
+    model_sha256: str = ""  # its content digest (models.model_file_digest)
 
     @property
     def num_frames(self) -> int:
@@ -77,6 +79,10 @@ class Tracking:
         return {"shape": t(self.shape[None]), **{k: t(v) for k, v in self.frame_params(frames).items()}}
 
 
+#: Fields that files written before they existed lack (their defaults apply).
+OPTIONAL = frozenset({"model_path", "model_sha256"})
+
+
 def save_tracking(tracking: Tracking, path: str | Path) -> Path:
     """Write ``tracking.npz`` atomically (uncompressed: fast to load, a few MB)."""
     path = Path(path)
@@ -105,12 +111,12 @@ def load_tracking(path: str | Path) -> Tracking:
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem to the user
         raise AvatarError(f"{path}: not a readable tracking file ({type(e).__name__}: {e}); re-run `avatar track`") from e
     names = {f.name for f in fields(Tracking)}
-    missing = names - set(d)
+    missing = names - set(d) - OPTIONAL
     if missing:
         raise AvatarError(f"{path}: not a complete tracking file (missing {', '.join(sorted(missing))}); re-run `avatar track`")
-    kw = {k: d[k] for k in names}
-    kw["model"] = str(d["model"])
-    kw["source"] = str(d["source"])
+    kw = {k: d[k] for k in names if k in d}
+    for k in ("model", "source", *(o for o in OPTIONAL if o in d)):
+        kw[k] = str(d[k])
     kw["fps"] = float(d["fps"])
     problem = _inconsistency(kw)
     if problem:

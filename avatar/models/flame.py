@@ -23,8 +23,8 @@ FLAME_HELP = (
     "Expected a FLAME model .pkl (FLAME 2020 'generic_model.pkl', FLAME 2023 'flame2023.pkl', or "
     "FLAME 2023 Open) holding v_template, f, shapedirs, posedirs, J_regressor, weights and "
     "kintree_table. FLAME 2023 Open (CC-BY-4.0, no registration) and FLAME 2020/2023 (free "
-    "registration, FLAME licence) can be downloaded from https://flame.is.tue.mpg.de ; pass the "
-    "file's path as load_head_model('flame', path=...) or FlameHead.from_file(path)."
+    "registration, FLAME licence) can be downloaded from https://flame.is.tue.mpg.de ; on the "
+    "command line pass --model-path FILE.pkl (from Python: load_head_model('flame', path=...))."
 )
 
 JOINT_NAMES = ["root", "neck", "jaw", "eye_left", "eye_right"]

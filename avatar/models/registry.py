@@ -1,7 +1,9 @@
 """Pick a head model by name: ``load_head_model("anny")`` (default) or ``load_head_model("flame", path)``."""
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
 import torch
 
@@ -9,7 +11,7 @@ from avatar.errors import AvatarError, MissingAssetError
 from avatar.models.base import HeadModel
 from avatar.models.landmark_embedding import LandmarkBuilder, cached_landmark_embedding
 
-__all__ = ["HEAD_MODELS", "load_head_model"]
+__all__ = ["HEAD_MODELS", "load_head_model", "model_file_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ def load_head_model(
     dtype: torch.dtype = torch.float32,
     landmarks: bool = True,
     landmark_builder: LandmarkBuilder | None = None,
+    sha256: str | None = None,
 ) -> HeadModel:
     """Load a head model.
 
@@ -36,6 +39,8 @@ def load_head_model(
         landmark_builder: builds a missing FLAME embedding once (renders + FaceMesh, ~30 s on CPU)
             for the cache: ``avatar.render.landmark_embedding.build_landmark_embedding``, handed
             in from above (a model does not render); ``avatar track --model flame`` does.
+        sha256: the FLAME file's digest (:func:`model_file_digest`) recorded when a clip was
+            tracked or an avatar trained with it; a file whose content differs is refused.
 
     >>> model = load_head_model("flame", path="flame2023.pkl")  # doctest: +SKIP
     """
@@ -50,6 +55,9 @@ def load_head_model(
         if path is None:
             raise MissingAssetError(f"the FLAME head model needs its model file: on the command line pass --model-path "
                                     f"FILE.pkl (with --model flame). {FLAME_HELP}")  # fmt: skip
+        if sha256 and Path(path).is_file() and model_file_digest(path) != sha256:
+            raise AvatarError(f"{path} is not the FLAME file this clip was tracked with (its content differs); "
+                              "pass that file with --model-path")  # fmt: skip
         head = FlameHead.from_file(path, device=device, dtype=dtype)
         if landmarks:
             try:
@@ -59,3 +67,13 @@ def load_head_model(
                 log.warning("FLAME model %s: no landmark embedding (%s); head.landmark_faces stays empty", path, exc)
         return head
     raise AvatarError(f"unknown head model {name!r}; choose one of: {', '.join(HEAD_MODELS)}")
+
+
+def model_file_digest(path: str | Path) -> str:
+    """SHA-256 of a head-model file: recorded beside its path, so a moved file can be named again
+    and a different one is noticed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

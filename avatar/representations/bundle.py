@@ -126,8 +126,9 @@ def save_avatar(
     return Path(folder)
 
 
-def load_avatar(path: str | Path, device: str | torch.device = "cpu") -> Avatar:
-    """Load a bundle folder (``OUT/avatar`` or ``OUT``).
+def load_avatar(path: str | Path, device: str | torch.device = "cpu", model_path: str | Path | None = None) -> Avatar:
+    """Load a bundle folder (``OUT/avatar`` or ``OUT``). ``model_path``: its FLAME file, where it
+    is no longer where the avatar was trained with it (a file with other content is refused).
 
     >>> av = load_avatar("out/avatar")                                       # doctest: +SKIP
     >>> rgb, alpha = av.render({"transl": t}, viewmat, K, 512, 512)          # doctest: +SKIP
@@ -144,7 +145,8 @@ def load_avatar(path: str | Path, device: str | torch.device = "cpu") -> Avatar:
     if desc.get("format") != BUNDLE_FORMAT:
         raise AvatarError(f"{desc_file}: bundle format {desc.get('format')} is not {BUNDLE_FORMAT}")
     rep = load_representation(folder / "representation.safetensors", device)
-    head = load_head_model(desc["model"], desc.get("model_path")).to(device)
+    given = None if model_path is None else str(model_path)
+    head = load_head_model(desc["model"], given or desc.get("model_path"), sha256=desc.get("model_sha256") or None).to(device)
     shape = torch.tensor(desc["shape"], dtype=head.dtype, device=device)
     perf_file = folder / "performance.safetensors"
     perf = {k: v.to(device) for k, v in load_file(str(perf_file)).items()} if perf_file.is_file() else {}

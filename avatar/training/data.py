@@ -52,6 +52,8 @@ class Clip:
     train_ids: np.ndarray
     test_ids: np.ndarray
     source: str
+    model_path: str = ""  # the FLAME file the clip was tracked with ("" for the built-in model)
+    model_sha256: str = ""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -173,7 +175,8 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
         params[BODY] = torch.as_tensor(body_motion(mattes, chin, train_ids, Ks.numpy(), np.asarray(tr.viewmat, np.float64),
                                                    params["transl"].numpy()), dtype=torch.float32)  # fmt: skip
     return Clip(images, mattes, params, Ks, torch.as_tensor(np.asarray(tr.viewmat, np.float32)),
-                torch.as_tensor(np.asarray(tr.shape, np.float32)), tr.model, tr.fps, train_ids, test_ids, tr.source)
+                torch.as_tensor(np.asarray(tr.shape, np.float32)), tr.model, tr.fps, train_ids, test_ids, tr.source,
+                tr.model_path, tr.model_sha256)
 
 
 def body_motion(mattes: np.ndarray, chin_rows: np.ndarray, reference: np.ndarray, Ks: np.ndarray, viewmat: np.ndarray,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatar.errors import AvatarError
 from avatar.fitting.tracking import Tracking, save_tracking
 from avatar.utils.files import atomic_path
 
@@ -62,7 +63,11 @@ def make_synthetic_clip(
     verts = out.vertices.double().numpy()
     faces = head.faces.numpy()
     colors = vertex_colors(neutral)
-    for e in eye_geometry(head, neutral).values():
+    try:
+        eyes_geo = eye_geometry(head, neutral)
+    except AvatarError:  # a head without eyeball vertices (e.g. a small test model) gets no iris paint
+        eyes_geo = {}
+    for e in eyes_geo.values():
         d = neutral[e["mask"]] - e["centre"]
         iris = (d[:, 2] > 0) & (np.linalg.norm(d[:, :2], axis=1) < 0.006)
         c = np.full((e["mask"].sum(), 3), 0.93)

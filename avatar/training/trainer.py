@@ -54,8 +54,12 @@ StepCallback = Callable[[int, dict[str, float]], None]
 TRAIN_SAMPLE = 16
 
 
-def train(out_dir: str | Path, config: TrainConfig, *, progress: bool = True, on_step: StepCallback | None = None) -> dict[str, Any]:
+def train(out_dir: str | Path, config: TrainConfig, *, progress: bool = True, on_step: StepCallback | None = None,
+          model_path: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Train (or resume) the avatar in ``out_dir``; returns the report written to ``report.json``.
+
+    ``model_path``: the FLAME file, where it is no longer where the clip was tracked with it (the
+    tracking records its path and content digest; a file with other content is refused).
 
     ``on_step(step, losses)`` is called after each completed step (after any checkpoint of that
     step), e.g. to stop a run early from a test by raising ``KeyboardInterrupt``.
@@ -68,7 +72,7 @@ def train(out_dir: str | Path, config: TrainConfig, *, progress: bool = True, on
         torch.set_num_threads(max(1, config.torch_threads))
     try:
         with exclusive(out_dir, "avatar train"):
-            return _train(Path(out_dir), config, device, progress, on_step)
+            return _train(Path(out_dir), config, device, progress, on_step, model_path)
     finally:
         torch.set_num_threads(threads)
 
@@ -107,8 +111,8 @@ class Finished:
 
 
 def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: bool,
-           on_step: StepCallback | None) -> dict[str, Any]:  # fmt: skip
-    run = _setup(out_dir, config, device, progress)
+           on_step: StepCallback | None, model_path: str | Path | None) -> dict[str, Any]:  # fmt: skip
+    run = _setup(out_dir, config, device, progress, model_path)
     state = _resume(run) or _initialise(run)
     if not config.refine_tracking:  # only the rigid pose moves: pose the tracked heads once
         run.frames.pose_fixed_vertices()
@@ -122,7 +126,8 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     return report
 
 
-def _setup(out_dir: Path, config: TrainConfig, device: torch.device, progress: bool) -> Run:
+def _setup(out_dir: Path, config: TrainConfig, device: torch.device, progress: bool,
+           model_path: str | Path | None = None) -> Run:  # fmt: skip
     from avatar.models import load_head_model
     from avatar.render import RasterOptions
 
@@ -130,7 +135,9 @@ def _setup(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     torch.manual_seed(config.seed)
     clip = load_clip(out_dir, config.resolution, config.holdout, config.max_frames, progress=progress,
                      head_crop_faces=config.head_crop, track_body=config.track_body)  # fmt: skip
-    head = load_head_model(clip.model).to(device)
+    if model_path is not None or clip.model_path:
+        clip.model_path = str(Path(model_path or clip.model_path).resolve())
+    head = load_head_model(clip.model, clip.model_path or None, sha256=clip.model_sha256 or None).to(device)
     bg = torch.tensor(config.background, dtype=torch.float32, device=device)
     raster = RasterOptions(num_threads=config.raster_threads or os.cpu_count() or 1)
     frames = FrameRenderer(head, clip, clip.shape.to(device), bg, raster)
@@ -321,8 +328,8 @@ def _performance(run: Run, state: TrainState, done: Finished, m: dict[str, Any])
 def _write(run: Run, state: TrainState, done: Finished, m: dict[str, Any], panels: dict[str, list[np.ndarray]],
            report: dict[str, Any]) -> None:  # fmt: skip
     config, clip = run.config, run.clip
-    save_avatar(run.out_dir / "avatar", state.rep, model=clip.model, shape=clip.shape,
-                extra={"train_config": config.to_dict(), "image_size": list(clip.size), "fps": clip.fps,
+    save_avatar(run.out_dir / "avatar", state.rep, model=clip.model, shape=clip.shape, model_path=clip.model_path or None,
+                extra={"model_sha256": clip.model_sha256, "train_config": config.to_dict(), "image_size": list(clip.size), "fps": clip.fps,
                        "viewmat": clip.viewmat.tolist(), "K": clip.Ks[0].tolist(), "background": list(config.background),
                        "held_out": report["held_out"], "source": clip.source},
                 performance=_performance(run, state, done, m))  # fmt: skip

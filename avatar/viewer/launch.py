@@ -64,7 +64,7 @@ def open_viewer(
         except ImportError as e:
             raise AvatarError(f"{folder.avatar_dir}: this install cannot load Gaussian avatars ({e})") from e
         try:
-            bundle = load_avatar(folder.avatar_dir)
+            bundle = load_avatar(folder.avatar_dir, model_path=model_path)
         except AvatarError:
             raise
         except Exception as e:  # a damaged bundle: name it instead of a traceback
