@@ -61,6 +61,22 @@ def test_clip_loading_and_holdout(clip_dir):
     assert half.images.shape[1] == SIZE // 2 and torch.allclose(half.Ks[0, :2], clip.Ks[0, :2] / 2)
 
 
+def test_frames_are_memory_mapped_from_one_cache(clip_dir, tmp_path):
+    """The frames and mattes are read from disk as needed (a long clip does not sit in memory),
+    built once; a cache made for other frames is rebuilt, not trusted."""
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    first = load_clip(out, SIZE)
+    (cache,) = (out / "cache").iterdir()
+    assert sorted(p.name for p in cache.iterdir()) == ["frame_index.npy", "images.npy", "mattes.npy"]
+    again = load_clip(out, SIZE)
+    assert isinstance(again.images, np.memmap) and isinstance(again.mattes, np.memmap)
+    assert np.array_equal(again.images, first.images) and np.array_equal(again.mattes, first.mattes)
+    np.save(cache / "frame_index.npy", np.arange(12) + 1)  # as if the clip had been tracked again
+    rebuilt = load_clip(out, SIZE)
+    assert np.array_equal(np.load(cache / "frame_index.npy"), np.arange(12)) and np.array_equal(rebuilt.images, first.images)
+    assert sorted(p.name for p in (out / "cache").iterdir()) == [cache.name]
+
+
 def test_head_crop():
     from avatar.training.data import head_crop
 

@@ -23,7 +23,7 @@ from avatar.errors import AvatarError
 from avatar.fitting.tracking import Tracking, load_tracking
 from avatar.models.base import FRAME_PARAMS
 from avatar.representations.base import BODY
-from avatar.utils.files import atomic_path
+from avatar.utils.files import atomic_folder
 
 #: FaceMesh's chin point (the body band starts below it).
 CHIN = 152
@@ -117,8 +117,6 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
     """Read ``out_dir/tracking.npz`` and the frames of its source (see the module docstring),
     cropped to :func:`head_crop` (``head_crop_faces`` face sizes; 0 = whole frames). With
     ``track_body`` the body's motion is measured from the mattes (``params["body"]``, :func:`body_motion`)."""
-    from avatar.io.video import FrameReader
-
     out_dir = Path(out_dir)
     tr = load_tracking(out_dir / "tracking.npz")
     rows = np.nonzero(tr.usable)[0]
@@ -132,37 +130,9 @@ def load_clip(out_dir: str | Path, resolution: int, holdout: float = 0.15, max_f
     W0, H0 = box[2], box[3]
     s = resolution / max(W0, H0)
     W, H = max(1, round(W0 * s)), max(1, round(H0 * s))
-    frame_index = np.asarray(tr.frame_index, np.int64)[rows]
     whole = box == (0, 0, *src_size)
-    cache = out_dir / "cache" / (f"frames_{W}x{H}_{len(rows)}.npz" if whole else f"frames_{W}x{H}_{len(rows)}_crop{'_'.join(map(str, box))}.npz")
-    images = mattes = None
-    if cache.is_file():
-        try:
-            with np.load(cache) as z:
-                if np.array_equal(z["frame_index"], frame_index):
-                    images, mattes = z["images"], z["mattes"]
-        except (OSError, ValueError, KeyError):
-            images = None  # unreadable cache: rebuild it
-    if images is None:
-        source = Path(tr.source)
-        if not source.is_absolute() and not source.exists():
-            source = out_dir / source
-        wanted = {int(f): i for i, f in enumerate(frame_index)}
-        images = np.zeros((len(rows), H, W, 3), np.uint8)
-        found = np.zeros(len(rows), bool)
-        with FrameReader(source, dtype="uint8") as reader:
-            last = int(frame_index.max())
-            for k, frame in enumerate(reader):
-                if k in wanted:
-                    images[wanted[k]] = _resize(_crop(frame, box, src_size), W, H)
-                    found[wanted[k]] = True
-                if k >= last:
-                    break
-        if not found.all():
-            raise AvatarError(f"{source}: frames {frame_index[~found][:5].tolist()}... named by the tracking are missing")
-        mattes = _mattes(out_dir, tr, rows, images, progress, box, src_size)
-        with atomic_path(cache) as tmp:
-            np.savez(tmp, images=images, mattes=mattes, frame_index=frame_index)
+    name = f"frames_{W}x{H}_{len(rows)}" + ("" if whole else f"_crop{'_'.join(map(str, box))}")
+    images, mattes = _frame_cache(out_dir / "cache" / name, out_dir, tr, rows, box, (W, H), progress)
     params = {k: v for k, v in tr.head_params(rows).items() if k != "shape"}
     Ks = torch.as_tensor(np.asarray(tr.K, np.float32)[rows]).clone()
     Ks[:, 0, 2] -= box[0]
@@ -203,8 +173,57 @@ def body_motion(mattes: np.ndarray, chin_rows: np.ndarray, reference: np.ndarray
     return cam @ R  # R^T cam, row-wise: a direction, so no translation
 
 
+def _frame_cache(folder: Path, out_dir: Path, tr: Tracking, rows: np.ndarray, box: tuple[int, int, int, int],
+                 size: tuple[int, int], progress: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The training frames and mattes (``[N, H, W, 3]``, ``[N, H, W]`` uint8) of tracking rows
+    ``rows``, memory-mapped from ``folder`` (one ``.npy`` per array): a clip of any length costs
+    page cache, not resident memory. Built once, frame by frame, and published whole."""
+    frame_index = np.asarray(tr.frame_index, np.int64)[rows]
+    try:
+        if np.array_equal(np.load(folder / "frame_index.npy"), frame_index):
+            return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "mattes.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        pass  # absent or unreadable: (re)build it
+    W, H = size
+    src_size = tuple(int(x) for x in tr.image_size)
+    with atomic_folder(folder) as tmp:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(rows), H, W, 3))
+        _decode_frames(out_dir, tr, frame_index, box, src_size, images)
+        mattes = np.lib.format.open_memmap(tmp / "mattes.npy", mode="w+", dtype=np.uint8, shape=(len(rows), H, W))
+        _mattes(out_dir, tr, rows, images, progress, box, src_size, mattes)
+        images.flush(), mattes.flush()
+        del images, mattes
+        np.save(tmp / "frame_index.npy", frame_index)
+    return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "mattes.npy", mmap_mode="r")
+
+
+def _decode_frames(out_dir: Path, tr: Tracking, frame_index: np.ndarray, box: tuple[int, int, int, int],
+                   src_size: tuple[int, int], images: np.ndarray) -> None:  # fmt: skip
+    """Fills ``images`` with the source frames ``frame_index``, cropped to ``box`` and resized."""
+    from avatar.io.video import FrameReader
+
+    source = Path(tr.source)
+    if not source.is_absolute() and not source.exists():
+        source = out_dir / source
+    H, W = images.shape[1:3]
+    wanted = {int(f): i for i, f in enumerate(frame_index)}
+    found = np.zeros(len(frame_index), bool)
+    with FrameReader(source, dtype="uint8") as reader:
+        last = int(frame_index.max())
+        for k, frame in enumerate(reader):
+            if k in wanted:
+                images[wanted[k]] = _resize(_crop(frame, box, src_size), W, H)
+                found[wanted[k]] = True
+            if k >= last:
+                break
+    if not found.all():
+        raise AvatarError(f"{source}: frames {frame_index[~found][:5].tolist()}... named by the tracking are missing")
+
+
 def _mattes(out_dir: Path, tr: Tracking, rows: np.ndarray, images: np.ndarray, progress: bool,
-            box: tuple[int, int, int, int], src_size: tuple[int, int]) -> np.ndarray:  # fmt: skip
+            box: tuple[int, int, int, int], src_size: tuple[int, int], out: np.ndarray) -> None:  # fmt: skip
+    """Fills ``out [N, H, W]`` with the person mattes of ``images`` (``OUT/mattes.npz`` when a
+    synthetic clip brought its own, else :class:`~avatar.perception.matte.PersonMatte`)."""
     n, H, W = images.shape[:3]
     given = out_dir / "mattes.npz"
     if given.is_file():
@@ -212,15 +231,14 @@ def _mattes(out_dir: Path, tr: Tracking, rows: np.ndarray, images: np.ndarray, p
             m = z["mattes"]
         if m.shape[0] != tr.num_frames:
             raise AvatarError(f"{given}: {m.shape[0]} mattes for {tr.num_frames} tracked frames")
-        m = m[rows]
-        m = (m * 255.0).round().astype(np.uint8) if m.dtype != np.uint8 else m
-        return np.stack([_resize(_crop(x, box, src_size), W, H) for x in m])
+        for i, x in enumerate(m[rows]):
+            x = (x * 255.0).round().astype(np.uint8) if x.dtype != np.uint8 else x
+            out[i] = _resize(_crop(x, box, src_size), W, H)
+        return
     from tqdm import tqdm
 
     from avatar.perception.matte import PersonMatte
 
     matte = PersonMatte()
-    out = np.zeros((n, H, W), np.uint8)
     for i in tqdm(range(n), desc="matte", disable=not progress, leave=False):
         out[i] = np.clip(np.rint(matte(images[i]) * 255.0), 0, 255).astype(np.uint8)
-    return out

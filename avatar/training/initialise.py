@@ -83,8 +83,8 @@ def init_colors_from_frames(rep: MeshGaussians, frames: FrameRenderer, rows: np.
         frags = rasterize_triangles(verts[0].double().cpu().numpy(), faces, vm.numpy(), clip.Ks[r].double().numpy(), W, H)
         depth = torch.from_numpy(frags.depth)
         x, y = px[:, 0].clamp(0, W - 1), px[:, 1].clamp(0, H - 1)
-        vis = inside & (cam[:, 2] <= depth[y, x] + 0.005) & (torch.from_numpy(clip.mattes[r])[y, x] > 127)
-        img = torch.from_numpy(clip.images[r]).double() / 255.0
+        vis = inside & (cam[:, 2] <= depth[y, x] + 0.005) & (torch.from_numpy(np.array(clip.mattes[r]))[y, x] > 127)
+        img = torch.from_numpy(np.array(clip.images[r])).double() / 255.0
         acc[vis] += img[y[vis], x[vis]]
         cnt[vis] += 1
     seen = cnt > 0
