@@ -54,8 +54,12 @@ def body_shifts(
     """
     import cv2
 
-    m = np.asarray(mattes)
-    m = m.astype(np.float32) / 255.0 if m.dtype == np.uint8 else m.astype(np.float32)
+    m = mattes  # read one frame at a time: the mattes of a long clip may be a memory map
+
+    def frame(i: int) -> np.ndarray:
+        x = np.asarray(m[i])
+        return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+
     n, H, W = m.shape
     out = np.zeros((n, 2), np.float64)
     top = int(np.clip(top, 0, H))
@@ -64,7 +68,10 @@ def body_shifts(
     k = max(3, 2 * round(3 * blur) + 1)
     def smooth(x: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(x, (k, k), blur)
-    ref = smooth(m[np.asarray(reference)].mean(0))
+    acc = np.zeros((H, W), np.float32)
+    for r in np.asarray(reference):  # in order, in float32: numpy's mean over axis 0 gives the same bits
+        acc += frame(int(r))
+    ref = smooth(acc / np.float32(len(reference)))
     mask = np.zeros((H, W), np.uint8)
     mask[top:] = 1
     gy, gx = np.gradient(ref[top:])
@@ -76,7 +83,7 @@ def body_shifts(
     for i in range(n):
         warp = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
         try:
-            _, warp = cv2.findTransformECC(ref, smooth(m[i]), warp, cv2.MOTION_TRANSLATION, criteria, mask, 1)
+            _, warp = cv2.findTransformECC(ref, smooth(frame(i)), warp, cv2.MOTION_TRANSLATION, criteria, mask, 1)
         except cv2.error:  # no convergence (e.g. an empty band): keep the previous answer
             failed += 1
         else:
