@@ -82,7 +82,7 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
             for k in keys:
                 deltas[k][te] = pred[k][te].float()
         with torch.no_grad():
-            m, _ = evaluate(rep, renderer, te, deltas=deltas)
+            m = evaluate(rep, renderer, te, deltas=deltas)
         name = "tracked" if lam is None else f"corrected from {feat}, ridge {lam:g}"
         print(json.dumps({"clip": out.name, "poses": name, "psnr": round(m["psnr"], 2), "psnr_full": round(m["psnr_full"], 2),
                           "fitted_frames": len(sub), "lm_s": round(t_lm, 1)}), flush=True)  # fmt: skip

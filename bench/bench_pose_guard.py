@@ -73,12 +73,12 @@ def run(out: Path, sds: list[float], margins: list[float]) -> dict:
     aligned = refine_held_out(rep, run_.frames, rows.numpy(), cfg.eval_refine_iters or 6, desc="fit frames")
     res = {"clip": out.name, "report": round(report["held_out"]["psnr"], 3)}
     with torch.no_grad():
-        res["as tracked"] = round(evaluate(rep, run_.frames, clip.test_ids)[0]["psnr"], 3)
+        res["as tracked"] = round(evaluate(rep, run_.frames, clip.test_ids)["psnr"], 3)
         for name, (lo, hi) in variants(sds, margins).items():
             corr = clamped_fit(clip.params, aligned, rows, cfg.pose_fit_ridge, lo, hi)
-            res[name] = round(evaluate(rep, run_.frames, clip.test_ids, corr)[0]["psnr"], 3)
+            res[name] = round(evaluate(rep, run_.frames, clip.test_ids, corr)["psnr"], 3)
         corr = fit_pose_correction(clip.params, aligned, rows, cfg.pose_fit_ridge)
-        res["library default"] = round(evaluate(rep, run_.frames, clip.test_ids, corr)[0]["psnr"], 3)
+        res["library default"] = round(evaluate(rep, run_.frames, clip.test_ids, corr)["psnr"], 3)
     return res
 
 

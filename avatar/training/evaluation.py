@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,11 +26,11 @@ def spread(ids: np.ndarray, n: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(rep: Representation, frames: FrameRenderer, rows: np.ndarray, deltas: dict[str, Tensor] | None = None,
-             sh_degree: int | None = None, keep_images: bool = False) -> tuple[dict[str, Any], list[np.ndarray]]:  # fmt: skip
+             sh_degree: int | None = None, on_panel: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Masked PSNR/SSIM of ``rows`` (pooled over the frames, and per frame) drawn with ``deltas``
-    (name -> ``[N, D]`` refinements of every frame) and, with ``keep_images``, side-by-side frames
-    GT | render | error (|error| x 4, grey)."""
-    pooled, panels, per_frame = MetricSums(), [], []
+    (name -> ``[N, D]`` refinements of every frame); ``on_panel`` receives each frame's side-by-side
+    GT | render | error (|error| x 4, grey) as it is drawn (e.g. a video writer's ``write``)."""
+    pooled, per_frame = MetricSums(), []
     for r in rows:  # one frame at a time: nothing per clip is held on the device
         rgb, _, _ = frames.render(rep, [int(r)], deltas, sh_degree)
         gt, m = frames.target([int(r)])
@@ -38,13 +38,13 @@ def evaluate(rep: Representation, frames: FrameRenderer, rows: np.ndarray, delta
         frame = MetricSums().add(pred, gt, m)
         pooled.merge(frame)
         per_frame.append(frame.result()["psnr"])
-        if keep_images:
+        if on_panel is not None:
             err = ((pred - gt).abs().mean(-1, keepdim=True) * 4).clamp(0, 1).expand_as(pred)
-            panels.append((torch.cat([gt, pred, err], 2)[0].cpu().numpy() * 255).round().astype(np.uint8))
+            on_panel((torch.cat([gt, pred, err], 2)[0].cpu().numpy() * 255).round().astype(np.uint8))
     metrics = pooled.result()
     metrics["psnr_per_frame"] = per_frame
     metrics["frames"] = [int(r) for r in rows]
-    return metrics, panels
+    return metrics
 
 
 def refine_held_out(rep: Representation, frames: FrameRenderer, rows: np.ndarray, iters: int,

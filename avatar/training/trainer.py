@@ -22,12 +22,13 @@ Files (all written atomically):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -120,9 +121,9 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
     t_loop = time.perf_counter()
     losses = _optimise(run, state, on_step)
     finished = _finalise(run, state, time.perf_counter() - t_loop, losses)
-    metrics, panels = _evaluate(run, state, finished)
+    metrics = _evaluate(run, state, finished)
     report = _report(run, state, finished, metrics, resumed_from)
-    _write(run, state, finished, metrics, panels, report)
+    _write(run, state, finished, metrics, report)
     return report
 
 
@@ -147,7 +148,7 @@ def _setup(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
 def _initialise(run: Run) -> TrainState:
     """A new avatar (:func:`avatar.training.initialise.new_avatar`) and fresh optimisers."""
     rep = new_avatar(run.frames, run.config, run.progress)
-    init_metrics, _ = evaluate(rep, run.frames, run.eval_ids, sh_degree=0)
+    init_metrics = evaluate(rep, run.frames, run.eval_ids, sh_degree=0)
     generator = torch.Generator().manual_seed(run.config.seed)
     return TrainState.fresh(rep, run.clip, run.config, run.frames.device, generator, init_metrics)
 
@@ -234,25 +235,42 @@ def _finalise(run: Run, state: TrainState, seconds: float, losses: list[float]) 
     return Finished(learnt, correction, pose_fit, seconds, losses)
 
 
-def _evaluate(run: Run, state: TrainState, done: Finished) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
+def _evaluate(run: Run, state: TrainState, done: Finished) -> dict[str, Any]:
     """The report's measurements: held out through the drawn correction (the headline), as
-    tracked, through the learnt correction, with refined poses; and on training frames."""
+    tracked, through the learnt correction, with refined poses; and on training frames. The
+    side-by-side videos of the headline and refined-pose passes are written as they are drawn."""
     config, clip, frames, rep = run.config, run.clip, run.frames, state.rep
     m: dict[str, Any] = {}
-    m["final"], final_panels = evaluate(rep, frames, run.eval_ids, done.correction, keep_images=config.eval_video)
+    with _eval_video(run, "eval.mp4") as on_panel:
+        m["final"] = evaluate(rep, frames, run.eval_ids, done.correction, on_panel=on_panel)
     if done.correction is not None:
-        m["uncorrected"], _ = evaluate(rep, frames, run.eval_ids)
+        m["uncorrected"] = evaluate(rep, frames, run.eval_ids)
     if done.pose_fit is not None and done.learnt is not None:
-        m["learnt"], _ = evaluate(rep, frames, run.eval_ids, done.learnt)
+        m["learnt"] = evaluate(rep, frames, run.eval_ids, done.learnt)
     # (training rows of the correction are the learnt one, as trained)
     trained = with_correction({k: d.detach() for k, d in state.refinements.deltas.items()}, done.correction)
-    m["train"], _ = evaluate(rep, frames, spread(clip.train_ids, TRAIN_SAMPLE), trained or None)
-    refined_panels: list[np.ndarray] = []
+    m["train"] = evaluate(rep, frames, spread(clip.train_ids, TRAIN_SAMPLE), trained or None)
     if config.eval_refine_iters > 0 and len(clip.test_ids):
         m["test_deltas"] = refine_held_out(rep, frames, clip.test_ids, config.eval_refine_iters, init=done.correction,
                                            progress=run.progress)  # fmt: skip
-        m["refined"], refined_panels = evaluate(rep, frames, clip.test_ids, m["test_deltas"], keep_images=config.eval_video)
-    return m, {"eval.mp4": final_panels, "eval_refined_pose.mp4": refined_panels}
+        with _eval_video(run, "eval_refined_pose.mp4") as on_panel:
+            m["refined"] = evaluate(rep, frames, clip.test_ids, m["test_deltas"], on_panel=on_panel)
+    elif config.eval_video:  # not made this time: an older run's video would no longer match report.json
+        (run.out_dir / "eval_refined_pose.mp4").unlink(missing_ok=True)
+    return m
+
+
+@contextlib.contextmanager
+def _eval_video(run: Run, name: str) -> Iterator[Callable[[np.ndarray], None] | None]:
+    """A video writer's ``write`` for OUT/``name`` (published when the block ends), or ``None``
+    without ``eval_video``."""
+    if not run.config.eval_video:
+        yield None
+        return
+    from avatar.io.video import VideoWriter
+
+    with VideoWriter(run.out_dir / name, fps=run.clip.fps or 25.0) as writer:
+        yield writer.write
 
 
 def _pick(metrics: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
@@ -325,24 +343,13 @@ def _performance(run: Run, state: TrainState, done: Finished, m: dict[str, Any])
     return perf
 
 
-def _write(run: Run, state: TrainState, done: Finished, m: dict[str, Any], panels: dict[str, list[np.ndarray]],
-           report: dict[str, Any]) -> None:  # fmt: skip
+def _write(run: Run, state: TrainState, done: Finished, m: dict[str, Any], report: dict[str, Any]) -> None:
     config, clip = run.config, run.clip
     save_avatar(run.out_dir / "avatar", state.rep, model=clip.model, shape=clip.shape, model_path=clip.model_path or None,
                 extra={"model_sha256": clip.model_sha256, "train_config": config.to_dict(), "image_size": list(clip.size), "fps": clip.fps,
                        "viewmat": clip.viewmat.tolist(), "K": clip.Ks[0].tolist(), "background": list(config.background),
                        "held_out": report["held_out"], "source": clip.source},
                 performance=_performance(run, state, done, m))  # fmt: skip
-    if config.eval_video:
-        from avatar.io.video import VideoWriter
-
-        for name, frames in panels.items():
-            if frames:
-                with VideoWriter(run.out_dir / name, fps=clip.fps or 25.0) as w:
-                    for p in frames:
-                        w.write(p)
-            else:  # not made this time: an older run's video would no longer match report.json
-                (run.out_dir / name).unlink(missing_ok=True)
     report["seconds_total"] = round(time.perf_counter() - run.t_start, 2)
     with atomic_write(run.out_dir / "report.json", "w") as f:
         json.dump(report, f, indent=1)
