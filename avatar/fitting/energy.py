@@ -8,6 +8,7 @@ Landmark indices are MediaPipe FaceMesh's (468 mesh points + 10 iris points, see
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -209,21 +210,13 @@ class Problem:
         terms by 1/gap; ``focal``: pixels when known (else its prior, ``cfg.focal_fov_deg``)."""
         self.head, self.lm, self.cfg = head, lmodel, cfg
         dtype = self.dtype = head.dtype
-        self.det = landmarks.to(dtype)  # [M, 478, 3]
-        M = self.num_frames = self.det.shape[0]
         self.W, self.H = image_size
         self.cx, self.cy = self.W / 2.0, self.H / 2.0
-        self.iod = interocular_px(self.det).clamp_min(1.0)  # [M]
+        self.temporal = temporal
+        self._set_detections(landmarks, frame_index)
         w = landmark_weights(cfg.contour_weight, cfg.iris_weight, upper_lid_skin=cfg.upper_lid_skin_weight,
                              aperture=cfg.aperture_weight)  # fmt: skip
         self.w = torch.as_tensor(w, dtype=dtype)
-        # Per frame and landmark: 1, or the iris points scaled by their eye's openness. The
-        # normaliser stays w.sum(), so a blink does not re-weight the other points.
-        self.frame_w = torch.ones(self.det.shape[0], self.det.shape[1], dtype=dtype)
-        if self.det.shape[1] > IRIS[-1]:
-            vis = iris_visibility(self.det, cfg.iris_closed, cfg.iris_open)  # [M, 2]
-            self.frame_w[:, IRIS[:5]] = vis[:, :1]
-            self.frame_w[:, IRIS[5:]] = vis[:, 1:]
         self.stable = torch.as_tensor(STABLE)
         self.bounded = head.name == "anny"
         E = self.num_expressions = head.num_expressions
@@ -244,17 +237,37 @@ class Problem:
         # Rigid-like expression modes, measured on the stable points (jawOpen moves the whole lower
         # face, which over all points looks partly like a translation; the stable points stay put).
         self.rigid_gram = lmodel.rigid_mode_gram(self.stable) / (self.iod_m**2 * len(self.stable))  # [E, E]
+        # Camera: the focal length, known or its prior (log f is solved in the identity stage).
+        self.focal_known = focal is not None
+        self.f0 = prior_focal(*image_size, cfg.focal_fov_deg) if focal is None else float(focal)
+
+    def _set_detections(self, landmarks: Tensor, frame_index: np.ndarray | None) -> None:
+        """The fields that depend on the detections ``[M, 478, 3]`` and their frame numbers."""
+        cfg, dtype = self.cfg, self.dtype
+        self.det = landmarks.to(dtype)  # [M, 478, 3]
+        M = self.num_frames = self.det.shape[0]
+        self.iod = interocular_px(self.det).clamp_min(1.0)  # [M]
+        # Per frame and landmark: 1, or the iris points scaled by their eye's openness. The
+        # normaliser stays w.sum(), so a blink does not re-weight the other points.
+        self.frame_w = torch.ones(self.det.shape[0], self.det.shape[1], dtype=dtype)
+        if self.det.shape[1] > IRIS[-1]:
+            vis = iris_visibility(self.det, cfg.iris_closed, cfg.iris_open)  # [M, 2]
+            self.frame_w[:, IRIS[:5]] = vis[:, :1]
+            self.frame_w[:, IRIS[5:]] = vis[:, 1:]
         # MediaPipe z (mesh points), centred per frame, in IODs.
         z = self.det[:, :NUM_MESH, 2]
         self.z_mp = (z - z.mean(1, keepdim=True)) / self.iod[:, None]
         # Time: the temporal terms (videos only) weight each consecutive pair by 1/gap.
-        self.temporal = temporal
         fidx = np.arange(M) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
         gaps = np.maximum(np.diff(fidx), 1).astype(np.float32)
         self.gap_w = torch.as_tensor(1.0 / gaps, dtype=dtype)  # [M - 1]
-        # Camera: the focal length, known or its prior (log f is solved in the identity stage).
-        self.focal_known = focal is not None
-        self.f0 = prior_focal(*image_size, cfg.focal_fov_deg) if focal is None else float(focal)
+
+    def with_detections(self, landmarks: Tensor, frame_index: np.ndarray | None = None) -> "Problem":
+        """This problem (head, camera, weights, config) for other detections ``[M, 478, 3]`` of the
+        same clip: what the online tracker solves per frame, without rebuilding the rest (~10 ms)."""
+        other = copy.copy(self)
+        other._set_detections(landmarks, frame_index)
+        return other
 
     def data(self, planes: Tensor, focal: Tensor, frames: Tensor | slice) -> Tensor:
         """Per-frame weighted robust 2D term (+ depth cue), ``[n]``, of the frames ``frames``."""

@@ -28,7 +28,8 @@ Stages (all frames at once, vectorised; no per-frame Python loop except OpenCV's
 3. frames: identity and focal fixed; every frame's pose, expression, gaze (and FLAME's jaw) by a
    batched Levenberg-Marquardt (:func:`avatar.utils.optim.levenberg_marquardt`: exact gradient,
    the analytic Gauss-Newton Hessian per frame of :mod:`avatar.fitting.gauss_newton`, active-set
-   bounds for [0, 1] expressions), with the temporal terms.
+   bounds for [0, 1] expressions), with the temporal terms: :func:`solve_frames`, which the online
+   tracker (:mod:`avatar.fitting.online`) runs on one frame at a time.
 
 Each stage is a function with a small typed result (``_Pose``, ``_Identity``, then the frames'
 :class:`~avatar.fitting.energy.FrameParams`); the detections, weights, camera and config they all
@@ -77,7 +78,7 @@ from avatar.fitting.landmark_model import LandmarkModel
 from avatar.models.base import HeadModel
 from avatar.utils.optim import Adam, LMOptions, cosine_schedule, levenberg_marquardt
 
-__all__ = ["FitConfig", "FitResult", "fit_landmarks"]
+__all__ = ["FitConfig", "FitResult", "fit_landmarks", "solve_frames"]
 
 
 @dataclass(frozen=True)
@@ -356,31 +357,10 @@ def _frames_stage(P: Problem, pose: _Pose, identity: _Identity) -> FrameParams:
     start = _frames_start(P, pose, identity)
     theta = start.flat()
     n, p = theta.shape
-
-    def per_frame(th: Tensor) -> Tensor:  # [n]: the data term and priors of each frame
-        f = FrameParams.unflat(th, E, fit_jaw)
-        ex = P.expression(f.expression)
-        planes = P.lm.planes(tables, ex, f.rot, f.transl(), eyes=eyes3(f.eyes), jaw=f.jaw)
-        return P.data(planes, fk, slice(None)) + P.regularisers(ex, f.eyes, f.jaw)
-
-    def model(prior: Callable[[Tensor], Tensor], gaze: bool):
-        def gradient_and_hessian(x: Tensor, at_trial: Tensor) -> tuple[Tensor, Tensor]:
-            th = x.clone().requires_grad_(True)
-            total = per_frame(th).sum() + P.temporal_terms(FrameParams.unflat(th, E, fit_jaw), gaze) * n
-            (g,) = torch.autograd.grad(total, th)
-            with torch.no_grad():
-                return g, data_hessian(P, tables, fk, x) + prior(x)
-
-        return gradient_and_hessian
-
     Hp = prior_hessian(P, start.logd, p)
-    active = torch.ones(p, dtype=torch.bool)
-    active[6 : 6 + E] = P.expr_mask > 0
-    lower, upper = expression_bounds(P, p, theta.dtype)
 
     def solve(theta: Tensor, prior: Callable[[Tensor], Tensor], gaze: bool) -> Tensor:
-        return levenberg_marquardt(theta, per_frame, model(prior, gaze), P.cfg.frame_iterations, _FRAMES_LM,
-                                   active=active, lower=lower, upper=upper)  # fmt: skip
+        return solve_frames(P, tables, fk, theta, prior, gaze, P.cfg.frame_iterations)
 
     if P.temporal and n > 1 and P.cfg.smooth_eyes_scale > 0:
         # Warm start: the gaze of every frame from its own iris points first. From stage 2's start
@@ -398,6 +378,52 @@ def _frames_stage(P: Problem, pose: _Pose, identity: _Identity) -> FrameParams:
     if P.bounded:
         frames.expression.clamp_(0.0, 1.0)
     return frames
+
+
+def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: Callable[[Tensor], Tensor], gaze: bool,
+                 iterations: int, held: Tensor | None = None, hessian_every: int = 1) -> Tensor:  # fmt: skip
+    """Levenberg-Marquardt over the frames ``theta [n, p]`` (:meth:`FrameParams.flat` rows) of
+    ``P``, identity (``tables``) and ``focal`` fixed: exact gradient of the whole objective (the
+    temporal terms included), Gauss-Newton Hessian per frame plus ``prior(rows) -> [rows, p, p]``,
+    [0, 1] expressions by an active set. Stage 3 solves every frame of a clip with it; the online
+    tracker one frame, with the frames before it as ``held [k, p]``: ``P``'s first ``k`` rows, which
+    enter the temporal terms but do not move. ``hessian_every``: the landmark term's Hessian is
+    recomputed every that many iterations and reused in between (the online tracker's warm start
+    moves little). Returns the solved ``[n, p]``."""
+    E, fit_jaw = P.num_expressions, P.fit_jaw
+    n, p = theta.shape
+    k = 0 if held is None else held.shape[0]
+
+    def rows(th: Tensor) -> Tensor:  # every row of P: the held ones, then th
+        return th if held is None else torch.cat([held, th])
+
+    def mine(x: Tensor) -> Tensor:  # the rows that move
+        return x if held is None else x[k:]
+
+    def per_frame(th: Tensor) -> Tensor:  # [n]: the data term and priors of each frame
+        f = FrameParams.unflat(rows(th), E, fit_jaw)
+        ex = P.expression(f.expression)
+        planes = P.lm.planes(tables, ex, f.rot, f.transl(), eyes=eyes3(f.eyes), jaw=f.jaw)
+        return mine(P.data(planes, focal, slice(None)) + P.regularisers(ex, f.eyes, f.jaw))
+
+    cache: dict = {"calls": 0}  # the landmark term's last Hessian, reused between renewals
+
+    def model(x: Tensor, at_trial: Tensor) -> tuple[Tensor, Tensor]:
+        th = x.clone().requires_grad_(True)
+        total = per_frame(th).sum() + P.temporal_terms(FrameParams.unflat(rows(th), E, fit_jaw), gaze) * (k + n)
+        (g,) = torch.autograd.grad(total, th)
+        with torch.no_grad():
+            xs = rows(x)
+            if cache["calls"] % hessian_every == 0:
+                cache["H"] = mine(data_hessian(P, tables, focal, xs))
+            cache["calls"] += 1
+            return g, cache["H"] + mine(prior(xs))
+
+    active = torch.ones(p, dtype=torch.bool)
+    active[6 : 6 + E] = P.expr_mask > 0
+    lower, upper = expression_bounds(P, p, theta.dtype)
+    return levenberg_marquardt(theta, per_frame, model, iterations, _FRAMES_LM, active=active, lower=lower,
+                               upper=upper)  # fmt: skip
 
 
 def _frames_start(P: Problem, pose: _Pose, identity: _Identity) -> FrameParams:
