@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "render": "avatar_apps.render:Render",
     "export": "avatar_apps.export:Export",
     "view": "avatar_apps.view:View",
+    "drive": "avatar_apps.drive:Drive",
     "landmarks": "avatar_apps.landmarks:Landmarks",
     "show-model": "avatar_apps.show_model:ShowModel",
     "doctor": "avatar_apps.doctor:Doctor",

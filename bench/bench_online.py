@@ -23,6 +23,9 @@ Printed per clip (frames where both trackers fitted a face):
   eyeLook* and tongueOut, left out: they would dilute it);
 - ``rot``: median (p95) angle between the online and the batch head rotation, degrees;
 - ``gaze``: median angle between the eye rotations, degrees; ``transl``: median distance, mm;
+- ``jitter``: median angle between a frame's head rotation and the one its neighbours predict
+  (``R_{t-1} (R_{t-2}^T R_{t-1})``), degrees: how rough the online rotation is (``batch``: the same
+  for the batch tracking, smoothed with the future frames too);
 - ``solve``: median (p95) milliseconds of the online solve per frame (``detect`` with --detect).
 The machine is shared: timings are noisy.
 """
@@ -164,6 +167,20 @@ def angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(cos.clamp(-1.0, 1.0).numpy()))
 
 
+def jitter_deg(rot: np.ndarray, runs: np.ndarray) -> float:
+    """Median angle (degrees) between R_t and its constant-velocity prediction from t-1, t-2 over
+    the frames ``runs`` (``[N - 2]``: t-2, t-1, t all tracked)."""
+    import torch
+
+    from avatar.models.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    if not runs.any():
+        return float("nan")
+    R = axis_angle_to_matrix(torch.as_tensor(rot, dtype=torch.float64))
+    pred = R[1:-1] @ (R[:-2].transpose(-1, -2) @ R[1:-1])
+    return float(np.median(angles_deg(matrix_to_axis_angle(pred).numpy()[runs], rot[2:][runs])))
+
+
 def compare(head, online, batch) -> dict:
     from avatar.fitting.energy import FROZEN_ANNY
 
@@ -174,11 +191,13 @@ def compare(head, online, batch) -> dict:
     rot = angles_deg(online.global_orient[both], batch.global_orient[:n][both])
     gaze = angles_deg(online.eyes[both], batch.eyes[:n][both]).mean(1)
     transl = 1e3 * np.linalg.norm(online.transl[both] - batch.transl[:n][both], axis=1)
+    runs = both[2:] & both[1:-1] & both[:-2]
     return {"frames": int(n), "both_tracked": int(both.sum()),
             "reproj": float(np.nanmedian(reprojection_pct(head, online)[both])),
             "reproj_batch": float(np.nanmedian(reprojection_pct(head, batch)[:n][both])),
             "arkit": float(de.mean()), "rot": float(np.median(rot)), "rot_p95": float(np.percentile(rot, 95)),
-            "gaze": float(np.median(gaze)), "transl_mm": float(np.median(transl))}  # fmt: skip
+            "gaze": float(np.median(gaze)), "transl_mm": float(np.median(transl)),
+            "jitter": jitter_deg(online.global_orient, runs), "jitter_batch": jitter_deg(batch.global_orient[:n], runs)}  # fmt: skip
 
 
 def summary(rows: list[dict]) -> dict:
@@ -195,7 +214,7 @@ def format_row(r: dict) -> str:
     line = (f"{r['clip']:>18} {r['both_tracked']:4d}/{r['frames']:<4d} reproj {r['reproj']:.2f}% "
             f"(batch {r['reproj_batch']:.2f}) {marks['reproj']} | arkit {r['arkit']:.4f} {marks['arkit']} | "
             f"rot {r['rot']:.2f} (p95 {r['rot_p95']:.2f}) deg {marks['rot']} | gaze {r['gaze']:.2f} deg | "
-            f"transl {r['transl_mm']:.1f} mm | solve {r['solve_ms']:.1f} (p95 {r['solve_ms_p95']:.1f}) ms")
+            f"transl {r['transl_mm']:.1f} mm | jitter {r['jitter']:.3f} (batch {r['jitter_batch']:.3f}) deg | solve {r['solve_ms']:.1f} (p95 {r['solve_ms_p95']:.1f}) ms")
     if "detect_ms" in r:
         line += f" | detect {r['detect_ms']:.1f} ms"
     return line

@@ -42,7 +42,7 @@ from avatar.fitting.tracking import Tracking
 from avatar.models.base import HeadModel
 
 __all__ = ["Calibration", "NeutralCalibrator", "OneEuroConfig", "OneEuroFilter", "OnlineConfig", "OnlineFrame",
-           "OnlineTracker", "online_tracking", "transfer"]  # fmt: skip
+           "OnlineTracker", "make_face_tracker", "online_tracking", "transfer"]  # fmt: skip
 
 
 # --- One-Euro filter ---------------------------------------------------------------------------
@@ -167,8 +167,10 @@ class OnlineConfig:
     # the pose is smoothed by the One-Euro filter instead, which follows motion.
     w_smooth_rot: float = 0.0
     w_smooth_transl: float = 0.0
-    rotation_filter: OneEuroConfig | None = OneEuroConfig(min_cutoff=1.0, beta=10.0)  # radians
-    translation_filter: OneEuroConfig | None = OneEuroConfig(min_cutoff=1.0, beta=50.0)  # metres
+    # Pose filters: a filtered pose is steadier and reprojects worse (it trails the landmarks);
+    # bench/bench_online.py prints both (its reproj and jitter columns).
+    rotation_filter: OneEuroConfig | None = OneEuroConfig(min_cutoff=2.0, beta=30.0)  # radians
+    translation_filter: OneEuroConfig | None = OneEuroConfig(min_cutoff=1.0, beta=500.0)  # metres
     gaze_filter: OneEuroConfig | None = OneEuroConfig(min_cutoff=1.0, beta=10.0)  # radians
     expression_filter: OneEuroConfig | None = None
     detector_threads: int = 1  # CPU threads of the landmark models
@@ -227,11 +229,13 @@ class OnlineTracker:
         fps: frame rate of the frame numbers (time of a frame without a timestamp; gaps).
         config: :class:`OnlineConfig`.
         landmark_model: a prebuilt :class:`LandmarkModel` of ``head``.
+        face_tracker: the :class:`avatar.perception.FaceTracker` of :meth:`process` (default: one
+            made at the first frame, as the batch pipeline runs it).
     """
 
     def __init__(self, head: HeadModel, image_size: tuple[int, int], *, shape: np.ndarray | None = None,
                  focal: float | None = None, fps: float = 30.0, config: OnlineConfig = OnlineConfig(),
-                 landmark_model: LandmarkModel | None = None) -> None:  # fmt: skip
+                 landmark_model: LandmarkModel | None = None, face_tracker=None) -> None:  # fmt: skip
         self.head, self.config, self.fps = head, config, float(fps)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.lm = landmark_model or LandmarkModel(head)
@@ -239,7 +243,7 @@ class OnlineTracker:
         self._warmup: list[tuple[int, np.ndarray]] | None = None if shape is not None else []
         f = focal if focal is not None else prior_focal(*self.image_size, config.fit.focal_fov_deg)
         self._set_identity(np.zeros(head.num_shape) if shape is None else shape, f)
-        self._face_tracker = None
+        self._face_tracker = face_tracker
         self.reset()
 
     @classmethod
@@ -293,9 +297,7 @@ class OnlineTracker:
     def process(self, frame: np.ndarray, timestamp: float | None = None, index: int | None = None) -> OnlineFrame:
         """Landmarks of one HWC RGB frame, then :meth:`step`."""
         if self._face_tracker is None:
-            from avatar.perception import FaceTracker
-
-            self._face_tracker = FaceTracker(num_threads=self.config.detector_threads, detector="auto")
+            self._face_tracker = make_face_tracker(self.config.detector_threads)
         t0 = time.perf_counter()
         face = self._face_tracker.process(frame)
         detect_ms = 1e3 * (time.perf_counter() - t0)
@@ -425,6 +427,13 @@ class OnlineTracker:
         theta = FrameParams(last(res.global_orient), tr[:, :2], torch.log(-tr[:, 2]), last(res.expression),
                             last(res.eyes)[..., :2], jaw).flat()  # fmt: skip
         self._previous = _Previous(self._previous.det, self._previous.index, theta)
+
+
+def make_face_tracker(threads: int = 1):
+    """The landmark tracker as the batch pipeline runs it on a video (``avatar.fitting.pipeline``)."""
+    from avatar.perception import FaceTracker
+
+    return FaceTracker(num_threads=threads, detector="auto")
 
 
 def online_tracking(frames: Sequence[OnlineFrame], head: HeadModel, shape: np.ndarray, focal: float,

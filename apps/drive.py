@@ -1,0 +1,639 @@
+"""`avatar drive`: an avatar (or the plain head model) driven live from a webcam, a video or image
+folder, or an iPhone running Live Link Face; optionally streamed on to Unreal over Live Link.
+
+Threads: one reads the source (a video paced at its frame rate, a camera, a UDP port) into a
+one-frame mailbox; the main thread takes the newest frame, tracks it
+(:class:`avatar.fitting.online.OnlineTracker`), and sends the update (viewer, Live Link, record).
+A frame that arrives while another waits replaces it and counts as dropped: when processing falls
+behind, the newest frame is processed and nothing queues.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tyro
+
+from avatar.errors import AvatarError
+
+
+@dataclass
+class Drive:
+    """Drive an avatar live: from a webcam, a video or image folder, or an iPhone (Live Link Face).
+    The avatar (OUT's, or the plain head model) moves in the browser viewer, or headless with
+    --no-viewer; --record writes what was driven as a tracking.npz that `avatar view`, `avatar render
+    --drive` and `avatar export` replay."""
+
+    out: tyro.conf.Positional[Path | None] = None
+    """Output folder with a trained avatar (OUT/avatar) or a tracking (OUT/tracking.npz); without
+    it, the plain head model (--model)."""
+    source: str = tyro.MISSING
+    """webcam[:INDEX], a video file or an image folder, or livelink[:PORT] (Live Link Face packets
+    on UDP, default port 11111)."""
+    model: Literal["anny", "flame"] = "anny"
+    """Head model without OUT: the built-in AnnyHead or a FLAME .pkl (--model-path)."""
+    model_path: Path | None = None
+    """FLAME .pkl file; only with --model flame."""
+    viewer: bool = True
+    """Show the avatar in the browser viewer; --no-viewer runs headless."""
+    host: str = "127.0.0.1"
+    """Viewer address (127.0.0.1 unless you mean to share it)."""
+    port: int = 8080
+    """Viewer port (the next free one if taken)."""
+    realtime: bool = True
+    """A video plays at its own frame rate (frames are dropped when processing falls behind);
+    --no-realtime processes every frame as fast as possible."""
+    duration: float | None = None
+    """Stop after this many seconds (a video also stops at its end; Ctrl-C stops any source)."""
+    record: Path | None = None
+    """Write what was driven to this .npz, in tracking.npz's layout."""
+    summary: Path | None = None
+    """Write frames_in, frames_processed, frames_dropped, fps, latency_ms_p50/p95 to this .json."""
+    send_livelink: str | None = None
+    """HOST:PORT: stream the driven ARKit weights, head and eye rotations as Live Link Face packets
+    (e.g. to Unreal's Live Link)."""
+    livelink_host: str = "127.0.0.1"
+    """Address a livelink source listens on; a phone on your network needs its interface or 0.0.0.0."""
+    calibrate: float = 0.0
+    """Seconds at the start during which the driver holds a neutral face: expressions then drive
+    the avatar relative to it (avatar neutral + driver - driver neutral). 0: absolute."""
+    same_person: bool = False
+    """The driver is OUT's own person: use OUT/tracking.npz's identity and focal length instead of
+    fitting them on the first seconds."""
+    identity_seconds: float = 1.0
+    """A new driver's identity is fitted on this many seconds of the first frames."""
+    threads: int = 1
+    """CPU threads of the landmark models."""
+
+    def run(self) -> None:
+        import torch
+
+        self._check()
+        torch.set_num_threads(1)  # the per-frame solve is many small ops: one thread is fastest
+        target = load_target(self.out, self.model, self.model_path)
+        with contextlib.ExitStack() as stack:
+            source = open_source(self.source, self.realtime, self.livelink_host)
+            stack.callback(source.close)
+            sink = self._sink(target)
+            stack.callback(sink.close)
+            driver = Driver(self, target, source, sink)
+            stack.callback(driver.close)
+            print(f"avatar drive: driving {self.out or 'the ' + self.model + ' head'} from {self.source} "
+                  "(Ctrl+C to stop)", flush=True)
+            stats = drive_loop(source, driver, self.duration)
+        self._write(driver, stats)
+        if stats.error is not None:
+            raise stats.error
+
+    def _check(self) -> None:
+        if self.duration is not None and not self.duration > 0:
+            raise AvatarError(f"--duration must be > 0 seconds (got {self.duration})")
+        if self.calibrate < 0 or self.identity_seconds < 0:
+            raise AvatarError("--calibrate and --identity-seconds must be >= 0 seconds")
+        if self.record is not None and self.record.suffix != ".npz":
+            raise AvatarError(f"--record {self.record}: the record is a tracking file; name it *.npz")
+        if self.same_person and self.out is None:
+            raise AvatarError("--same-person takes the identity from OUT/tracking.npz: pass OUT")
+        if self.send_livelink is not None:
+            host_port(self.send_livelink, "--send-livelink")
+
+    def _sink(self, target: "Target"):
+        if not self.viewer:
+            return HeadlessSink(target)
+        from avatar.viewer import is_loopback, open_viewer
+
+        if not is_loopback(self.host):
+            print(f"avatar drive: warning: serving on {self.host}; anyone who can reach it can see the avatar",
+                  file=sys.stderr)  # fmt: skip
+        viewer = open_viewer(self.out, model=self.model, model_path=self.model_path, host=self.host, port=self.port)
+        print(f"avatar drive: open {viewer.url} in a browser (Ctrl+C to stop)", flush=True)
+        return ViewerSink(viewer)
+
+    def _write(self, driver: "Driver", stats: "LoopStats") -> None:
+        import json
+
+        from avatar.fitting import save_tracking
+        from avatar.utils.files import atomic_write
+
+        summary = stats.summary()
+        if self.record is not None:
+            if driver.frames:
+                save_tracking(driver.record(), self.record)
+            else:
+                print(f"avatar drive: nothing was driven; {self.record} not written", file=sys.stderr)
+        if self.summary is not None:
+            with atomic_write(self.summary, "w") as fh:
+                json.dump(summary, fh, indent=2)
+        print(f"avatar drive: {summary['frames_processed']} of {summary['frames_in']} frames processed "
+              f"({summary['frames_dropped']} dropped), {summary['fps']:.1f} fps, latency p50 "
+              f"{summary['latency_ms_p50']:.0f} ms, p95 {summary['latency_ms_p95']:.0f} ms")  # fmt: skip
+
+
+def host_port(text: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> ``(host, port)``; a bad one is a one-line error."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AvatarError(f"{flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:11111")
+    return host.strip("[]"), int(port)
+
+
+# --- what is driven -----------------------------------------------------------------------------
+@dataclass
+class Target:
+    """The head the tracker fits, and what is shown: a trained avatar, or the head with an identity."""
+
+    head: Any  # head model with a landmark embedding
+    avatar: Any | None  # avatar.representations.Avatar, or None for the plain head model
+    shape: Any  # [S] identity shown (torch)
+    tracking: Any | None  # OUT/tracking.npz (avatar.fitting.Tracking), if there is one
+
+
+def load_target(out: Path | None, model: str, model_path: Path | None) -> Target:
+    import torch
+
+    from avatar.fitting import load_tracking
+
+    avatar = tracking = None
+    if out is not None:
+        if not out.is_dir():
+            raise AvatarError(f"{out}: no such folder; pass the output folder of `avatar reconstruct` / `avatar train`, "
+                              "or no OUT to drive the plain head model")  # fmt: skip
+        if (out / "avatar" / "avatar.json").is_file() or (out / "avatar.json").is_file():
+            from avatar.representations import load_avatar
+
+            avatar = load_avatar(out)
+        if (out / "tracking.npz").is_file():
+            tracking = load_tracking(out)
+        if avatar is None and tracking is None:
+            raise AvatarError(f"{out}: holds neither an avatar (OUT/avatar) nor a tracking (OUT/tracking.npz)")
+    if avatar is not None:
+        head, shape = avatar.head, avatar.shape
+    else:
+        from avatar.models import load_head_model
+        from avatar.render.landmark_embedding import build_landmark_embedding
+
+        if model != "flame" and model_path is not None:
+            raise AvatarError("--model-path is only used with --model flame")
+        head = load_head_model(model, None if model_path is None else str(model_path),
+                               landmark_builder=build_landmark_embedding)  # fmt: skip
+        shape = torch.zeros(head.num_shape) if tracking is None else torch.as_tensor(tracking.shape)
+    if head.landmark_faces.numel() == 0:
+        raise AvatarError(f"the {head.name} head model has no landmark embedding, which tracking needs: run "
+                          f"`avatar track --model {head.name} --model-path MODEL` once (it builds and caches it)")  # fmt: skip
+    return Target(head, avatar, shape.to(head.dtype), tracking)
+
+
+class HeadlessSink:
+    """No viewer: each update computes what the viewer would send (the head's vertices and, for a
+    trained avatar, its Gaussians), so headless figures include that work."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def update(self, params: dict) -> None:
+        import torch
+
+        t = self.target
+        local = {k: v for k, v in params.items() if k not in ("global_orient", "transl")}
+        with torch.no_grad():
+            if t.avatar is not None:
+                t.avatar.splats(local, sh_degree=0)
+            else:
+                t.head(shape=t.shape[None], **local)
+
+    def close(self) -> None:
+        pass
+
+
+class ViewerSink:
+    """The browser viewer: the head turns in place (the viewer orbits a head at the origin; the
+    driver's distance to its camera means nothing there). An update is waited for, so latency
+    counts until it is sent."""
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+
+    def update(self, params: dict) -> None:
+        self.viewer.set_params(**{k: v for k, v in params.items() if k != "transl"})
+        self.viewer.wait_idle(timeout=1.0)
+
+    def close(self) -> None:
+        self.viewer.close()
+
+
+# --- sources --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    """One frame from a source."""
+
+    index: int  # frame number in the source
+    timestamp: float  # seconds in the source's time
+    read_at: float  # time.perf_counter() when it was read (latency is counted from here)
+    payload: Any  # [H, W, 3] uint8 RGB frame, or an avatar.io.livelink.LiveLinkFrame
+
+
+class Mailbox:
+    """A one-item slot between the source thread and the main thread. ``put`` replaces an item
+    still waiting (counted in ``dropped``); :meth:`wait_empty` lets a source wait instead."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Item | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Item) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify_all()
+
+    def wait_empty(self, stop: threading.Event) -> None:
+        """Until the waiting item is taken (or ``stop``)."""
+        with self._cond:
+            while self._item is not None and not stop.is_set():
+                self._cond.wait(0.1)
+
+    def take(self, timeout: float) -> Item | None:
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def finished(self) -> bool:
+        """Closed by the source, and nothing left to take."""
+        with self._cond:
+            return self._closed and self._item is None
+
+
+class Source:
+    """A frame source read by :meth:`pump` on its own thread; ``frames_in`` counts what it read."""
+
+    kind = "video"
+    fps = 25.0
+
+    def __init__(self) -> None:
+        self._read = 0
+        self.error: BaseException | None = None
+
+    @property
+    def frames_in(self) -> int:
+        return self._read
+
+    def pump(self, box: Mailbox, stop: threading.Event) -> None:
+        try:
+            self._pump(box, stop)
+        except BaseException as e:  # handed to the main thread, which writes what it has, then raises
+            self.error = e
+        finally:
+            box.close()
+
+    def _pump(self, box: Mailbox, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSource(Source):
+    """A video file or image folder, at its own frame rate (``realtime``) or as fast as it is taken."""
+
+    def __init__(self, path: Path, realtime: bool) -> None:
+        from avatar.io import FrameReader
+
+        super().__init__()
+        self.reader = FrameReader(path, dtype="uint8")
+        self.fps = float(self.reader.fps or 25.0)  # an image folder plays at 25 fps, as tracking assumes
+        self.realtime = realtime
+
+    def _pump(self, box: Mailbox, stop: threading.Event) -> None:
+        t0, frames = time.perf_counter(), iter(self.reader)
+        for i in itertools.count():
+            if not self.realtime:  # the next frame is read once the last is taken: no frame waits
+                box.wait_empty(stop)
+            frame = next(frames, None)
+            if frame is None or stop.is_set():
+                return
+            if self.realtime:
+                time.sleep(max(0.0, t0 + i / self.fps - time.perf_counter()))
+            self._read += 1
+            box.put(Item(i, i / self.fps, time.perf_counter(), frame))
+
+
+class WebcamSource(Source):
+    """A camera through OpenCV's VideoCapture; frames as they come (always real time)."""
+
+    kind = "webcam"
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.capture = _open_camera(index)
+        self.fps = float(self.capture.get(_cv2().CAP_PROP_FPS) or 30.0)
+
+    def _pump(self, box: Mailbox, stop: threading.Event) -> None:
+        cv2, t0 = _cv2(), time.perf_counter()
+        while not stop.is_set():
+            ok, bgr = self.capture.read()
+            if not ok:
+                raise AvatarError("the camera stopped sending frames")
+            now = time.perf_counter()
+            box.put(Item(self._read, now - t0, now, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+            self._read += 1
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class LiveLinkSource(Source):
+    """Live Link Face packets on a UDP port: the newest of those waiting is taken."""
+
+    kind = "livelink"
+
+    def __init__(self, host: str, port: int) -> None:
+        from avatar.io import LiveLinkReceiver
+
+        super().__init__()
+        self.receiver = LiveLinkReceiver(host, port)
+        self.fps = 60.0  # the app's default; packets say their own rate
+
+    @property
+    def frames_in(self) -> int:
+        return self.receiver.received
+
+    def _pump(self, box: Mailbox, stop: threading.Event) -> None:
+        t0, n = time.perf_counter(), 0
+        while not stop.is_set():
+            frame = self.receiver.poll(timeout=0.05)
+            if frame is None:
+                continue
+            now = time.perf_counter()
+            self.fps = frame.fps or self.fps
+            box.put(Item(n, now - t0, now, frame))
+            n += 1
+
+    def close(self) -> None:
+        self.receiver.close()
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _open_camera(index: int):
+    """An opened VideoCapture of camera ``index``, or a one-line error naming the device."""
+    device = Path(f"/dev/video{index}")
+    if sys.platform.startswith("linux") and not device.exists():
+        raise AvatarError(f"webcam:{index}: no camera ({device} does not exist); pass another webcam:INDEX, "
+                          "a video file, or livelink")  # fmt: skip
+    cv2 = _cv2()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own warnings would add lines
+    capture = cv2.VideoCapture(index)
+    if not capture.isOpened() or not capture.read()[0]:
+        capture.release()
+        raise AvatarError(f"webcam:{index}: the camera ({device}) could not be opened or sent no frame")
+    return capture
+
+
+def open_source(spec: str, realtime: bool, livelink_host: str) -> Source:
+    """``webcam[:INDEX]``, ``livelink[:PORT]``, or a video file / image folder."""
+    from avatar.io.livelink import DEFAULT_PORT
+
+    kind, _, arg = spec.partition(":")
+    if kind == "webcam" and not Path(spec).exists():
+        if arg and not arg.isdigit():
+            raise AvatarError(f"--source {spec}: expected webcam or webcam:INDEX (a number)")
+        return WebcamSource(int(arg or 0))
+    if kind == "livelink" and not Path(spec).exists():
+        if arg and not (arg.isdigit() and 0 < int(arg) < 65536):
+            raise AvatarError(f"--source {spec}: expected livelink or livelink:PORT (a UDP port number)")
+        return LiveLinkSource(livelink_host, int(arg or DEFAULT_PORT))
+    return VideoSource(Path(spec), realtime)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+@dataclass
+class LoopStats:
+    """What the loop measured; :meth:`summary` is the --summary file."""
+
+    frames_in: int = 0
+    latencies: list = field(default_factory=list)  # seconds, from a frame read to its update sent
+    wall: float = 0.0
+    error: BaseException | None = None
+
+    def summary(self) -> dict:
+        n = len(self.latencies)
+        ms = 1e3 * np.asarray(self.latencies) if n else np.full(1, np.nan)
+        return {"frames_in": self.frames_in, "frames_processed": n, "frames_dropped": max(0, self.frames_in - n),
+                "fps": n / self.wall if self.wall > 0 else 0.0, "latency_ms_p50": float(np.percentile(ms, 50)),
+                "latency_ms_p95": float(np.percentile(ms, 95)), "seconds": self.wall}  # fmt: skip
+
+
+def drive_loop(source: Source, driver: "Driver", duration: float | None) -> LoopStats:
+    """Take the newest frame and drive with it until the source ends, ``duration`` passes, or
+    Ctrl-C / SIGTERM; the source's thread is stopped and joined either way."""
+    box, stop, stats = Mailbox(), threading.Event(), LoopStats()
+    thread = threading.Thread(target=source.pump, args=(box, stop), name="avatar-drive-source", daemon=True)
+    restore = _on_sigterm(stop.set)
+    t0 = time.perf_counter()
+    thread.start()
+    try:
+        while not stop.is_set() and (duration is None or time.perf_counter() - t0 < duration):
+            item = box.take(timeout=0.05)
+            if item is None:
+                if box.finished:
+                    break
+                continue
+            driver.process(item)
+            stats.latencies.append(time.perf_counter() - item.read_at)
+    except KeyboardInterrupt:
+        print("avatar drive: interrupted; writing what was driven", file=sys.stderr)
+    finally:
+        stats.wall = time.perf_counter() - t0
+        stop.set()
+        thread.join(timeout=5.0)
+        source.close()
+        restore()
+    stats.frames_in, stats.error = source.frames_in, source.error
+    return stats
+
+
+def _on_sigterm(handler) -> Any:
+    """Call ``handler`` on SIGTERM (main thread only); returns what restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.signal(signal.SIGTERM, lambda *_: handler())
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
+class Driver:
+    """Per frame: track (or decode a Live Link frame), calibrate and transfer, update, send, record."""
+
+    def __init__(self, cfg: Drive, target: Target, source: Source, sink) -> None:
+        from avatar.fitting.online import NeutralCalibrator
+
+        self.cfg, self.target, self.source, self.sink = cfg, target, source, sink
+        head = target.head
+        self.tracker = None  # made on the first frame (it needs the frame size)
+        self.face_tracker = None
+        if source.kind != "livelink":  # the landmark models load now, not in the first frame's latency
+            from avatar.fitting.online import make_face_tracker
+
+            self.face_tracker = make_face_tracker(cfg.threads)
+        self.calibrator = NeutralCalibrator(cfg.calibrate)
+        self.avatar_neutral = avatar_neutral(target.tracking, cfg.calibrate, head.num_expressions)
+        self.bounds = (0.0, 1.0) if head.name == "anny" else None
+        self.frames: list = []  # the driven frames, kept only for --record
+        self.sender = None
+        if cfg.send_livelink is not None or source.kind == "livelink":
+            _check_arkit(head)
+        if cfg.send_livelink is not None:
+            from avatar.io import LiveLinkSender
+
+            self.sender = LiveLinkSender(*host_port(cfg.send_livelink, "--send-livelink"))
+
+    def process(self, item: Item) -> None:
+        frame = self._track(item)
+        if frame.found:
+            self.calibrator.add(frame.expression, frame.timestamp)
+        frame = self._transfer(frame)
+        self.sink.update(frame.head_params(self.target.head.dtype))
+        if self.sender is not None:
+            self._send(frame)
+        if self.cfg.record is not None:
+            self.frames.append(frame)
+
+    def _track(self, item: Item):
+        if self.source.kind == "livelink":
+            return livelink_frame(item, self.target.head)
+        if self.tracker is None:
+            self.tracker = self._make_tracker(item.payload.shape[1], item.payload.shape[0])
+        return self.tracker.process(item.payload, timestamp=item.timestamp, index=item.index)
+
+    def _make_tracker(self, width: int, height: int):
+        from avatar.fitting.online import OnlineConfig, OnlineTracker
+
+        config = OnlineConfig(warmup_seconds=self.cfg.identity_seconds, detector_threads=self.cfg.threads)
+        if self.cfg.same_person:
+            if self.target.tracking is None:
+                raise AvatarError(f"--same-person: {self.cfg.out} has no tracking.npz to take the identity from")
+            return OnlineTracker.from_tracking(self.target.head, self.target.tracking, (width, height), config=config,
+                                               fps=self.source.fps, face_tracker=self.face_tracker)  # fmt: skip
+        return OnlineTracker(self.target.head, (width, height), fps=self.source.fps, config=config,
+                             face_tracker=self.face_tracker)  # fmt: skip
+
+    def _transfer(self, frame):
+        from dataclasses import replace
+
+        from avatar.fitting.online import transfer
+
+        cal = self.calibrator.calibration
+        if cal is None:
+            return frame
+        expression = transfer(self.avatar_neutral, frame.expression, cal.neutral, self.bounds)
+        return replace(frame, expression=expression.astype(np.float32))
+
+    def _send(self, frame) -> None:
+        from avatar.io.livelink import matrix_to_ypr
+
+        R = _matrices(np.concatenate([frame.global_orient[None], frame.eyes]))  # head, left eye, right eye
+        self.sender.send_tracked(self.target.head.expression_names, frame.expression, head_ypr=matrix_to_ypr(R[0]),
+                                 eyes_ypr=matrix_to_ypr(R[1:]))  # fmt: skip
+
+    def record(self):
+        """The driven frames as a Tracking (tracking.npz's layout)."""
+        from avatar.fitting.energy import prior_focal
+        from avatar.fitting.online import online_tracking
+
+        if self.tracker is not None:
+            shape, focal, size = self.tracker.shape, self.tracker.focal, self.tracker.image_size
+        else:  # Live Link: no camera; a 512^2 frame at the tracker's prior field of view stands in
+            shape, size = np.zeros(self.target.head.num_shape, np.float32), (512, 512)
+            focal = prior_focal(*size, 40.0)
+        return online_tracking(self.frames, self.target.head, shape, focal, size, self._record_fps(), self.cfg.source)
+
+    def _record_fps(self) -> float:
+        """The source's rate; where frames were dropped, the processed frames' own rate, so a replay
+        lasts as long as the drive did."""
+        t = [f.timestamp for f in self.frames]
+        if len(t) > 1 and self.source.frames_in > len(t) and t[-1] > t[0]:
+            return (len(t) - 1) / (t[-1] - t[0])
+        return float(self.source.fps)
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+
+
+def avatar_neutral(tracking, seconds: float, num_expressions: int) -> np.ndarray:
+    """The avatar's rest expression for relative transfer: the mean of its own tracking's first
+    ``seconds`` (as the driver's is measured); zeros for the plain head model."""
+    from avatar.fitting.online import Calibration
+
+    if tracking is None or seconds <= 0:
+        return np.zeros(num_expressions, np.float32)
+    usable = np.nonzero(tracking.usable)[0]
+    if len(usable) == 0:
+        return np.zeros(num_expressions, np.float32)
+    rows = usable[: max(1, round(seconds * (tracking.fps or 25.0)))]
+    return Calibration.from_expressions(tracking.expression[rows]).neutral.astype(np.float32)
+
+
+def _check_arkit(head) -> None:
+    from avatar.io.livelink import ARKIT_NAMES
+
+    if not set(head.expression_names) <= set(ARKIT_NAMES):
+        raise AvatarError(f"Live Link speaks ARKit blendshapes; the {head.name} head model's expressions are not "
+                          "ARKit channels: use --model anny")  # fmt: skip
+
+
+def _matrices(axis_angle: np.ndarray) -> np.ndarray:
+    import torch
+
+    from avatar.models.rotations import axis_angle_to_matrix
+
+    return axis_angle_to_matrix(torch.as_tensor(axis_angle, dtype=torch.float64)).numpy()
+
+
+#: The eyeLook* blendshapes turn AnnyHead's eyeballs as the eye joints do: a Live Link frame's eye
+#: rotations drive the joints (as the tracker does), so these are held at 0 to not turn them twice.
+_EYE_LOOK = ("eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeLookDownRight",
+             "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight")  # fmt: skip
+
+
+def livelink_frame(item: Item, head):
+    """A Live Link Face frame as an OnlineFrame: ARKit weights by name, head and eye rotations
+    (yaw, pitch, roll) as axis-angle; the head at the tracker's rest distance."""
+    import torch
+
+    from avatar.fitting.online import OnlineFrame
+    from avatar.io.livelink import ypr_to_matrix
+    from avatar.models.rotations import matrix_to_axis_angle
+
+    packet = item.payload
+    names = list(head.expression_names)
+    weights = packet.weights(names)
+    weights[[names.index(n) for n in _EYE_LOOK if n in names]] = 0.0
+    R = ypr_to_matrix(np.concatenate([packet.head_ypr[None], packet.eyes_ypr]))  # [3, 3, 3]
+    aa = matrix_to_axis_angle(torch.as_tensor(R)).numpy().astype(np.float32)
+    nan = np.full((478, 3), np.nan, np.float32)
+    return OnlineFrame(item.index, item.timestamp, True, nan, weights.astype(np.float32), np.zeros(3, np.float32),
+                       aa[1:], aa[0], np.array([0.0, 0.0, -0.6], np.float32))  # fmt: skip
