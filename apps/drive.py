@@ -437,6 +437,7 @@ class LoopStats:
     frames_in: int = 0
     latencies: list = field(default_factory=list)  # seconds, from a frame read to its update sent
     wall: float = 0.0
+    cpu: float = 0.0  # CPU seconds of the process (every thread) during the loop
     error: BaseException | None = None
 
     def summary(self) -> dict:
@@ -444,7 +445,7 @@ class LoopStats:
         ms = 1e3 * np.asarray(self.latencies) if n else np.full(1, np.nan)
         return {"frames_in": self.frames_in, "frames_processed": n, "frames_dropped": max(0, self.frames_in - n),
                 "fps": n / self.wall if self.wall > 0 else 0.0, "latency_ms_p50": float(np.percentile(ms, 50)),
-                "latency_ms_p95": float(np.percentile(ms, 95)), "seconds": self.wall}  # fmt: skip
+                "latency_ms_p95": float(np.percentile(ms, 95)), "seconds": self.wall, "cpu_seconds": self.cpu}  # fmt: skip
 
 
 def drive_loop(source: Source, driver: "Driver", duration: float | None) -> LoopStats:
@@ -453,7 +454,7 @@ def drive_loop(source: Source, driver: "Driver", duration: float | None) -> Loop
     box, stop, stats = Mailbox(), threading.Event(), LoopStats()
     thread = threading.Thread(target=source.pump, args=(box, stop), name="avatar-drive-source", daemon=True)
     restore = _on_sigterm(stop.set)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     thread.start()
     try:
         while not stop.is_set() and (duration is None or time.perf_counter() - t0 < duration):
@@ -467,7 +468,7 @@ def drive_loop(source: Source, driver: "Driver", duration: float | None) -> Loop
     except KeyboardInterrupt:
         print("avatar drive: interrupted; writing what was driven", file=sys.stderr)
     finally:
-        stats.wall = time.perf_counter() - t0
+        stats.wall, stats.cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stop.set()
         thread.join(timeout=5.0)
         source.close()

@@ -87,6 +87,31 @@ def trained_avatar(clip: Path, tmp_path: Path) -> Path:
     return out
 
 
+def test_drive_in_the_viewer(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the viewer: every update reaches it (the last frame's expression is the viewer's)."""
+    pytest.importorskip("viser")
+    from avatar.viewer.app import AvatarViewer
+
+    shown, original = {}, AvatarViewer.close
+
+    def close(self) -> None:  # what the viewer shows when the drive ends
+        shown.update(self.params())
+        original(self)
+
+    monkeypatch.setattr(AvatarViewer, "close", close)
+    summary = tmp_path / "s.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["drive", "--source", str(clip / "frames"), "--no-realtime", "--port", str(port), "--summary",
+                 str(summary), "--record", str(tmp_path / "r.npz"), "--identity-seconds", "0.3"]) == 0  # fmt: skip
+    assert json.loads(summary.read_text())["frames_processed"] == FRAMES
+    from avatar.fitting import load_tracking
+
+    last = load_tracking(tmp_path / "r.npz").expression[-1]
+    np.testing.assert_allclose(shown["expression"][0].numpy(), last, atol=1e-6)
+
+
 def test_realtime_drops_instead_of_queueing(clip: Path, tmp_path: Path) -> None:
     """A frame folder at 25 fps, paced in real time, while each frame takes longer than 40 ms to
     track: frames are dropped (the newest is processed), and every frame read is accounted for."""
