@@ -532,7 +532,8 @@ class Driver:
     def _make_tracker(self, width: int, height: int):
         from avatar.fitting.online import OnlineConfig, OnlineTracker
 
-        config = OnlineConfig(warmup_seconds=self.cfg.identity_seconds, detector_threads=self.cfg.threads)
+        config = OnlineConfig(warmup_seconds=self.cfg.identity_seconds, identity_in_background=True,
+                              detector_threads=self.cfg.threads)  # fmt: skip
         if self.cfg.same_person:
             if self.target.tracking is None:
                 raise AvatarError(f"--same-person: {self.cfg.out} has no tracking.npz to take the identity from")

@@ -193,3 +193,19 @@ def test_online_tracking_file_round_trip(real_clip, anny_head, tmp_path) -> None
     assert back.num_frames == 8 and back.tracked.tolist() == [True] * 3 + [False] + [True] * 4
     np.testing.assert_allclose(back.expression, np.stack([f.expression for f in online]))
     np.testing.assert_allclose(back.K[0, 0, 0], tracker.focal, rtol=1e-6)
+
+
+def test_identity_fitted_in_the_background(real_clip, anny_head) -> None:
+    """identity_in_background: tracking goes on while the warm-up fit runs on a thread; once it is
+    adopted the result is as good as the synchronous one's."""
+    frames, batch = real_clip
+    config = OnlineConfig(warmup_seconds=0.4, identity_in_background=True)
+    tracker = OnlineTracker(anny_head, tuple(batch.image_size), fps=batch.fps, config=config)
+    online = [tracker.step(batch.landmarks[i]) for i in range(12)]
+    job = tracker._identity_job  # noqa: SLF001 - waited for, so the test does not depend on timing
+    if job is not None:
+        job.result()
+    online += [tracker.step(batch.landmarks[i]) for i in range(12, FRAMES)]
+    assert tracker.identity_ready and all(f.found for f in online)
+    de, rot, mm = _agreement(online[14:], _tail(batch, 14))
+    assert de < 0.06 and rot < 3.0 and mm < 25.0

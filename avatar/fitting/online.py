@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -158,6 +160,10 @@ class OnlineConfig:
     acquire_iterations: int = 10  # on a newly found face (from PnP)
     hessian_every: int = 2  # the landmark Hessian is renewed every n iterations (solver.solve_frames)
     warmup_seconds: float = 1.0  # frames the identity of a new person is fitted on
+    # Fit that identity on a thread (tracking goes on with the template meanwhile) instead of
+    # stopping for it (1-2 s on a CPU): live driving does; offline comparisons want the same
+    # result on every run.
+    identity_in_background: bool = False
     # The previous frame stays in the temporal terms across at most this gap; a face lost for
     # longer is found again from PnP.
     max_gap_seconds: float = 0.5
@@ -241,6 +247,8 @@ class OnlineTracker:
         self.lm = landmark_model or LandmarkModel(head)
         self._focal_given = focal
         self._warmup: list[tuple[int, np.ndarray]] | None = None if shape is not None else []
+        self._identity_job: Future | None = None  # the warm-up fit running on a thread
+        self._new_identity = False  # adopted since the last solve
         f = focal if focal is not None else prior_focal(*self.image_size, config.fit.focal_fov_deg)
         self._set_identity(np.zeros(head.num_shape) if shape is None else shape, f)
         self._face_tracker = face_tracker
@@ -344,15 +352,19 @@ class OnlineTracker:
 
     def _solve(self, det: Tensor, index: int) -> Tensor:
         """``[1, p]``: this frame's parameters, warm-started from (and held against) the previous
-        frame when it is at most ``max_gap_seconds`` back, else from PnP."""
+        frame when it is at most ``max_gap_seconds`` back, else from PnP; just after a new identity
+        was adopted, from the previous frame but not held against it (it had another identity)."""
         prev = self._previous
-        if prev is not None and 0 < index - prev.index <= max(1, round(self.config.max_gap_seconds * self.fps)):
+        recent = prev is not None and 0 < index - prev.index <= max(1, round(self.config.max_gap_seconds * self.fps))
+        if recent and not self._new_identity:
             P = self._problem(torch.stack([prev.det, det]), np.array([prev.index, index]))
             start, held, iterations = prev.theta.clone(), prev.theta, self.config.iterations
         else:
-            self._reset_filters()
             P = self._problem(det[None], np.array([index]))
-            start, held, iterations = self._acquire(P), None, self.config.acquire_iterations
+            start = prev.theta.clone() if recent else self._acquire(P)
+            held, iterations = None, self.config.acquire_iterations
+            self._new_identity = False
+            self._reset_filters()
         rows = start if held is None else torch.cat([held, start])
         Hp = prior_hessian(P, rows[:, 5], rows.shape[1])
         robust_gaze = held is not None and P.cfg.smooth_eyes_scale > 0
@@ -405,18 +417,38 @@ class OnlineTracker:
     # --- identity of a new person ------------------------------------------------------------
     def _warm_up(self, landmarks: np.ndarray, t: float) -> None:
         """Collect the first ``warmup_seconds`` of detections, then fit the identity (and focal,
-        unless given) on them with the batch solver, and go on from its last frame."""
+        unless given) on them with the batch solver: at once, going on from its last frame, or
+        (``identity_in_background``) on a thread while tracking goes on with the template, adopted
+        at the first frame after it is done."""
+        if self._identity_job is not None:
+            if self._identity_job.done():
+                self._adopt_identity(self._identity_job.result(), continue_from_fit=False)
+            return
         self._warmup.append((self._index, landmarks))
         first = self._warmup[0][0] / self.fps
         if self._index / self.fps - first < self.config.warmup_seconds or len(self._warmup) < 2:
             return
         index = np.array([i for i, _ in self._warmup], np.int64)
         dets = np.stack([d for _, d in self._warmup])
-        res = fit_landmarks(self.head, dets, self.image_size, frame_index=index, temporal=True,
-                            focal=self._focal_given, config=self.config.fit, landmark_model=self.lm)  # fmt: skip
-        self._warmup = None
+        fit = partial(fit_landmarks, self.head, dets, self.image_size, frame_index=index, temporal=True,
+                      focal=self._focal_given, config=self.config.fit, landmark_model=self.lm)  # fmt: skip
+        if self.config.identity_in_background:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avatar-identity")
+            self._identity_job = pool.submit(fit)
+            pool.shutdown(wait=False)  # the thread ends with the job
+        else:
+            self._adopt_identity(fit(), continue_from_fit=True)
+
+    def _adopt_identity(self, res, continue_from_fit: bool) -> None:
+        """Track with the identity and focal of the warm-up fit ``res`` (a FitResult) from now on;
+        ``continue_from_fit``: ``res``'s last frame is this frame (its parameters are taken)."""
+        self._warmup, self._identity_job = None, None
         self._set_identity(res.shape, res.focal)
         self._problem(self._previous.det[None], np.array([self._index]))  # the base problem, new focal
+        self._reset_filters()
+        if not continue_from_fit:
+            self._new_identity = True
+            return
         dtype = self.head.dtype
 
         def last(x: np.ndarray) -> Tensor:
