@@ -1,6 +1,7 @@
-"""`avatar drive` end to end: a frame folder driven headless (record + summary), the record replayed
-by `avatar render --drive` and the viewer's reader, a Live Link source fed by our sender (and sent
-on), relative transfer, frames dropped instead of queued, SIGTERM, a missing webcam."""
+"""`avatar drive` end to end: a frame folder driven headless and in the viewer (record + summary),
+the record replayed by `avatar render --drive`, the viewer's reader and `avatar export`, a Live Link
+source fed by our sender (and sent on), relative transfer, frames dropped instead of queued,
+SIGTERM, a missing webcam."""
 from __future__ import annotations
 
 import json
@@ -76,6 +77,19 @@ def test_recorded_drive_replays(headless_drive, clip: Path, tmp_path: Path) -> N
     assert main(["drive", str(out), "--source", str(clip / "frames"), "--no-viewer", "--no-realtime", "--same-person",
                  "--summary", str(summary)]) == 0  # fmt: skip
     assert json.loads(summary.read_text())["frames_processed"] == FRAMES
+
+
+def test_recorded_drive_exports(headless_drive, tmp_path: Path) -> None:
+    """`avatar export` animates the head with a record placed as OUT/tracking.npz."""
+    record, _ = headless_drive
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tracking.npz").write_bytes(record.read_bytes())
+    assert main(["export", str(out), "--texture-size", "64"]) == 0
+    from pygltflib import GLTF2
+
+    glb = GLTF2().load(str(out / "exports" / "head.glb"))
+    assert glb.animations and glb.accessors[glb.animations[0].samplers[0].input].count == FRAMES
 
 
 def trained_avatar(clip: Path, tmp_path: Path) -> Path:

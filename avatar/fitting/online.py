@@ -168,8 +168,8 @@ class OnlineConfig:
     # longer is found again from PnP.
     max_gap_seconds: float = 0.5
     # The temporal weights of head rotation and translation in the per-frame solve (the batch's are
-    # FitConfig.w_smooth_rot/transl). Held against the previous frame only, such a term lags every
-    # head turn (hdtf_aoc: 1.6 degrees median from the batch with the batch's 0.05, 0.6 without):
+    # FitConfig.w_smooth_rot/transl). Held against the previous frame only, such a term pulls every
+    # head turn back (set them to the batch's and bench/bench_online.py's rot column shows the lag):
     # the pose is smoothed by the One-Euro filter instead, which follows motion.
     w_smooth_rot: float = 0.0
     w_smooth_transl: float = 0.0
