@@ -77,7 +77,14 @@ class Drive:
         import torch
 
         self._check()
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the per-frame solve is many small ops: one thread is fastest
+        try:
+            self._drive()
+        finally:  # a command run in-process (tests, notebooks) leaves torch as it found it
+            torch.set_num_threads(threads)
+
+    def _drive(self) -> None:
         target = load_target(self.out, self.model, self.model_path)
         with contextlib.ExitStack() as stack:
             source = open_source(self.source, self.realtime, self.livelink_host)
