@@ -588,6 +588,8 @@ class Driver:
         return float(self.source.fps)
 
     def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
         if self.sender is not None:
             self.sender.close()
 

@@ -259,3 +259,22 @@ def test_bad_options_are_one_line(args: list[str], clip: Path, capsys: pytest.Ca
     flags = dict(base, **dict(zip(args[::2], args[1::2])))
     assert main(["drive", "--no-viewer", *[x for kv in flags.items() for x in kv]]) == 2
     assert capsys.readouterr().err.startswith("avatar: error:")
+
+
+def test_drive_leaves_torch_threads_as_found(clip: Path, tmp_path: Path) -> None:
+    """Run in-process, the drive restores torch's thread count (it solves on one thread); the
+    identity fit it runs on a thread is over when it returns."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["drive", "--source", str(clip / "frames"), "--no-viewer", "--no-realtime",
+                     "--identity-seconds", "0.3"]) == 0  # fmt: skip
+        assert torch.get_num_threads() == 2
+        fits = [t for t in threading.enumerate() if t.name.startswith("avatar-identity")]
+        for t in fits:  # done with its job: the thread only has to wind down
+            t.join(timeout=0.5)
+        assert not any(t.is_alive() for t in fits)
+    finally:
+        torch.set_num_threads(before)

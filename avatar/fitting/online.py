@@ -278,6 +278,13 @@ class OnlineTracker:
         if self._face_tracker is not None:
             self._face_tracker.reset()
 
+    def close(self) -> None:
+        """Wait for a warm-up identity fit still running on its thread, so that it does not go on
+        using the CPU after its caller is done (e.g. in the next benchmark run)."""
+        job = self._identity_job
+        if job is not None:
+            job.exception()  # waits; a failure there is not this caller's any more
+
     @property
     def shape(self) -> np.ndarray:
         """``[S]`` the identity in use (the template's until a warm-up fit is done)."""
