@@ -23,6 +23,10 @@ class Render:
     orbit: the camera circles the head (novel views)."""
     drive: Path | None = None
     """Another clip's tracking.npz: its expressions, eyes and head rotation drive this avatar."""
+    calibrate: float = 0.0
+    """With --drive: transfer expressions relative to each person's rest face, the mean of the first
+    this many seconds of each clip (avatar's rest + driver - driver's rest), so a driver's resting
+    squint or frown is not copied; 0 copies the driver's expressions as they are."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("render.mp4")
     """Video to write."""
     size: int | None = None
@@ -42,6 +46,9 @@ class Render:
     def run(self) -> None:
         import torch
         from tqdm import tqdm
+
+        if self.calibrate < 0 or (self.calibrate > 0 and self.drive is None):
+            raise AvatarError("--calibrate takes seconds >= 0 and is used with --drive")
 
         from avatar.io.video import VideoWriter
         from avatar.representations import load_avatar
@@ -110,6 +117,12 @@ class Render:
         if list(tr.expression_names) != list(av.head.expression_names):
             raise AvatarError(f"{self.drive}: expression channels differ from this avatar's head model")
         p = {k: torch.as_tensor(v).float() for k, v in tr.frame_params().items()}
+        if self.calibrate > 0:
+            own = av.performance["expression"].float().cpu().numpy() if "expression" in av.performance \
+                else load_tracking(Path(av.path).parent).expression  # fmt: skip
+            p["expression"] = torch.as_tensor(relative_expressions(
+                own, av.config.get("fps"), tr.expression[tr.usable], tr.fps, p["expression"].numpy(), self.calibrate,
+                bounds=(0.0, 1.0) if av.config["model"] == "anny" else None), dtype=torch.float32)  # fmt: skip
         # The driver's translation is about its own distance to its camera: keep its motion,
         # placed where this avatar's subject stood.
         own = av.performance.get("transl")
@@ -171,3 +184,16 @@ def orbit_yaws(frames: int, seen: np.ndarray | None) -> tuple[np.ndarray, str]:
     what = (f"yaw {round(lo):+d}..{round(hi):+d} degrees: the clip saw the head from {round(float(seen.min())):+d}.."
             f"{round(float(seen.max())):+d}, plus {ORBIT_MARGIN_DEG:.0f} each side (--full-orbit turns all the way)")  # fmt: skip
     return 0.5 * (lo + hi) + 0.5 * (hi - lo) * np.sin(2.0 * np.pi * t), what
+
+
+def relative_expressions(own: np.ndarray, own_fps: float | None, driver_rest: np.ndarray, driver_fps: float | None,
+                         driver: np.ndarray, seconds: float, bounds: tuple[float, float] | None) -> np.ndarray:  # fmt: skip
+    """``driver [N, E]`` expressions moved onto the avatar relative to each person's rest face: the
+    mean of the first ``seconds`` of ``own [M, E]`` (the avatar's clip) and of ``driver_rest``
+    (the driver's usable frames), by :func:`avatar.fitting.online.transfer`."""
+    from avatar.fitting.online import Calibration, transfer
+
+    def rest(e: np.ndarray, fps: float | None) -> np.ndarray:
+        return Calibration.from_expressions(e[: max(1, round(seconds * (fps or 25.0)))]).neutral
+
+    return transfer(rest(own, own_fps), driver, rest(driver_rest, driver_fps), bounds).astype(np.float32)

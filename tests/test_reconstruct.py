@@ -67,6 +67,30 @@ def test_render_cross_reenactment(reconstructed, tmp_path: Path, capsys: pytest.
     assert video.stat().st_size > 0
     assert main(["render", str(clip), "--drive", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.mp4")]) == 2
     assert not (tmp_path / "x.mp4").exists()
+    calibrated = tmp_path / "calibrated.mp4"
+    assert main(["render", str(clip), "--camera", "frontal", "--drive", str(clip / "tracking.npz"), "--calibrate", "0.3",
+                 "--size", "48", "-o", str(calibrated)]) == 0  # fmt: skip
+    assert calibrated.stat().st_size > 0
+    assert main(["render", str(clip), "--calibrate", "0.3", "-o", str(tmp_path / "y.mp4")]) == 2  # needs --drive
+
+
+def test_relative_expressions_move_the_rest_face_not_the_expression() -> None:
+    """A driver who rests with a squint (channel 0 at 0.4) drives an avatar that rests at 0.1:
+    the avatar rests at 0.1 and the driver's blink on top of the squint adds what it adds; clamped."""
+    from avatar_apps.render import relative_expressions
+
+    driver = np.zeros((20, 3), np.float32)
+    driver[:, 0] = 0.4
+    driver[15:, 0] = 0.9  # a blink
+    driver[15:, 1] = 0.3
+    own = np.zeros((10, 3), np.float32)
+    own[:, 0] = 0.1
+    got = relative_expressions(own, 10.0, driver, 10.0, driver, seconds=1.0, bounds=(0.0, 1.0))
+    np.testing.assert_allclose(got[:15, 0], 0.1, atol=1e-6)
+    np.testing.assert_allclose(got[15:, 0], 0.6, atol=1e-6)
+    np.testing.assert_allclose(got[15:, 1], 0.3, atol=1e-6)
+    lowered = relative_expressions(own, 10.0, driver + 0.5, 10.0, driver, seconds=1.0, bounds=(0.0, 1.0))
+    assert lowered.min() == 0.0  # clamped to ARKit's range
 
 
 def test_train_prints_held_out_figures_with_tracked_and_refined_poses(clip: Path, tmp_path: Path,
