@@ -1,7 +1,6 @@
 """Pick a head model by name: ``load_head_model("anny")`` (default) or ``load_head_model("flame", path)``."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from avatar.errors import AvatarError, MissingAssetError
 from avatar.models.base import HeadModel
 from avatar.models.landmark_embedding import LandmarkBuilder, cached_landmark_embedding
+from avatar.utils.files import file_sha256
 
 __all__ = ["HEAD_MODELS", "load_head_model", "model_file_digest"]
 
@@ -72,8 +72,4 @@ def load_head_model(
 def model_file_digest(path: str | Path) -> str:
     """SHA-256 of a head-model file: recorded beside its path, so a moved file can be named again
     and a different one is noticed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)

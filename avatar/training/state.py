@@ -5,7 +5,6 @@ generator and the step. A checkpoint is exactly :meth:`TrainState.state_dict`.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from avatar.models.base import FRAME_PARAMS
 from avatar.training.data import Clip
 from avatar.training.refine import RIGID, PoseCorrection, RowAdam
 from avatar.training.strategy import DensifyStrategy
-from avatar.utils.files import atomic_path
+from avatar.utils.files import atomic_path, file_sha256
 
 #: Layout version of :meth:`TrainState.state_dict`; a checkpoint of another is not resumed.
 CHECKPOINT_FORMAT = 1
@@ -185,11 +184,7 @@ RESUME_FREE = frozenset({"steps", "device", "torch_threads", "raster_threads", "
 
 def input_digest(out_dir: Path) -> dict[str, str]:
     """What a run was trained from, to compare on resume: the SHA-256 of ``tracking.npz``."""
-    h = hashlib.sha256()
-    with open(out_dir / "tracking.npz", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"tracking": h.hexdigest()}
+    return {"tracking": file_sha256(out_dir / "tracking.npz")}
 
 
 def check_resumable(ck: dict[str, Any], config: TrainConfig, inputs: dict[str, str], name: str) -> None:

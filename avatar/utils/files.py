@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +21,15 @@ def cache_dir() -> Path:
         path = (Path(xdg) if xdg else Path.home() / ".cache") / "avatar"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:
