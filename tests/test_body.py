@@ -61,3 +61,14 @@ def test_body_motion_lifts_pixels_to_a_translation_parallel_to_the_image():
     # 3 px right and 2 px up at 0.5 m with f = 200 px: +7.5 mm world X, +5 mm world Y (up), none in depth.
     assert np.allclose(got[2], [0.0075, 0.005, 0.0], atol=4e-4)
     assert not body_motion(mattes, np.zeros(0), np.arange(2), Ks, viewmat, transl).any()  # no chin tracked
+
+
+def test_body_shifts_distrust_a_band_where_most_alignments_fail():
+    """Shoulders that leave the band in most frames (only the reference frames and one other show
+    them): the one answer that came back is not trusted; the body is taken as still."""
+    m = np.zeros((10, H, W), np.uint8)
+    m[:2] = _shoulders(0, 0)
+    m[2] = _shoulders(3, 0)
+    lenient = body_shifts(m, top=52, reference=np.arange(2), max_failed=1.0)
+    assert abs(lenient[2, 0] - 3) < 0.15 and lenient[3:].any()  # 7 of 10 fail and hold frame 2's answer
+    assert not body_shifts(m, top=52, reference=np.arange(2)).any()

@@ -34,6 +34,7 @@ def body_shifts(
     blur: float = 1.5,
     min_rows: int = 8,
     max_shift: float = 0.15,
+    max_failed: float = 0.5,
 ) -> np.ndarray:
     """``[N, 2]`` translation (x, y in pixels) of each frame's body relative to the reference.
 
@@ -47,6 +48,9 @@ def body_shifts(
         min_rows: fewer band rows than this (the crop shows no shoulders) gives all zeros.
         max_shift: an answer further than this fraction of the image height is rejected (the
             previous frame's is kept): an arm or a hand entering the band is not the body moving.
+        max_failed: when the alignment fails on more than this share of the frames, the band's
+            silhouette does not pin the body down (e.g. the shoulders run out of the frame) and
+            the few answers that came back are not trusted either: all zeros.
 
     A frame whose body moved by ``d`` shows at ``x + d`` what the reference shows at ``x``.
     Frames where the alignment fails keep the previous frame's answer. Zeros throughout when the
@@ -93,6 +97,9 @@ def body_shifts(
             else:
                 failed += 1
         out[i] = d
+    if failed > max_failed * n:
+        log.warning("body motion: the alignment failed on %d of %d frames; the body is taken as still", failed, n)
+        return np.zeros((n, 2), np.float64)
     if failed:
         log.info("body motion: alignment kept the previous frame's answer on %d of %d frames", failed, n)
     return out
