@@ -110,6 +110,22 @@ def test_solver_recovers_exact_landmarks(anny_head, lmodel) -> None:
     assert (res.jaw == 0).all() and (res.neck == 0).all()
 
 
+def test_frames_solved_a_chunk_at_a_time_give_the_same_fit(anny_head, lmodel, monkeypatch) -> None:
+    """The per-frame terms of a long clip are evaluated in chunks (bounded memory); with the
+    temporal terms coupling the frames, the solve is the same whatever the chunk size."""
+    from avatar.fitting import solver
+
+    n, size, focal = 12, 512, 900.0
+    det = _project(anny_head, _clip(anny_head, n, seed=1), focal, size)
+    det[..., :2] += np.random.default_rng(0).normal(0, 0.8, det[..., :2].shape)  # a detector's noise
+    fits = []
+    for chunk in (5, 1000):
+        monkeypatch.setattr(solver, "FRAME_CHUNK", chunk)
+        fits.append(fit_landmarks(anny_head, det, (size, size), focal=focal, landmark_model=lmodel))
+    for key in ("expression", "eyes", "global_orient", "transl"):
+        np.testing.assert_allclose(getattr(fits[0], key), getattr(fits[1], key), atol=1e-6, err_msg=key)
+
+
 def test_a_nod_is_pose_not_expression(anny_head, lmodel) -> None:
     """A neutral face nodding and turning: the motion goes to global_orient; expression stays ~0."""
     n, size, focal = 12, 512, 900.0

@@ -269,6 +269,16 @@ class Problem:
         other._set_detections(landmarks, frame_index)
         return other
 
+    def rows(self, frames: slice) -> "Problem":
+        """This problem restricted to the consecutive frames ``frames`` (a view: the per-frame
+        terms of a long clip evaluated a chunk at a time, in bounded memory)."""
+        start, stop, _ = frames.indices(self.num_frames)
+        other = copy.copy(self)
+        other.det, other.iod, other.frame_w, other.z_mp = (x[start:stop] for x in (self.det, self.iod, self.frame_w, self.z_mp))
+        other.gap_w = self.gap_w[start : max(start, stop - 1)]
+        other.num_frames = stop - start
+        return other
+
     def data(self, planes: Tensor, focal: Tensor, frames: Tensor | slice) -> Tensor:
         """Per-frame weighted robust 2D term (+ depth cue), ``[n]``, of the frames ``frames``."""
         u, v, depth = project_planes(planes, focal, self.cx, self.cy)

@@ -168,6 +168,9 @@ class _Identity:
 
 
 #: Stage 3's damping: lambda from 1e-3, /3 (at least 1e-7) on an accepted step, x10 on a rejected one.
+# Frames whose per-frame terms, gradient and Hessian are evaluated together: the autograd graph
+# costs ~0.3 MB a frame, so a 5-minute clip solved at once would hold gigabytes.
+FRAME_CHUNK = 256
 _FRAMES_LM = LMOptions(damping=1e-3, decrease=3.0, increase=10.0, min_damping=1e-7, jitter=1e-10)
 
 
@@ -400,22 +403,34 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
     def mine(x: Tensor) -> Tensor:  # the rows that move
         return x if held is None else x[k:]
 
-    def per_frame(th: Tensor) -> Tensor:  # [n]: the data term and priors of each frame
-        f = FrameParams.unflat(rows(th), E, fit_jaw)
+    def chunks() -> list[slice]:  # the moving rows, a chunk at a time: bounded memory on long clips
+        return [slice(a, min(a + FRAME_CHUNK, n)) for a in range(0, n, FRAME_CHUNK)]
+
+    def frame_terms(th: Tensor, sl: slice) -> Tensor:  # [len(sl)]: the data term and priors of rows sl of th
+        f = FrameParams.unflat(th, E, fit_jaw)
         ex = P.expression(f.expression)
+        Pc = P.rows(slice(k + sl.start, k + sl.stop))
         planes = P.lm.planes(tables, ex, f.rot, f.transl(), eyes=eyes3(f.eyes), jaw=f.jaw)
-        return mine(P.data(planes, focal, slice(None)) + P.regularisers(ex, f.eyes, f.jaw))
+        return Pc.data(planes, focal, slice(None)) + P.regularisers(ex, f.eyes, f.jaw)
+
+    def per_frame(th: Tensor) -> Tensor:  # [n]
+        return torch.cat([frame_terms(th[sl], sl) for sl in chunks()])
 
     cache: dict = {"calls": 0}  # the landmark term's last Hessian, reused between renewals
 
     def model(x: Tensor, at_trial: Tensor) -> tuple[Tensor, Tensor]:
+        g = torch.empty_like(x)
+        for sl in chunks():  # the per-frame terms are independent: each chunk's graph is freed in turn
+            th = x[sl].clone().requires_grad_(True)
+            (g[sl],) = torch.autograd.grad(frame_terms(th, sl).sum(), th)
         th = x.clone().requires_grad_(True)
-        total = per_frame(th).sum() + P.temporal_terms(FrameParams.unflat(rows(th), E, fit_jaw), gaze) * (k + n)
-        (g,) = torch.autograd.grad(total, th)
+        (g_time,) = torch.autograd.grad(P.temporal_terms(FrameParams.unflat(rows(th), E, fit_jaw), gaze) * (k + n), th)
+        g += g_time
         with torch.no_grad():
             xs = rows(x)
             if cache["calls"] % hessian_every == 0:
-                cache["H"] = mine(data_hessian(P, tables, focal, xs))
+                cache["H"] = torch.cat([data_hessian(P.rows(slice(k + sl.start, k + sl.stop)), tables, focal, x[sl])
+                                        for sl in chunks()])  # fmt: skip
             cache["calls"] += 1
             return g, cache["H"] + mine(prior(xs))
 
