@@ -1,4 +1,4 @@
-"""`avatar render OUT`: render a trained avatar to a video - the tracked performance
+"""`avatar render OUT`: render a trained avatar to a video or one image - the tracked performance
 (self-reenactment), a frontal view, a novel-view orbit, or driven by another person's tracking."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from avatar.errors import AvatarError
 
 @dataclass
 class Render:
-    """Render OUT/avatar to a video."""
+    """Render OUT/avatar to a video (or its first frame to a .png / .jpg)."""
 
     out: Annotated[Path, tyro.conf.Positional]
     """Folder with the trained avatar (OUT or OUT/avatar)."""
@@ -27,8 +27,11 @@ class Render:
     """With --drive: transfer expressions relative to each person's rest face, the mean of the first
     this many seconds of each clip (avatar's rest + driver - driver's rest), so a driver's resting
     squint or frown is not copied; 0 copies the driver's expressions as they are."""
+    neutral: bool = False
+    """Rest expression and pose: expressions, jaw, neck and eyes at zero in every frame (the tracked
+    camera keeps the clip's head placement). `avatar view OUT` opens on `--camera frontal --neutral`."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("render.mp4")
-    """Video to write."""
+    """Video to write; a .png or .jpg writes the first frame as one image."""
     size: int | None = None
     """Image height in pixels (default: the training size for tracked, else 512)."""
     frames: int = 120
@@ -49,17 +52,26 @@ class Render:
 
         if self.calibrate < 0 or (self.calibrate > 0 and self.drive is None):
             raise AvatarError("--calibrate takes seconds >= 0 and is used with --drive")
+        if self.neutral and self.drive is not None:
+            raise AvatarError("--neutral shows the avatar's rest face; it cannot be driven (--drive) at the same time")
+        still = self.output.suffix.lower() in STILL_SUFFIXES
 
         from avatar.io.video import VideoWriter
         from avatar.representations import load_avatar
         from avatar.render.mesh import intrinsics, orbit_viewmat
         from avatar.representations.base import BODY
         from avatar.render.device import pick_device
+        from avatar.viewer.camera import FRONTAL_FOV_DEG, FRONTAL_PITCH_DEG, frontal_framing
 
         dev = pick_device(self.device)
         av = load_avatar(self.out, dev, model_path=self.model_path)
         cfg = av.config
-        params, fps = self._performance(av)
+        if self.neutral and self.camera != "tracked":  # no performance needed: one frame at rest
+            params, fps = {k: v.float().cpu() for k, v in av.head.zero_params(1).items() if k != "shape"}, None
+        else:
+            params, fps = self._performance(av)
+            if self.neutral:
+                params = {k: torch.zeros_like(v) if k in NON_RIGID else v for k, v in params.items()}
         fps = self.fps or fps or 25.0
         n = next(iter(params.values())).shape[0]
         W0, H0 = cfg.get("image_size", [512, 512])
@@ -74,11 +86,8 @@ class Render:
             H = W = self.size or 512
             with torch.no_grad():
                 v = av.vertices({})[0]
-            centre = (0.5 * (v.amax(0) + v.amin(0))).double().cpu().numpy()
-            height = float(v[:, 1].amax() - v[:, 1].amin())
-            fov = 20.0
-            dist = 0.75 * height / np.tan(np.radians(fov / 2))
-            K = torch.tensor(intrinsics(W, H, fov), dtype=torch.float32)
+            centre, dist = frontal_framing(v)
+            K = torch.tensor(intrinsics(W, H, FRONTAL_FOV_DEG), dtype=torch.float32)
             # No global pose: the head at rest at the origin (body-fixed hair placed as at the clip's
             # mean pose), the camera moves instead.
             params = {k: v for k, v in params.items() if k not in ("global_orient", "transl", BODY)}
@@ -87,15 +96,25 @@ class Render:
                 print(f"orbit: {what}")
                 rows = np.arange(len(yaws)) % n
                 params = {k: v[torch.as_tensor(rows)] for k, v in params.items()}
-                cams = [(torch.tensor(orbit_viewmat(centre, dist, yaw, 5.0), dtype=torch.float32), K) for yaw in yaws]
+                cams = [(torch.tensor(orbit_viewmat(centre, dist, yaw, FRONTAL_PITCH_DEG), dtype=torch.float32), K) for yaw in yaws]
             else:
-                cams = [(torch.tensor(orbit_viewmat(centre, dist, 0.0, 5.0), dtype=torch.float32), K)] * n
+                cams = [(torch.tensor(orbit_viewmat(centre, dist, 0.0, FRONTAL_PITCH_DEG), dtype=torch.float32), K)] * n
         bg = tuple(cfg.get("background", (1.0, 1.0, 1.0)))
+
+        def frame(i: int) -> np.ndarray:
+            vm, k = cams[i]
+            rgb, _ = av.render({key: val[i : i + 1].to(dev) for key, val in params.items()}, vm.to(dev), k.to(dev), W, H, bg)
+            return rgb[0].clamp(0, 1).cpu().numpy()
+
+        if still:
+            from avatar.io import write_image
+
+            write_image(self.output, frame(0))
+            print(f"wrote {self.output} ({W}x{H}, the first of {len(cams)} frames)")
+            return
         with VideoWriter(self.output, fps=fps) as writer:
             for i in tqdm(range(len(cams)), desc="render", dynamic_ncols=True):
-                vm, k = cams[i]
-                rgb, _ = av.render({key: val[i : i + 1].to(dev) for key, val in params.items()}, vm.to(dev), k.to(dev), W, H, bg)
-                writer.write(rgb[0].clamp(0, 1).cpu().numpy())
+                writer.write(frame(i))
         print(f"wrote {self.output} ({len(cams)} frames, {W}x{H})")
 
     def _performance(self, av):
@@ -131,6 +150,8 @@ class Render:
         return p, tr.fps
 
 
+STILL_SUFFIXES = (".png", ".jpg", ".jpeg")
+NON_RIGID = ("expression", "jaw", "neck", "eyes")  # what --neutral sets to zero
 ORBIT_MARGIN_DEG = 15.0  # past the angles seen: a little more of the sides, none of the unseen back
 
 

@@ -12,9 +12,12 @@ import tyro
 
 @dataclass
 class View:
-    """Open the avatar in a browser: Gaussian splats when OUT/avatar exists, else the shaded head
-    mesh; 52 ARKit sliders, jaw/neck/eye pose, playback of OUT/tracking.npz (and of other people's
-    tracking files given with --reenact), screenshots and recordings. Without OUT: the default head."""
+    """Open the avatar in a browser: OUT/avatar rendered on this machine by the renderer of `avatar
+    render` (each browser tab's camera; a lower resolution while the view moves, full when it
+    stops), else the shaded head mesh; 52 ARKit sliders, jaw/neck/eye pose, playback of
+    OUT/tracking.npz (and of other people's tracking files given with --reenact), screenshots and
+    recordings. It opens on the view of `avatar render OUT --camera frontal --neutral`. Without OUT:
+    the default head."""
 
     out: tyro.conf.Positional[Path | None] = None
     """Output folder of `avatar reconstruct` / `avatar track` (optional)."""
@@ -29,6 +32,13 @@ class View:
     """Address to serve on. Anything but a loopback address exposes the viewer to your network."""
     port: int = 8080
     """Port (the next free one is used if it is taken)."""
+    client_splats: bool = False
+    """Let the browser draw the Gaussians instead (smoother over a slow network, no image
+    stream): colour and back-face culling are baked for a tab's view when it stops moving, but the
+    browser's own splat blending (sorting, dilation, opacity rules) is not ours, so the image is
+    close to, not equal to, `avatar render`'s."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the server renders (auto = CUDA when a GPU rasterizer works)."""
     save_dir: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
     """Where screenshots/ and recordings/ go (default: OUT, else the current folder)."""
 
@@ -41,9 +51,10 @@ class View:
                   file=sys.stderr)  # fmt: skip
         viewer = open_viewer(
             self.out, model=self.model, model_path=self.model_path, reenact=self.reenact, host=self.host,
-            port=self.port, save_dir=self.save_dir,
+            port=self.port, save_dir=self.save_dir, client_splats=self.client_splats, device=self.device,
         )  # fmt: skip
-        print(f"avatar view: open {viewer.url} in a browser (Ctrl+C to stop)")
+        how = "rendered on this machine" if viewer.renders_on_server else "drawn by the browser"
+        print(f"avatar view: open {viewer.url} in a browser (Ctrl+C to stop); the avatar is {how}")
         try:
             while True:
                 time.sleep(1.0)

@@ -133,7 +133,7 @@ def test_splat_viewer_sends_only_changed_chunks(anny_head):
     pytest.importorskip("viser")
     from avatar.viewer import open_viewer
 
-    with open_viewer(head=anny_head, port=_port(), synthetic_gaussians=8000, chunk_size=500) as viewer:
+    with open_viewer(head=anny_head, port=_port(), synthetic_gaussians=8000, chunk_size=500, client_splats=True) as viewer:
         total = viewer.drawable.splats.num_chunks
         idle = viewer.update_now()
         assert idle.bytes_sent == 0  # nothing changed: nothing sent
@@ -191,7 +191,7 @@ def test_head_pose_moves_the_parent_frame_not_the_splats(anny_head):
     from avatar.representations.geometry import quat_to_matrix
     from avatar.viewer import open_viewer
 
-    with open_viewer(head=anny_head, port=_port(), synthetic_gaussians=4000, chunk_size=500) as viewer:
+    with open_viewer(head=anny_head, port=_port(), synthetic_gaussians=4000, chunk_size=500, client_splats=True) as viewer:
         viewer.update_now()
         turn = torch.tensor([[0.1, 0.5, -0.2]])
         viewer.set_params(global_orient=turn, transl=torch.tensor([[0.0, 0.1, -0.6]]))

@@ -24,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install -y chromium)")
 
 SHOTS = Path(os.environ.get("AVATAR_TEST_SHOTS", tempfile.gettempdir())) / "avatar-viewer-shots"
-WIDTH, HEIGHT = 900, 700
+WIDTH, HEIGHT = 1300, 640  # wide: the GUI panel (right) and the notices (left) leave the head alone
 
 
 def _free_port() -> int:
@@ -36,7 +36,8 @@ def _free_port() -> int:
 class Browser:
     """Headless chromium with one page, controlled through the DevTools protocol."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = WIDTH, height: int = HEIGHT) -> None:
+        self.width, self.height = width, height
         self.profile = tempfile.mkdtemp(prefix="avatar-chromium-")
         port = _free_port()
         self.proc = subprocess.Popen(
@@ -44,7 +45,7 @@ class Browser:
                 CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--use-angle=swiftshader",
                 "--enable-unsafe-swiftshader", f"--user-data-dir={self.profile}", f"--remote-debugging-port={port}",
-                f"--window-size={WIDTH},{HEIGHT}", "about:blank",
+                f"--window-size={width},{height}", "about:blank",
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -85,7 +86,7 @@ class Browser:
                 return reply.get("result", {})
 
     def _viewport(self) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
+        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1, mobile=False)
 
     def open(self, url: str) -> None:
         self._viewport()
@@ -132,10 +133,11 @@ def _foreground(image: np.ndarray) -> np.ndarray:
 
 
 def _head_box(image: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (top, bottom, left, right) of the foreground in the viewport's left 2/3 (the
-    GUI panel floats on the right)."""
+    """Bounding box (top, bottom, left, right) of the foreground between the viewport's left quarter
+    (viser's notices and axes) and its right quarter (the GUI panel)."""
     fg = _foreground(image)
-    fg[:, int(0.68 * fg.shape[1]):] = False
+    fg[:, int(0.72 * fg.shape[1]):] = False
+    fg[:, :int(0.25 * fg.shape[1])] = False
     rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
     assert rows.size and cols.size, "nothing drawn"
     return rows[0], rows[-1], cols[0], cols[-1]
@@ -147,7 +149,7 @@ def _wait_for_head(browser: Browser, timeout: float = 120.0) -> np.ndarray:
     while True:
         image = browser.screenshot()
         h, w = image.shape[:2]
-        centre = _foreground(image)[int(0.35 * h):int(0.65 * h), int(0.35 * w):int(0.55 * w)]
+        centre = _foreground(image)[int(0.35 * h):int(0.65 * h), int(0.42 * w):int(0.58 * w)]
         if centre.mean() > 0.6:  # splats leave a few see-through specks
             return image
         if time.monotonic() > end:
@@ -217,10 +219,77 @@ def test_mesh_view_in_browser(anny_head, browser, tmp_path):
         assert path.is_file() and path.is_relative_to(tmp_path)
 
 
-def test_splat_view_in_browser(anny_head, browser, tmp_path):
+def test_client_splat_view_in_browser(anny_head, browser, tmp_path):
     from avatar.viewer import open_viewer
 
-    with open_viewer(head=anny_head, port=_free_port(), synthetic_gaussians=20_000, chunk_size=1024, save_dir=tmp_path) as viewer:
+    with open_viewer(head=anny_head, port=_free_port(), synthetic_gaussians=20_000, chunk_size=1024, save_dir=tmp_path,
+                     client_splats=True) as viewer:  # fmt: skip
         assert viewer.drawable.num_gaussians == 20_000
         browser.open(viewer.url)
         _check_jaw(browser, viewer, "splats")
+
+
+@pytest.fixture(scope="module")
+def avatar_out(anny_head, tmp_path_factory) -> Path:
+    """OUT with a made-up Gaussian avatar (shaded, view-dependent colour, back-face culling) and no
+    tracking: what `avatar render` and `avatar view` both read."""
+    import torch
+
+    from avatar.representations import save_avatar
+    from avatar.viewer.synthetic import shaded_representation
+
+    out = tmp_path_factory.mktemp("served")
+    rep = shaded_representation(anny_head, per_face=1, per_face_face=2, sh_degree=1, seed=0)
+    save_avatar(out / "avatar", rep, model="anny", shape=torch.zeros(anny_head.num_shape))
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64))[mask] ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    out = mask.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            out |= np.roll(np.roll(mask, dy, 0), dx, 1)
+    return out
+
+
+def test_served_view_matches_avatar_render(avatar_out, tmp_path):
+    """The default viewer (rendered on the server) opens on exactly the image of `avatar render
+    OUT --camera frontal --neutral`: PSNR over the head, after the browser's JPEG. A jawOpen slider
+    change then shows at the mouth."""
+    from avatar.viewer import open_viewer
+    from avatar_apps.cli import main
+
+    width, height = WIDTH, HEIGHT
+    still = tmp_path / "still.png"
+    assert main(["render", str(avatar_out), "--camera", "frontal", "--neutral", "--size", str(height), "-o", str(still)]) == 0
+    from PIL import Image
+
+    want = np.asarray(Image.open(still).convert("RGB"))
+    assert want.shape == (height, height, 3)
+    browser = Browser(width, height)
+    try:
+        with open_viewer(avatar_out, port=_free_port(), save_dir=tmp_path) as viewer:
+            assert viewer.renders_on_server
+            browser.open(viewer.url)
+            _wait_for_head(browser)
+            stream = viewer.drawable.stream
+            shown = stream.wait_shown(stream.version, final=True, timeout=60)
+            assert shown is not None and (shown.width, shown.height) == (width, height)
+            page = _settled_screenshot(browser)
+            _save(page, "served-start.png")
+            left = (width - height) // 2
+            got = page[:, left:left + height]
+            head = _dilate((want < 250).any(-1), 3)
+            psnr = _psnr(got, want, head)
+            print(f"viewer vs avatar render: {psnr:.2f} dB over the head")
+            assert psnr >= 35.0, f"viewer vs avatar render: {psnr:.1f} dB over the head (shots in {SHOTS})"
+            # screenshots of a served view are the server's own render: the file itself
+            np.testing.assert_array_equal(viewer.grab(height=height, width=height), want)
+            _check_jaw(browser, viewer, "served")
+    finally:
+        browser.close()

@@ -1,10 +1,12 @@
-"""The browser viewer: a viser server showing a head (mesh or splats) with expression and pose
-controls, playback of tracked performances, screenshots and recordings.
+"""The browser viewer: a viser server showing a head (an avatar rendered on the server, splats or
+a mesh drawn by the browser) with expression and pose controls, playback of tracked performances,
+screenshots and recordings.
 
 Threading: GUI callbacks only write the wanted parameters and wake one update worker; the worker
-evaluates the head model and sends the changed geometry, always for the newest parameters (slider
-drags that arrive faster than updates are coalesced, never queued). :meth:`AvatarViewer.update_now`
-does the same work synchronously (benchmarks, tests).
+evaluates the head model and poses what is drawn, always for the newest parameters (slider drags
+that arrive faster than updates are coalesced, never queued). :meth:`AvatarViewer.update_now` does
+the same work synchronously (benchmarks, tests). When the server renders, a second worker
+(:class:`avatar.viewer.stream.ViewStreamer`) draws each tab's camera for the newest pose.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from avatar.errors import AvatarError
+from avatar.viewer.camera import FRONTAL_FOV_DEG, FRONTAL_PITCH_DEG, frontal_framing
 from avatar.viewer.motion import Motion, load_motion
 from avatar.viewer.paths import OutFolder
 from avatar.viewer.scene import MeshScene, SceneUpdate
@@ -78,8 +81,9 @@ class AvatarViewer:
 
     Args:
         head: a head model (``avatar.models``).
-        splats: a :class:`avatar.viewer.scene.SplatScene` factory ``scene -> SplatScene``, or
-            ``None`` to draw the shaded mesh.
+        draw: what to draw, a factory ``(server, rest_vertices [V, 3]) -> drawable`` (a
+            :mod:`avatar.viewer.scene` class: ``RenderedSplats``, ``RepresentationSplats``,
+            ``SplatScene``), or ``None`` for the shaded mesh drawn by the browser.
         shape: ``[S]`` identity to show (default: the model's neutral identity).
         out: the output folder (for paths typed in the GUI and for captures), or ``None``.
         motions: performances offered for playback, by label (first one selected).
@@ -91,7 +95,7 @@ class AvatarViewer:
         self,
         head,
         *,
-        splats=None,
+        draw=None,
         shape: Tensor | None = None,
         out: OutFolder | None = None,
         motions: dict[str, Motion] | None = None,
@@ -118,6 +122,7 @@ class AvatarViewer:
         self.timings: collections.deque[UpdateTiming] = collections.deque(maxlen=500)
         self._recording: threading.Thread | None = None
         self._record_stop = threading.Event()
+        self._baker = None
 
         self.server = viser.ViserServer(host=host, port=port, verbose=verbose)
         try:
@@ -130,7 +135,11 @@ class AvatarViewer:
             # vertex/Gaussian: a tracked head turning sends one transform, not the whole avatar.
             self._root = self.server.scene.add_frame("/avatar", show_axes=False)
             self._root_pose: tuple | None = None
-            self.drawable = splats(self.server.scene, rest) if splats is not None else MeshScene(self.server.scene, head)
+            self.drawable = draw(self.server, rest) if draw is not None else MeshScene(self.server.scene, head)
+            if hasattr(self.drawable, "bake_view"):  # browser splats: colour and cull for a still view
+                from avatar.viewer.stream import ViewBaker
+
+                self._baker = ViewBaker(self.server, self._bake)
             self._build_gui()
             self.update_now()
             self._worker = threading.Thread(target=self._update_loop, name="avatar-viewer-update", daemon=True)
@@ -151,16 +160,25 @@ class AvatarViewer:
         host = self.server.get_host()
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
 
+    @property
+    def renders_on_server(self) -> bool:
+        """True when the server renders each tab's view (the default for an avatar)."""
+        return bool(getattr(self.drawable, "renders_on_server", False))
+
     def close(self) -> None:
         self._closed = True
         self._record_stop.set()
         with self._wake:
             self._wake.notify_all()
-        # The update and playback threads may be sending (a status line right after an update):
-        # let them finish before the server goes, or viser warns of messages on a closed connection.
+        # The update, playback and render threads may be sending (a status line right after an
+        # update): let them finish before the server goes, or viser warns of messages on a closed
+        # connection.
         for thread in (self._recording, getattr(self, "_worker", None), getattr(self, "_player", None)):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=10)
+        for worker in (getattr(getattr(self, "drawable", None), "stream", None), self._baker):
+            if worker is not None:
+                worker.close()
         self.server.stop()
 
     def __enter__(self) -> "AvatarViewer":
@@ -170,17 +188,16 @@ class AvatarViewer:
         self.close()
 
     def _frame_camera(self, rest: Tensor) -> None:
-        v = rest.detach().cpu().numpy()
-        lo, hi = v.min(0), v.max(0)
-        centre = 0.5 * (lo + hi)
-        extent = float(np.linalg.norm(hi - lo))
+        """Open on the view of ``avatar render --camera frontal`` (:mod:`avatar.viewer.camera`)."""
+        centre, distance = frontal_framing(rest)
+        pitch = np.radians(FRONTAL_PITCH_DEG)
         cam = self.server.initial_camera
         cam.look_at = tuple(float(x) for x in centre)
-        cam.position = (float(centre[0]), float(centre[1]), float(centre[2] + 1.6 * extent))
+        cam.position = tuple(float(x) for x in centre + distance * np.array([0.0, np.sin(pitch), np.cos(pitch)]))
         cam.up = (0.0, 1.0, 0.0)
-        cam.fov = np.radians(40.0)
+        cam.fov = np.radians(FRONTAL_FOV_DEG)
         cam.near, cam.far = 0.01, 100.0
-        self.scene_centre, self.scene_extent = centre, extent
+        self.scene_centre, self.scene_distance = centre, distance
 
     # --- parameters and updates ------------------------------------------------------------
     def params(self) -> dict[str, Tensor]:
@@ -221,7 +238,7 @@ class AvatarViewer:
             with torch.no_grad():
                 vertices = self.head(shape=self._shape, **params).vertices[0]
             t1 = time.perf_counter()
-            sent: SceneUpdate = self.drawable.update(vertices, expression=params.get("expression"))
+            sent: SceneUpdate = self.drawable.update(vertices, expression=params.get("expression"), root=_rigid(*rigid))
             self._place_root(*rigid)
             timing = UpdateTiming(time.perf_counter() - t0, t1 - t0, sent.bytes_sent, sent.messages)
             self.timings.append(timing)
@@ -240,6 +257,12 @@ class AvatarViewer:
         self._root.wxyz = tuple(float(x) for x in wxyz)
         self._root.position = pose[1]
         self._root_pose = pose
+
+    def _bake(self, camera) -> None:
+        """Browser splats: colour and cull for ``camera`` (a tab's, held still)."""
+        with self._update_lock:
+            sent = self.drawable.bake_view(camera.viewmat)
+        self.timings.append(UpdateTiming(0.0, 0.0, sent.bytes_sent, sent.messages))
 
     def _update_loop(self) -> None:
         last_status = 0.0
@@ -260,10 +283,21 @@ class AvatarViewer:
             now = time.monotonic()
             if now - last_status > 0.5 and hasattr(self, "_status"):
                 last_status = now
-                recent = list(self.timings)[-50:]
-                ms = 1e3 * np.mean([t.seconds for t in recent])
-                kb = np.mean([t.bytes_sent for t in recent]) / 1e3
-                self._status.content = f"update {ms:.1f} ms · {kb:.0f} KB sent (mean of last {len(recent)})"
+                self._status.content = self._status_line()
+
+    def _status_line(self) -> str:
+        recent = list(self.timings)[-50:]
+        ms = 1e3 * np.mean([t.seconds for t in recent])
+        if not self.renders_on_server:
+            kb = np.mean([t.bytes_sent for t in recent]) / 1e3
+            return f"update {ms:.1f} ms · {kb:.0f} KB sent (mean of last {len(recent)})"
+        shown = list(self.drawable.stream.shown)[-20:]
+        if not shown:
+            return f"update {ms:.1f} ms · rendered on the server"
+        last = shown[-1]
+        draw = 1e3 * np.mean([s.seconds for s in shown])
+        return (f"update {ms:.1f} ms · image {draw:.0f} ms, last {last.width}x{last.height}"
+                f"{'' if last.final else ' (moving)'} · rendered on the server")
 
     # --- GUI -------------------------------------------------------------------------------
     def _build_gui(self) -> None:
@@ -403,10 +437,13 @@ class AvatarViewer:
         return client
 
     def grab(self, client=None, height: int | None = None, width: int | None = None) -> np.ndarray:
-        """The browser's current view, rendered by the client: ``[H, W, 3]`` uint8."""
+        """The browser's current view: ``[H, W, 3]`` uint8, rendered by the server at full quality
+        when it renders the views, else by the browser."""
         client = self._capture_client() if client is None else client
         h = height or int(client.camera.image_height) or 720
         w = width or int(client.camera.image_width) or 720
+        if self.renders_on_server:
+            return self.drawable.render_client(client.client_id, w, h)
         image = client.get_render(height=h, width=w, transport_format="png", timeout=30)
         rgb = image[..., :3].astype(np.float32)
         if image.shape[-1] == 4:  # PNG: transparent background -> white (the viewer's background)
@@ -456,6 +493,16 @@ class AvatarViewer:
             self._message.content = f"wrote {path} ({writer.frames_written} frames)"
         except Exception as e:
             self._message.content = f"**recording failed: {e}**"
+
+
+def _rigid(global_orient: Tensor, transl: Tensor) -> np.ndarray:
+    """``[4, 4]`` head -> world of the head model's rigid pose (rotation about the model origin)."""
+    from avatar.models.rotations import axis_angle_to_matrix
+
+    T = np.eye(4)
+    T[:3, :3] = axis_angle_to_matrix(global_orient.reshape(1, 3).double())[0].numpy()
+    T[:3, 3] = transl.reshape(3).double().numpy()
+    return T
 
 
 def _unique(path: Path) -> Path:

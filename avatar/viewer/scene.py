@@ -1,6 +1,8 @@
-"""What the viewer draws for a posed head: a shaded mesh, or Gaussian splats. Both take the posed
-vertices ``[V, 3]`` and send only what changed (viser skips a mesh whose vertices are equal; the
-splats re-send changed chunks only, see :mod:`avatar.viewer.splats`)."""
+"""What the viewer draws for a posed head: a shaded mesh or Gaussian splats drawn by the browser,
+or Gaussians rendered on the server (:class:`RenderedSplats`, the default for an avatar). Each
+takes the posed vertices ``[V, 3]`` (head at rest: the rigid pose is ``root``) and sends only what
+changed (viser skips a mesh whose vertices are equal; browser splats re-send changed chunks only,
+see :mod:`avatar.viewer.splats`; the server renders a new image only for a new frame or camera)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,18 +12,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar.viewer.camera import ViewCamera
 from avatar.viewer.splats import ChunkedSplats
+from avatar.viewer.stream import StreamSettings, ViewStreamer
 
-__all__ = ["SceneUpdate", "MeshScene", "SplatScene", "Deform", "splat_scene_from_representation"]
+__all__ = ["SceneUpdate", "MeshScene", "SplatScene", "RepresentationSplats", "RenderedSplats", "Deform",
+           "splat_scene_from_representation", "view_appearance"]  # fmt: skip
 
 SKIN_RGB = (205, 160, 135)
+_SH_C0 = 0.28209479177387814
 EYE_RGB = (238, 238, 230)
 
 # vertices [V, 3] -> means [N, 3], quats [N, 4] (wxyz), scales [N, 3]
 Deform = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
-# (posed vertices [V, 3], expression [1, E]) -> (means, quats, scales, rgb [N, 3]): for Gaussians whose
-# shape and colour depend on the expression beyond the mesh (expression blendshapes).
-ExpressionDeform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,9 @@ class MeshScene:
         self.scene = scene
         self._handles: list = []
 
-    def update(self, vertices: Tensor, expression: Tensor | None = None) -> SceneUpdate:
-        # ``expression`` is unused: the mesh shows it through its vertices.
+    def update(self, vertices: Tensor, expression: Tensor | None = None, root: np.ndarray | None = None) -> SceneUpdate:
+        # ``expression`` is unused: the mesh shows it through its vertices; ``root``: the viewer's
+        # parent frame carries the rigid pose.
         v = vertices.detach().cpu().numpy().astype(np.float32)
         sent = messages = 0
         for k, (ids, faces, color, node) in enumerate(self._parts):
@@ -81,7 +85,9 @@ class MeshScene:
 
 
 class SplatScene:
-    """Gaussians moved with the mesh by ``deform`` and shown as viser splats.
+    """Gaussians moved with the mesh by ``deform`` and shown as viser splats (fixed colours: the
+    made-up Gaussians of :mod:`avatar.viewer.synthetic`; a trained representation is a
+    :class:`RepresentationSplats`).
 
     Args:
         scene: ``server.scene``.
@@ -92,16 +98,12 @@ class SplatScene:
         parent_face, faces: ``[N]`` triangle of each Gaussian and the ``[F, 3]`` triangles, when
             ``deform(vertices, index)`` can evaluate a subset: an update then evaluates only the
             Gaussians on triangles whose vertices moved since the last update.
-        expression_deform: used instead of ``deform`` when an update gives the expression; it
-            returns colours too, and every Gaussian is evaluated.
     """
 
     def __init__(self, scene, deform: Deform, rest_vertices: Tensor, rgb, opacities, chunk_size: int = 2048,
                  name: str = "/avatar/splats", parent_face: Tensor | None = None,
-                 faces: Tensor | None = None, expression_deform: ExpressionDeform | None = None) -> None:  # fmt: skip
+                 faces: Tensor | None = None) -> None:  # fmt: skip
         self.deform = deform
-        self.expression_deform = expression_deform
-        self._last_expression: Tensor | None = None
         rest_means = deform(rest_vertices)[0]
         self.splats = ChunkedSplats(scene, name, rest_means, rgb, opacities, chunk_size=chunk_size)
         self.parent_face, self.faces = parent_face, faces
@@ -123,20 +125,10 @@ class SplatScene:
             return None
         return torch.nonzero(moved).squeeze(1)
 
-    def update(self, vertices: Tensor, expression: Tensor | None = None) -> SceneUpdate:
-        """Move the Gaussians to ``vertices [V, 3]``; with ``expression [1, E]`` and an
-        ``expression_deform``, also change their shape and colour with the expression."""
+    def update(self, vertices: Tensor, expression: Tensor | None = None, root: np.ndarray | None = None) -> SceneUpdate:
+        """Move the Gaussians to ``vertices [V, 3]``. ``expression`` and ``root`` are unused (the
+        mesh carries the expression; the viewer's parent frame the rigid pose)."""
         vertices = vertices.detach()
-        if self.expression_deform is not None and expression is not None:
-            expression = expression.detach().reshape(1, -1)
-            if (self._last is not None and self._last_expression is not None and torch.equal(vertices, self._last)
-                    and torch.equal(expression, self._last_expression)):  # fmt: skip
-                return SceneUpdate(0, 0)
-            means, quats, scales, rgb = self.expression_deform(vertices, expression)
-            info = self.splats.update(means, quats, scales, rgb=rgb)
-            self.last_evaluated = self.num_gaussians
-            self._last, self._last_expression = vertices.clone(), expression.clone()
-            return SceneUpdate(info.bytes_sent, info.chunks_sent)
         index = self._moved(vertices)
         if index is None:
             means, quats, scales = self.deform(vertices)
@@ -155,34 +147,155 @@ class SplatScene:
         self.splats.remove()
 
 
-_SH_C0 = 0.28209479177387814
+def view_appearance(splats, viewmat: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+    """Colour ``[N, 3]`` in [0, 1] and opacity ``[N]`` of frame 0 of ``splats``
+    (:class:`avatar.representations.Splats`) as our renderer draws them for the camera
+    ``viewmat [4, 4]`` (world -> camera): SH evaluated along the camera's rays
+    (``max(SH + 0.5, 0)``) and surface Gaussians facing away faded
+    (:func:`~avatar.representations.base.facing_factor`). Without ``viewmat``: the view-independent
+    colour (SH degree 0) and every Gaussian shown. What stays per pixel (the 0.3 px dilation, the
+    order of blending) is the browser's."""
+    from avatar.render._sh import spherical_harmonics
+    from avatar.representations.base import facing_factor
+
+    colors, means, opacities = splats.frame_colors(0), splats.means[0], splats.opacities
+    if splats.sh_degree is None:
+        rgb = colors
+    elif viewmat is None:
+        rgb = 0.5 + _SH_C0 * colors[:, 0]
+    else:
+        vm = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
+        campos = torch.linalg.inv(vm)[:3, 3]
+        rgb = torch.clamp_min(spherical_harmonics(splats.sh_degree, means - campos, colors) + 0.5, 0.0)
+    if viewmat is not None and splats.normals is not None:
+        vm = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
+        opacities = opacities * facing_factor(means, splats.normals[0], vm)
+    return rgb.clamp(0, 1), opacities
 
 
-def splat_scene_from_representation(scene, representation, rest_vertices: Tensor, chunk_size: int = 2048) -> SplatScene:
-    """A :class:`SplatScene` for a trained representation (``avatar.representations``): its
-    ``forward(vertices [1, V, 3]) -> Splats``; colours from the degree-0 SH (view-independent).
-    A representation with expression blendshapes (``expr_rank`` > 0) also gets the expression."""
+class RepresentationSplats:
+    """A trained representation drawn by the browser as splats (``avatar view --client-splats``):
+    geometry from the representation's forward pass, colour and opacity by
+    :func:`view_appearance` for the last view given to :meth:`bake_view` (a tab's camera once it
+    holds still), or view-independent before any. The browser blends them itself, so this is close
+    to, not equal to, what ``avatar render`` draws.
 
-    def rgb_of(s) -> np.ndarray:
-        colors = s.frame_colors(0)  # [N, 3] or [N, K, 3]
-        rgb = (0.5 + _SH_C0 * colors[:, 0]) if colors.dim() == 3 else colors
-        return rgb.clamp(0, 1).cpu().numpy()
+    Args:
+        scene: ``server.scene``.
+        representation: ``forward(vertices [1, V, 3], expression=...) -> Splats``.
+        rest_vertices: ``[V, 3]`` the neutral mesh (lays out the chunks).
+        chunk_size: Gaussians per re-sendable chunk.
+    """
 
-    with torch.no_grad():
-        s = representation(rest_vertices[None], sh_degree=0)
-        rgb = rgb_of(s)
-        opacities = s.opacities.detach().cpu().numpy()
-
-    def deform(vertices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __init__(self, scene, representation, rest_vertices: Tensor, chunk_size: int = 2048, name: str = "/avatar/splats") -> None:
+        self.representation = representation
         with torch.no_grad():
-            out = representation(vertices[None], sh_degree=0)
-        return out.means[0], out.quats[0], out.scales[0]
+            rest = representation(rest_vertices[None])
+        rgb, opacities = view_appearance(rest)
+        self.splats = ChunkedSplats(scene, name, rest.means[0], rgb.cpu(), opacities.detach().cpu(), chunk_size=chunk_size)
+        self._current = None  # the Splats last drawn
+        self._last: tuple[Tensor, Tensor | None] | None = None
+        self._view: np.ndarray | None = None  # world -> camera of the baked view
+        self._root = np.eye(4)
+        self.last_evaluated = 0
 
-    def expression_deform(vertices: Tensor, expression: Tensor) -> tuple[Tensor, Tensor, Tensor, np.ndarray]:
+    @property
+    def num_gaussians(self) -> int:
+        return self.splats.num_gaussians
+
+    def update(self, vertices: Tensor, expression: Tensor | None = None, root: np.ndarray | None = None) -> SceneUpdate:
+        """Pose the Gaussians (``vertices [V, 3]``, ``expression [1, E]``); ``root [4, 4]`` is the
+        rigid pose the viewer's parent frame applies (used to bake the view in the head's frame)."""
+        vertices = vertices.detach()
+        expression = None if expression is None else expression.detach().reshape(1, -1)
+        self._root = np.eye(4) if root is None else np.asarray(root, np.float64)
+        if self._last is not None and torch.equal(vertices, self._last[0]) and (
+                expression is None if self._last[1] is None else expression is not None and torch.equal(expression, self._last[1])):  # fmt: skip
+            return self._send() if self._view is not None else SceneUpdate(0, 0)
         with torch.no_grad():
-            out = representation(vertices[None], sh_degree=0, expression=expression)
-        return out.means[0], out.quats[0], out.scales[0], rgb_of(out)
+            self._current = self.representation(vertices[None], expression=expression)
+        self._last = (vertices.clone(), None if expression is None else expression.clone())
+        self.last_evaluated = self.num_gaussians
+        return self._send()
 
-    expressive = bool(getattr(representation, "expr_rank", 0))
-    return SplatScene(scene, deform, rest_vertices, rgb, opacities, chunk_size=chunk_size,
-                      expression_deform=expression_deform if expressive else None)  # fmt: skip
+    def bake_view(self, viewmat: np.ndarray | None) -> SceneUpdate:
+        """Colour and cull for the world -> camera ``viewmat [4, 4]`` from now on (``None``: none)."""
+        self._view = None if viewmat is None else np.asarray(viewmat, np.float64)
+        return self._send() if self._current is not None else SceneUpdate(0, 0)
+
+    def _send(self) -> SceneUpdate:
+        s = self._current
+        view = None if self._view is None else self._view @ self._root
+        rgb, opacities = view_appearance(s, view)
+        info = self.splats.update(s.means[0], s.quats[0], s.scales[0], rgb=rgb.cpu(), opacities=opacities.detach().cpu())
+        return SceneUpdate(info.bytes_sent, info.chunks_sent)
+
+    def remove(self) -> None:
+        self.splats.remove()
+
+
+class RenderedSplats:
+    """Gaussians rendered on the server for every browser tab (the viewer's default for an avatar):
+    ``splats_of(vertices [V, 3], expression [1, E] | None) -> Splats`` (one frame) poses them, and
+    :func:`avatar.representations.render_splats`, the function ``avatar render`` draws with,
+    renders each tab's camera on ``device``; :class:`~avatar.viewer.stream.ViewStreamer` sends the
+    images. The rigid pose (``root``) moves the camera instead of the Gaussians, as the viewer's
+    parent frame moves browser-drawn content.
+
+    Args:
+        server: the ``viser.ViserServer``.
+        splats_of: poses the Gaussians.
+        device: where the Gaussians live and are rendered.
+        background: RGB in [0, 1] behind the avatar (the bundle's, as ``avatar render`` uses).
+        settings: resolution and timing of the stream.
+    """
+
+    renders_on_server = True
+
+    def __init__(self, server, splats_of, device: torch.device, background=(1.0, 1.0, 1.0),
+                 settings: StreamSettings = StreamSettings()) -> None:  # fmt: skip
+        self.splats_of, self.device = splats_of, torch.device(device)
+        self.background = torch.tensor(background, dtype=torch.float32, device=self.device)
+        self._last: tuple[Tensor, Tensor | None] | None = None
+        self._splats = None
+        self.num_gaussians = 0
+        self.stream = ViewStreamer(server, self.draw, settings)
+
+    def update(self, vertices: Tensor, expression: Tensor | None = None, root: np.ndarray | None = None) -> SceneUpdate:
+        """Pose the Gaussians and have every tab redrawn (``root [4, 4]``: the rigid head pose)."""
+        vertices = vertices.detach().to(self.device)
+        expression = None if expression is None else expression.detach().reshape(1, -1).to(self.device)
+        same = self._last is not None and torch.equal(vertices, self._last[0]) and (
+            expression is None if self._last[1] is None else expression is not None and torch.equal(expression, self._last[1]))  # fmt: skip
+        if not same:
+            with torch.no_grad():
+                self._splats = self.splats_of(vertices, expression)
+            self._last = (vertices.clone(), None if expression is None else expression.clone())
+            self.num_gaussians = self._splats.num_gaussians
+        self.stream.set_frame((self._splats, np.eye(4) if root is None else np.asarray(root, np.float64)))
+        return SceneUpdate(0, 1)
+
+    def draw(self, frame, camera: ViewCamera) -> np.ndarray:
+        """``frame`` (posed Gaussians, rigid pose) seen by ``camera``: ``[H, W, 3]`` uint8."""
+        from avatar.representations.base import render_splats
+
+        splats, root = frame
+        cam = camera.moved_by(root)
+        viewmat = torch.as_tensor(cam.viewmat, dtype=torch.float32, device=self.device)
+        K = torch.as_tensor(cam.K, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            rgb, _, _ = render_splats(splats, viewmat, K, cam.width, cam.height, self.background)
+        # quantised as avatar.io.write_image does, so a screenshot equals `avatar render`'s file
+        return rgb[0].clamp(0, 1).mul(255.0).round().to(torch.uint8).cpu().numpy()
+
+    def render_client(self, client_id: int, width: int | None = None, height: int | None = None) -> np.ndarray:
+        return self.stream.render_client(client_id, width, height)
+
+    def remove(self) -> None:
+        self.stream.close()
+
+
+def splat_scene_from_representation(scene, representation, rest_vertices: Tensor, chunk_size: int = 2048) -> RepresentationSplats:
+    """Browser-drawn splats of a trained representation (``avatar.representations``):
+    :class:`RepresentationSplats`."""
+    return RepresentationSplats(scene, representation, rest_vertices, chunk_size=chunk_size)

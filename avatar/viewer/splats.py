@@ -176,11 +176,12 @@ class ChunkedSplats:
     def num_chunks(self) -> int:
         return -(-self.num_gaussians // self.chunk_size)
 
-    def update(self, means, quats, scales, index=None, rgb=None) -> SplatUpdate:
+    def update(self, means, quats, scales, index=None, rgb=None, opacities=None) -> SplatUpdate:
         """Show the Gaussians at ``means``/``quats``/``scales`` (shapes as in :func:`pack_geometry`):
         all of them in their original order, or only those listed in ``index [n]`` (the others
         keep their last values). The first call must be complete; it adds the scene nodes.
-        ``rgb``: ``[N, 3]`` new colours of all Gaussians (original order), or None to keep them."""
+        ``rgb``, ``opacities``: ``[N, 3]``, ``[N]`` new colours / opacities of all Gaussians
+        (original order), or None to keep them."""
         if index is None:
             rows = self.order
             geometry = pack_geometry(*(torch.as_tensor(x)[self._order_t] for x in (means, quats, scales)))
@@ -193,9 +194,12 @@ class ChunkedSplats:
             rows, geometry = rows[order], geometry[order]
         with self._lock:
             self._buffer[slice(None) if index is None else rows, :7] = geometry[:, :7]  # full: already in buffer order
-            if rgb is not None:
-                self._buffer[:, 7] = pack_rgba(_np(rgb)[self.order], self._opacities)
-            everything = index is None or rgb is not None
+            if opacities is not None:
+                self._opacities = _np(opacities).reshape(-1)[self.order]
+            if rgb is not None or opacities is not None:
+                colours = self._buffer[:, 7:8].view(np.uint8)[:, :3] / 255.0 if rgb is None else _np(rgb)[self.order]
+                self._buffer[:, 7] = pack_rgba(colours, self._opacities)
+            everything = index is None or rgb is not None or opacities is not None
             touched = np.arange(self.num_chunks) if everything else np.unique(rows // self.chunk_size)
             sent = gaussians = chunks = 0
             for k in touched:

@@ -99,3 +99,28 @@ class TriangleGaussians:
                 means[i].addcmul_(r[3 * i + 1], mu[1]).addcmul_(r[3 * i + 2], mu[2]).mul_(kp).add_(c[i])
             quats = quat_multiply(fq.T, local_quats)
             return means.T, quats, local_scales * kp[:, None]
+
+
+def shaded_representation(head, *, per_face: int = 1, per_face_face: int = 1, sh_degree: int = 1, seed: int = 0):
+    """A :class:`~avatar.representations.MeshGaussians` avatar made up from the mesh alone: opaque
+    surface Gaussians coloured skin (eyes white) under a baked head light, with a little noise and
+    small random view-dependent (SH) terms, back-face culling on. A stand-in for a trained avatar
+    in the viewer's tests and benchmark: it goes through the same representation and renderer."""
+    from avatar.representations import MeshGaussians
+    from avatar.representations.geometry import quat_to_matrix
+    from avatar.representations.mesh_gaussians import EYE, SH_C0
+
+    rep = MeshGaussians.on_surface(head, per_face=per_face, per_face_face=per_face_face, sh_degree=sh_degree, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        rest = rep(head().vertices.float())
+        normal = quat_to_matrix(rest.quats[0])[:, :, 2]
+        light = torch.tensor([0.3, 0.5, 0.8])
+        shade = 0.35 + 0.65 * (normal @ (light / light.norm())).clamp_min(0)
+        base = torch.tensor([0.80, 0.62, 0.52]).repeat(rep.num_gaussians, 1)
+        base[rep.region == EYE] = torch.tensor([0.93, 0.93, 0.90])
+        rgb = (base * shade[:, None] + 0.04 * torch.randn(rep.num_gaussians, 3, generator=g)).clamp(0.02, 0.98)
+        rep.sh_dc.copy_((rgb - 0.5) / SH_C0)
+        rep.sh_rest.copy_(0.05 * torch.randn(rep.sh_rest.shape, generator=g))
+        rep.opacity_logit.fill_(3.0)
+    return rep
