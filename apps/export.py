@@ -31,6 +31,9 @@ class Export:
     """Head model: the built-in AnnyHead (CC0) or a FLAME .pkl given with --model-path."""
     model_path: Path | None = None
     """FLAME .pkl file; only with --model flame."""
+    uv_path: Path | None = None
+    """FLAME's texture-space file (an .npz with vt and ft, or an .obj with vt): a FLAME head's GLB
+    and OBJ carry a baked texture, and FLAME's model file has no UVs."""
     neutral: bool = False
     """Export the bare head model (neutral shape and expression, default texture, glb or obj) into
     OUT/exports/, whatever OUT holds; OUT is created if missing."""
@@ -81,7 +84,7 @@ def load_model(cfg: Export, tracking=None):
         raise AvatarError("--model-path is only used with --model flame")
     path = cfg.model_path or (tracking.model_path if tracking is not None else None) or None
     sha = (tracking.model_sha256 if tracking is not None else None) or None
-    return load_head_model(name, path=None if path is None else str(path), sha256=sha)
+    return load_head_model(name, path=None if path is None else str(path), sha256=sha, uv_path=cfg.uv_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,7 +56,15 @@ def test_flame_through_every_command(flame_clip, tmp_path, capsys):
     # GLB and OBJ carry a baked texture, and this file (like FLAME 2020's .pkl) has no UVs: one line
     # says so (the model loaded from the recorded path, or the error would name --model-path).
     for fmt in ("glb", "obj"):
-        assert main(["export", str(out), "--format", fmt]) == 2 and "has no UVs" in capsys.readouterr().err
+        assert main(["export", str(out), "--format", fmt]) == 2 and "--uv-path" in capsys.readouterr().err
+    # FLAME's texture-space file, as an .obj: one UV per vertex (its x, y), triangles as the model's.
+    head = load_head_model("flame", str(pkl), landmarks=False)
+    xy = head.v_template[:, :2].numpy()
+    uv = (xy - xy.min(0)) / (xy.max(0) - xy.min(0))
+    lines = [f"vt {u:.6f} {v:.6f}" for u, v in uv] + [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in head.faces.numpy() + 1]
+    (tmp_path / "uv.obj").write_text("\n".join(lines) + "\n")
+    assert main(["export", str(out), "--uv-path", str(tmp_path / "uv.obj"), "--texture-size", "32"]) == 0
+    assert (out / "exports" / "head.glb").is_file()
     from avatar.viewer import open_viewer
 
     with open_viewer(out, port=_free_port()) as viewer:

@@ -36,7 +36,7 @@ def uv_rasterize(uvs: np.ndarray, uv_faces: np.ndarray, size: int) -> Fragments:
 def _require_uvs(head: HeadModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if head.uvs.numel() == 0:
         raise AvatarError(f"the {head.name} head model has no UVs, so it cannot carry a texture "
-                          "(for FLAME, pass its UV file when loading the model)")
+                          "(for FLAME, pass its texture-space file: --uv-path FILE, an .npz with vt and ft or an .obj with vt)")
     return (head.uvs.double().cpu().numpy(), head.uv_faces.cpu().numpy().astype(np.int64),
             head.faces.cpu().numpy().astype(np.int64))
 

@@ -26,6 +26,7 @@ def load_head_model(
     landmarks: bool = True,
     landmark_builder: LandmarkBuilder | None = None,
     sha256: str | None = None,
+    uv_path: str | Path | None = None,
 ) -> HeadModel:
     """Load a head model.
 
@@ -41,10 +42,14 @@ def load_head_model(
             in from above (a model does not render); ``avatar track --model flame`` does.
         sha256: the FLAME file's digest (:func:`model_file_digest`) recorded when a clip was
             tracked or an avatar trained with it; a file whose content differs is refused.
+        uv_path: FLAME's texture-space file (``.npz`` with ``vt``/``ft``, or an ``.obj`` with
+            ``vt``): the UVs a textured export needs (FLAME's model file has none).
 
     >>> model = load_head_model("flame", path="flame2023.pkl")  # doctest: +SKIP
     """
     key = name.strip().lower()
+    if key != "flame" and uv_path is not None:
+        raise AvatarError("a UV file (--uv-path) is only used with the FLAME head model; AnnyHead has its own UVs")
     if key == "anny":
         from avatar.models.anny_head import AnnyHead
 
@@ -58,7 +63,7 @@ def load_head_model(
         if sha256 and Path(path).is_file() and model_file_digest(path) != sha256:
             raise AvatarError(f"{path} is not the FLAME file this clip was tracked with (its content differs); "
                               "pass that file with --model-path")  # fmt: skip
-        head = FlameHead.from_file(path, device=device, dtype=dtype)
+        head = FlameHead.from_file(path, uv_path=uv_path, device=device, dtype=dtype)
         if landmarks:
             try:
                 if cached_landmark_embedding(head, builder=landmark_builder) is None:
