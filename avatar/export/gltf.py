@@ -356,7 +356,7 @@ def export_glb(
         gltf.textures.append(gl.Texture(sampler=0, source=0))
         tex_index = 0
     elif texture is not None:
-        raise AvatarError(f"the {head.name} head model has no UVs; a texture cannot be applied")
+        raise AvatarError(f"the {head.name} head model has no UVs; a texture cannot be applied (for FLAME, pass its texture-space file: --uv-path FILE)")
     material_of: dict[int, int] = {}
     for p in parts_present:
         mname, rough = _MATERIALS[PART_NAMES[p]]

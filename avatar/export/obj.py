@@ -105,7 +105,7 @@ def export_obj(
         with atomic_path(tex_path) as tmp:
             tmp.write_bytes(encode_image(texture, "png"))
     elif texture is not None:
-        raise AvatarError(f"the {head.name} head model has no UVs; a texture cannot be applied")
+        raise AvatarError(f"the {head.name} head model has no UVs; a texture cannot be applied (for FLAME, pass its texture-space file: --uv-path FILE)")
     with atomic_write(mtl_path, "w") as f:
         f.writelines(mtl)
     # The .obj last: it names the others, so it only appears once they exist.
