@@ -51,7 +51,9 @@ in % of the inter-ocular distance, fps, per-stage timings), and ``OUT/overlay.mp
 head over the frames.
 
 Design: :mod:`avatar.fitting.solver` (energy, stages, parameterisation, jaw/eye decisions),
-:mod:`avatar.fitting.landmark_model` (the fast landmark evaluator used in the solver's loop).
+:mod:`avatar.fitting.landmark_model` (the fast landmark evaluator used in the solver's loop),
+:mod:`avatar.fitting.online` (:class:`OnlineTracker`: the same solver one frame at a time, causally,
+for live driving).
 """
 from __future__ import annotations
 
@@ -68,6 +70,10 @@ _EXPORTS = {
     "FitResult": "avatar.fitting.solver",
     "fit_landmarks": "avatar.fitting.solver",
     "LandmarkModel": "avatar.fitting.landmark_model",
+    "OnlineTracker": "avatar.fitting.online",
+    "OnlineConfig": "avatar.fitting.online",
+    "OnlineFrame": "avatar.fitting.online",
+    "Calibration": "avatar.fitting.online",
 }
 
 __all__ = list(_EXPORTS)
