@@ -238,3 +238,227 @@ def test_splat_scene_shows_expression_blendshapes(anny_head):
     changed = (s._buffer[:, 7] != before[:, 7])
     assert sent.bytes_sent > 0 and 0 < changed.mean() < 1  # the jaw's Gaussians, not all
     assert scene.update(v, expression=expr).bytes_sent == 0  # nothing new: nothing sent
+
+
+# --- rendered on the server (the default for an avatar) -----------------------------------------
+@pytest.fixture(scope="module")
+def avatar_out(anny_head, tmp_path_factory):
+    """OUT with a made-up Gaussian avatar (shaded, SH degree 1, back-face culling), no tracking."""
+    from avatar.representations import save_avatar
+    from avatar.viewer.synthetic import shaded_representation
+
+    out = tmp_path_factory.mktemp("served")
+    rep = shaded_representation(anny_head, per_face=1, per_face_face=1, sh_degree=1, seed=0)
+    save_avatar(out / "avatar", rep, model="anny", shape=torch.zeros(anny_head.num_shape))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench_viewer(load_bench):
+    return load_bench("bench_viewer")
+
+
+@pytest.fixture
+def tab_client(bench_viewer):
+    """``open(url) -> Tab``: websocket clients that stand in for browser tabs (bench_viewer.Tab)."""
+    tabs = []
+
+    def open_tab(url):
+        tabs.append(bench_viewer.Tab(url))
+        return tabs[-1]
+
+    yield open_tab
+    for tab in tabs:
+        tab.close()
+
+
+def _decode(jpeg: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+def _tab_id(viewer, tab, timeout=30.0) -> int:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        stream = viewer.drawable.stream
+        ids = [cid for cid in viewer.server.get_clients() if stream.camera_of(cid) is not None]
+        if ids:
+            return max(ids)
+        time.sleep(0.02)
+    raise AssertionError("the tab's camera never reached the viewer")
+
+
+def test_served_start_view_is_avatar_render(avatar_out, tmp_path, tab_client):
+    """The default viewer draws a tab's camera with the renderer of `avatar render`: at the
+    starting (frontal, neutral) view the server's image is `avatar render --camera frontal
+    --neutral`'s file, and the JPEG the tab receives is close to it."""
+    from avatar.viewer import open_viewer
+    from avatar_apps.cli import main
+
+    size = 96
+    still = tmp_path / "still.png"
+    assert main(["render", str(avatar_out), "--camera", "frontal", "--neutral", "--size", str(size), "-o", str(still)]) == 0
+    from PIL import Image
+
+    want = np.asarray(Image.open(still).convert("RGB"))
+    with open_viewer(avatar_out, port=_port()) as viewer:
+        assert viewer.renders_on_server
+        cam = viewer.server.initial_camera  # where a new browser tab starts
+        tab = tab_client(viewer.url.replace("http", "ws"))
+        tab.look(cam.position, cam.look_at, size, size, cam.fov)
+        cid = _tab_id(viewer, tab)
+        stream = viewer.drawable.stream
+        shown = stream.wait_shown(stream.version, final=True, client_id=cid)
+        assert shown is not None and (shown.width, shown.height) == (size, size)
+        served = viewer.grab(viewer.server.get_clients()[cid])
+        assert np.abs(served.astype(int) - want.astype(int)).max() <= 1  # float noise of the camera's round trip
+        arrived = tab.image_after(shown.at)
+        assert arrived is not None
+        jpeg = _decode(arrived[1])
+        err = (jpeg.astype(float) - want.astype(float)) ** 2
+        assert 10 * np.log10(255.0**2 / err.mean()) > 35.0
+
+
+def test_served_tabs_have_their_own_camera_and_latest_wins(avatar_out, tab_client, bench_viewer):
+    """Two tabs, two cameras, two images; a burst of camera messages is coalesced (the last camera
+    is the one drawn in full, and a change is first drawn at a reduced size); a slider change
+    redraws every tab."""
+    import time
+
+    from avatar.viewer import open_viewer
+    from avatar.viewer.stream import StreamSettings
+
+    settings = StreamSettings(move_pixels=64 * 48, min_pixels=32 * 24)
+    with open_viewer(avatar_out, port=_port(), stream=settings) as viewer:
+        stream = viewer.drawable.stream
+        centre, dist = viewer.scene_centre, viewer.scene_distance
+        front, side = tab_client(viewer.url.replace("http", "ws")), tab_client(viewer.url.replace("http", "ws"))
+        front.look(bench_viewer.orbit_position(centre, dist, 0.0), centre, 160, 120)
+        a = _tab_id(viewer, front)
+        side.look(bench_viewer.orbit_position(centre, dist, 70.0), centre, 160, 120)
+        b = next(cid for cid in _wait_ids(viewer, 2) if cid != a)
+        shots = {}
+        for cid in (a, b):
+            shown = stream.wait_shown(stream.version, final=True, client_id=cid)
+            assert (shown.width, shown.height) == (160, 120)
+            shots[cid] = viewer.grab(viewer.server.get_clients()[cid])
+        assert np.abs(shots[a].astype(int) - shots[b].astype(int)).mean() > 5  # not the same view
+
+        start = time.monotonic()
+        for k in range(40):  # a drag: faster than images are made
+            front.look(bench_viewer.orbit_position(centre, dist, k), centre, 160, 120)
+        last = bench_viewer.orbit_position(centre, dist, 39)
+        while not np.allclose(_eye(stream.camera_of(a)), last, atol=1e-6):
+            assert time.monotonic() < start + 30, "the last camera never arrived"
+            time.sleep(0.02)
+        final = stream.wait_shown(stream.version, final=True, client_id=a, after=start)
+        burst = [s for s in list(stream.shown) if s.client == a and s.at > start]
+        assert len(burst) < 40 and burst[-1] is final  # coalesced, and the last camera drawn last
+        assert not burst[0].final and burst[0].width * burst[0].height <= 64 * 48  # reduced while moving
+
+        version = stream.version
+        expr = viewer.params()["expression"]
+        expr[0, viewer.head.expression_names.index("jawOpen")] = 1.0
+        viewer.set_params(expression=expr)
+        assert viewer.wait_idle(30) and stream.version > version
+        for cid in (a, b):
+            assert stream.wait_shown(stream.version, final=True, client_id=cid) is not None
+
+
+def _eye(camera) -> np.ndarray:
+    return -camera.viewmat[:3, :3].T @ camera.viewmat[:3, 3]
+
+
+def _wait_ids(viewer, n: int, timeout: float = 30.0) -> list[int]:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ids = [cid for cid in viewer.server.get_clients() if viewer.drawable.stream.camera_of(cid) is not None]
+        if len(ids) >= n:
+            return ids
+        time.sleep(0.02)
+    raise AssertionError(f"{n} tabs never reported their cameras")
+
+
+def test_served_screenshot_and_recording(avatar_out, tmp_path, tab_client):
+    """Screenshots and recordings of a served view are the server's renders of the tab's camera."""
+    import time
+
+    from avatar.io import FrameReader
+    from avatar.viewer import open_viewer
+
+    with open_viewer(avatar_out, port=_port(), save_dir=tmp_path) as viewer:
+        cam = viewer.server.initial_camera
+        tab = tab_client(viewer.url.replace("http", "ws"))
+        tab.look(cam.position, cam.look_at, 64, 48, cam.fov)
+        cid = _tab_id(viewer, tab)
+        client = viewer.server.get_clients()[cid]
+        shot = viewer.screenshot(client)
+        assert shot.is_file() and shot.is_relative_to(tmp_path)
+        viewer.record.value = True  # the GUI's checkbox: records the (only) connected tab
+        time.sleep(1.0)
+        viewer.record.value = False
+        videos = list((tmp_path / "recordings").glob("*.mp4"))
+        assert len(videos) == 1
+        with FrameReader(videos[0]) as frames:
+            assert frames.info.width == 64 and frames.info.height == 48
+            assert sum(1 for _ in frames) >= 2
+
+
+# --- browser splats (--client-splats): colour and culling baked for a still view ------------------
+def test_view_appearance_is_the_renderers_per_view_colour_and_culling(anny_head):
+    from avatar.render._sh import sh_bases
+    from avatar.render.mesh import orbit_viewmat
+    from avatar.viewer.camera import frontal_framing
+    from avatar.viewer.scene import view_appearance
+    from avatar.viewer.synthetic import shaded_representation
+
+    rep = shaded_representation(anny_head, per_face=1, per_face_face=1, sh_degree=1)
+    with torch.no_grad():
+        rest = anny_head().vertices[0]
+        s = rep(rest[None])
+    centre, dist = frontal_framing(rest)
+    rgb0, op0 = view_appearance(s)
+    np.testing.assert_allclose(rgb0.numpy(), (0.5 + 0.28209479177387814 * s.colors[:, 0]).clamp(0, 1).numpy())
+    assert torch.equal(op0, s.opacities)
+    facing_front = (s.normals[0, :, 2] > 0.5)  # surface Gaussians turned toward +Z (the face)
+    assert facing_front.sum() > 100
+    for yaw, shown in ((0.0, True), (180.0, False)):
+        view = orbit_viewmat(centre, dist, yaw, 5.0)
+        rgb, op = view_appearance(s, view)
+        campos = torch.as_tensor(-view[:3, :3].T @ view[:3, 3], dtype=torch.float32)
+        dirs = s.means[0] - campos
+        want = (sh_bases(1, dirs / dirs.norm(dim=-1, keepdim=True))[..., None] * s.colors[:, :4]).sum(1) + 0.5
+        np.testing.assert_allclose(rgb.numpy(), want.clamp(0, 1).numpy(), atol=1e-5)
+        assert bool((op[facing_front] > 0).all()) == shown and bool((op[facing_front] == 0).all()) != shown
+    assert not torch.allclose(view_appearance(s, orbit_viewmat(centre, dist, 60.0, 5.0))[0], view_appearance(s, orbit_viewmat(centre, dist, -60.0, 5.0))[0])
+
+
+def test_client_splats_bake_the_settled_view(avatar_out, tab_client, bench_viewer):
+    """With --client-splats, a tab's camera that holds still is baked: seen from behind, the
+    face's Gaussians are culled in the splat buffer the browser draws."""
+    import time
+
+    from avatar.viewer import open_viewer
+
+    with open_viewer(avatar_out, port=_port(), client_splats=True) as viewer:
+        assert not viewer.renders_on_server
+        s = viewer.drawable.splats
+        rgba = lambda: s._buffer[:, 7:8].view(np.uint8)  # noqa: E731 - rows in buffer order
+        face = viewer.drawable._current.normals[0, :, 2].numpy()[s.order] > 0.5
+        assert (rgba()[face, 3] > 0).all()  # before any view: all shown
+        centre, dist = viewer.scene_centre, viewer.scene_distance
+        tab = tab_client(viewer.url.replace("http", "ws"))
+        tab.look(bench_viewer.orbit_position(centre, dist, 180.0), centre, 160, 120)
+        end = time.monotonic() + 30
+        while viewer.last_bake is None:
+            assert time.monotonic() < end, "the still view was never baked"
+            time.sleep(0.05)
+        assert viewer.last_bake.bytes_sent > 0 and (rgba()[face, 3] == 0).all()
+        np.testing.assert_array_equal(s._handles[0].buffer, s._buffer[: s.chunk_size])  # what the browser got

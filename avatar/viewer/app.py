@@ -27,7 +27,7 @@ from avatar.viewer.motion import Motion, load_motion
 from avatar.viewer.paths import OutFolder
 from avatar.viewer.scene import MeshScene, SceneUpdate
 
-__all__ = ["AvatarViewer", "UpdateTiming", "EXPRESSION_GROUPS", "group_expressions"]
+__all__ = ["AvatarViewer", "Applied", "UpdateTiming", "EXPRESSION_GROUPS", "group_expressions"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,17 @@ class UpdateTiming:
     forward_seconds: float
     bytes_sent: int
     messages: int
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One update of the worker: it showed every request numbered up to ``request``, was queued
+    for the browser at ``at`` (``time.monotonic()``) and, when the server renders, is scene frame
+    ``version`` of :class:`avatar.viewer.stream.ViewStreamer`."""
+
+    request: int
+    at: float
+    version: int | None
 
 
 # pose sliders: (label, parameter, index into its flattened value, min, max)
@@ -120,6 +131,8 @@ class AvatarViewer:
         self._requested = self._done = 0
         self._closed = False
         self.timings: collections.deque[UpdateTiming] = collections.deque(maxlen=500)
+        self.applied: collections.deque[Applied] = collections.deque(maxlen=2000)
+        self.last_bake: SceneUpdate | None = None
         self._recording: threading.Thread | None = None
         self._record_stop = threading.Event()
         self._baker = None
@@ -204,19 +217,23 @@ class AvatarViewer:
         with self._lock:
             return {k: v.clone() for k, v in self._params.items()}
 
-    def set_params(self, **params: Tensor) -> None:
-        """Set head parameters (``expression [1, E]``, ``jaw [1, 3]``, ...) and schedule an update."""
+    def set_params(self, **params: Tensor) -> int:
+        """Set head parameters (``expression [1, E]``, ``jaw [1, 3]``, ...) and schedule an update;
+        returns its number (:meth:`request_update`)."""
         with self._lock:
             for name, value in params.items():
                 if name not in self._params:
                     raise AvatarError(f"unknown head parameter {name!r}; known: {', '.join(self._params)}")
                 self._params[name] = torch.as_tensor(value, dtype=self.head.dtype).reshape(self._params[name].shape)
-        self.request_update()
+        return self.request_update()
 
-    def request_update(self) -> None:
+    def request_update(self) -> int:
+        """Schedule an update; returns its number: the first :attr:`applied` entry whose
+        ``request`` is at least this number shows it."""
         with self._wake:
             self._requested += 1
             self._wake.notify_all()
+            return self._requested
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until every requested update has been sent (True) or ``timeout`` passed."""
@@ -261,8 +278,7 @@ class AvatarViewer:
     def _bake(self, camera) -> None:
         """Browser splats: colour and cull for ``camera`` (a tab's, held still)."""
         with self._update_lock:
-            sent = self.drawable.bake_view(camera.viewmat)
-        self.timings.append(UpdateTiming(0.0, 0.0, sent.bytes_sent, sent.messages))
+            self.last_bake = self.drawable.bake_view(camera.viewmat)
 
     def _update_loop(self) -> None:
         last_status = 0.0
@@ -277,6 +293,8 @@ class AvatarViewer:
                 self.update_now()
             except Exception:  # keep serving; the log says what broke
                 log.exception("viewer update failed")
+            stream = getattr(self.drawable, "stream", None)  # only this thread sets its frames
+            self.applied.append(Applied(target, time.monotonic(), None if stream is None else stream.version))
             with self._wake:
                 self._done = max(self._done, target)
                 self._wake.notify_all()

@@ -191,14 +191,16 @@ class ViewStreamer(_TabWatcher):
             camera = camera.with_size(width, height)
         return self._render(frame, camera)
 
-    def wait_shown(self, version: int, *, final: bool = False, client_id: int | None = None, timeout: float = 30.0) -> Shown | None:
+    def wait_shown(self, version: int, *, final: bool = False, client_id: int | None = None, after: float = -math.inf,
+                   timeout: float = 30.0) -> Shown | None:  # fmt: skip
         """Block until an image of frame ``version`` or later (the settled one, with ``final``) was
-        sent (to ``client_id``, or to any tab); that image, or ``None`` after ``timeout``."""
+        sent (to ``client_id``, or to any tab; queued after the ``time.monotonic()`` ``after``); the
+        first such image, or ``None`` after ``timeout``."""
         end = time.monotonic() + timeout
         with self._cond:
             while True:
-                for s in reversed(self.shown):
-                    if s.version >= version and (s.final or not final) and client_id in (None, s.client):
+                for s in self.shown:  # the first such image
+                    if s.version >= version and (s.final or not final) and client_id in (None, s.client) and s.at > after:
                         return s
                 left = end - time.monotonic()
                 if left <= 0:
