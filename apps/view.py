@@ -33,10 +33,11 @@ class View:
     port: int = 8080
     """Port (the next free one is used if it is taken)."""
     client_splats: bool = False
-    """Let the browser draw the Gaussians instead (smoother over a slow network, no image
-    stream): colour and back-face culling are baked for a tab's view when it stops moving, but the
-    browser's own splat blending (sorting, dilation, opacity rules) is not ours, so the image is
-    close to, not equal to, `avatar render`'s."""
+    """Let the browser draw the Gaussians instead of streaming images rendered here: turning the
+    view costs no images (smooth far from this machine), an expression change re-sends the splats.
+    Colour (SH) and back-face culling are baked for a tab's view once it stops moving, but the
+    browser blends splats its own way (sorting, dilation, opacity rules), so the image is close to,
+    not equal to, `avatar render`'s. A head mesh (no OUT/avatar) is drawn by the browser either way."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the server renders (auto = CUDA when a GPU rasterizer works)."""
     save_dir: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
@@ -53,8 +54,13 @@ class View:
             self.out, model=self.model, model_path=self.model_path, reenact=self.reenact, host=self.host,
             port=self.port, save_dir=self.save_dir, client_splats=self.client_splats, device=self.device,
         )  # fmt: skip
-        how = "rendered on this machine" if viewer.renders_on_server else "drawn by the browser"
-        print(f"avatar view: open {viewer.url} in a browser (Ctrl+C to stop); the avatar is {how}")
+        if viewer.renders_on_server:
+            from avatar.render.device import describe
+
+            how = f"rendered here on {describe(viewer.render_device)}"
+        else:
+            how = "drawn by the browser"
+        print(f"avatar view: open {viewer.url} in a browser (Ctrl+C to stop); the view is {how}")
         try:
             while True:
                 time.sleep(1.0)

@@ -462,3 +462,33 @@ def test_client_splats_bake_the_settled_view(avatar_out, tab_client, bench_viewe
             time.sleep(0.05)
         assert viewer.last_bake.bytes_sent > 0 and (rgba()[face, 3] == 0).all()
         np.testing.assert_array_equal(s._handles[0].buffer, s._buffer[: s.chunk_size])  # what the browser got
+
+
+@pytest.mark.parametrize("client_splats", [False, True])
+def test_live_driving_in_both_modes(avatar_out, client_splats):
+    """`avatar drive`'s viewer sink (expressions and a turning head, no translation) shows each
+    update in either mode: the server renders the turned head, or the browser's parent frame turns."""
+    from avatar.models.rotations import axis_angle_to_matrix
+    from avatar.viewer import open_viewer
+    from avatar_apps.drive import ViewerSink
+
+    with open_viewer(avatar_out, port=_port(), client_splats=client_splats) as viewer:
+        names = viewer.head.expression_names
+        expr = torch.zeros(1, len(names))
+        expr[0, names.index("jawOpen")] = 0.7
+        turn = torch.tensor([[0.0, 0.4, 0.0]])
+        ViewerSink(viewer).update({"expression": expr, "global_orient": turn, "transl": torch.tensor([[0.0, 0.0, -0.8]])})
+        assert viewer.wait_idle(30)
+        assert torch.equal(viewer.params()["expression"], expr) and viewer.params()["transl"].abs().max() == 0
+        R = axis_angle_to_matrix(turn.double())[0].numpy()
+        if client_splats:
+            from avatar.representations.geometry import quat_to_matrix
+
+            wxyz = torch.from_numpy(np.asarray(viewer._root.wxyz, np.float64))
+            np.testing.assert_allclose(quat_to_matrix(wxyz[None])[0].numpy(), R, atol=1e-6)
+        else:
+            splats, root = viewer.drawable.stream._frame
+            np.testing.assert_allclose(root[:3, :3], R, atol=1e-6)
+            with torch.no_grad():
+                want = viewer.drawable.splats_of(viewer.head(shape=viewer._shape, expression=expr).vertices[0], expr)
+            assert torch.equal(splats.means, want.means)

@@ -160,6 +160,7 @@ class AvatarViewer:
             self._player = threading.Thread(target=self._play_loop, name="avatar-viewer-play", daemon=True)
             self._player.start()
         except BaseException:
+            self._stop_workers()
             self.server.stop()
             raise
 
@@ -178,6 +179,11 @@ class AvatarViewer:
         """True when the server renders each tab's view (the default for an avatar)."""
         return bool(getattr(self.drawable, "renders_on_server", False))
 
+    @property
+    def render_device(self) -> torch.device | None:
+        """Where the server renders, or ``None`` when the browser draws."""
+        return self.drawable.device if self.renders_on_server else None
+
     def close(self) -> None:
         self._closed = True
         self._record_stop.set()
@@ -189,10 +195,14 @@ class AvatarViewer:
         for thread in (self._recording, getattr(self, "_worker", None), getattr(self, "_player", None)):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=10)
+        self._stop_workers()
+        self.server.stop()
+
+    def _stop_workers(self) -> None:
+        """The server-side render worker and the view baker, whichever runs."""
         for worker in (getattr(getattr(self, "drawable", None), "stream", None), self._baker):
             if worker is not None:
                 worker.close()
-        self.server.stop()
 
     def __enter__(self) -> "AvatarViewer":
         return self

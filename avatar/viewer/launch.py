@@ -10,6 +10,7 @@ import torch
 from avatar.errors import AvatarError
 from avatar.viewer.motion import load_motion
 from avatar.viewer.paths import OutFolder, open_out
+from avatar.viewer.stream import StreamSettings
 
 __all__ = ["open_viewer", "is_loopback"]
 
@@ -35,7 +36,7 @@ def open_viewer(
     port: int = 8080,
     client_splats: bool = False,
     device: str = "auto",
-    stream=None,
+    stream: StreamSettings | None = None,
     synthetic_gaussians: int = 0,
     chunk_size: int = 2048,
     save_dir: Path | None = None,
@@ -85,7 +86,7 @@ def open_viewer(
             if m.shape is not None and m.shape.shape[0] == head.num_shape and folder.tracking == m.source:
                 shape = torch.from_numpy(m.shape)
         if synthetic_gaussians > 0:
-            draw = _synthetic(head, synthetic_gaussians, client_splats, chunk_size, device, stream)
+            draw = _synthetic(head, shape, synthetic_gaussians, client_splats, chunk_size, device, stream)
 
     if not is_loopback(host):
         log.warning("serving the viewer on %s: anyone who can reach this address can see and drive it", host)
@@ -120,7 +121,6 @@ def _rendered(posed, device: str, background, stream):
     """A factory for :class:`~avatar.viewer.scene.RenderedSplats`: ``posed(device) -> splats_of``."""
     from avatar.render.device import describe, pick_device
     from avatar.viewer.scene import RenderedSplats
-    from avatar.viewer.stream import StreamSettings
 
     dev = pick_device(device)
     log.info("the viewer renders on %s", describe(dev))
@@ -131,7 +131,7 @@ def _rendered(posed, device: str, background, stream):
     return draw
 
 
-def _synthetic(head, n: int, client_splats: bool, chunk_size: int, device: str, stream):
+def _synthetic(head, shape, n: int, client_splats: bool, chunk_size: int, device: str, stream):
     """Made-up Gaussians on the head's triangles (:mod:`avatar.viewer.synthetic`), drawn like an avatar's."""
     from avatar.representations import Splats
     from avatar.viewer.scene import SplatScene, eye_vertex_mask
@@ -139,16 +139,11 @@ def _synthetic(head, n: int, client_splats: bool, chunk_size: int, device: str, 
 
     rgb = torch.tensor([0.80, 0.63, 0.53]).repeat(head.num_vertices, 1)
     rgb[torch.from_numpy(eye_vertex_mask(head))] = torch.tensor([0.93, 0.93, 0.90])
-    made: dict = {}
-
-    def gaussians(rest) -> TriangleGaussians:
-        if "g" not in made:
-            made["g"] = TriangleGaussians(head.faces, rest.cpu(), n, rgb.numpy())
-        return made["g"]
-
+    with torch.no_grad():
+        rest = head(shape=None if shape is None else shape.reshape(1, -1)).vertices[0]
+    g = TriangleGaussians(head.faces, rest, n, rgb.numpy())
     if client_splats:
         def draw(server, rest):
-            g = gaussians(rest)
             return SplatScene(server.scene, g.deform, rest, g.rgb, g.opacities, chunk_size=chunk_size,
                               parent_face=g.parent, faces=g.faces)  # fmt: skip
 
@@ -156,16 +151,9 @@ def _synthetic(head, n: int, client_splats: bool, chunk_size: int, device: str, 
 
     def posed(dev):
         def splats_of(vertices, expression):
-            g = made["g"]
-            means, quats, scales = g.deform(vertices.cpu())
-            return Splats(means[None].to(dev), quats[None].to(dev), scales[None].to(dev), g.opacities.to(dev), g.rgb.to(dev), None)
+            means, quats, scales = (x[None].to(dev) for x in g.deform(vertices.cpu()))
+            return Splats(means, quats, scales, g.opacities.to(dev), g.rgb.to(dev), None)
 
         return splats_of
 
-    rendered = _rendered(posed, device, (1.0, 1.0, 1.0), stream)
-
-    def draw(server, rest):  # noqa: F811
-        gaussians(rest)
-        return rendered(server, rest)
-
-    return draw
+    return _rendered(posed, device, (1.0, 1.0, 1.0), stream)
