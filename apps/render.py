@@ -48,15 +48,12 @@ class Render:
 
     def run(self) -> None:
         import torch
-        from tqdm import tqdm
 
         if self.calibrate < 0 or (self.calibrate > 0 and self.drive is None):
             raise AvatarError("--calibrate takes seconds >= 0 and is used with --drive")
         if self.neutral and self.drive is not None:
             raise AvatarError("--neutral shows the avatar's rest face; it cannot be driven (--drive) at the same time")
-        still = self.output.suffix.lower() in STILL_SUFFIXES
 
-        from avatar.io.video import VideoWriter
         from avatar.representations import load_avatar
         from avatar.render.mesh import intrinsics, orbit_viewmat
         from avatar.representations.base import BODY
@@ -66,12 +63,7 @@ class Render:
         dev = pick_device(self.device)
         av = load_avatar(self.out, dev, model_path=self.model_path)
         cfg = av.config
-        if self.neutral and self.camera != "tracked":  # no performance needed: one frame at rest
-            params, fps = {k: v.float().cpu() for k, v in av.head.zero_params(1).items() if k != "shape"}, None
-        else:
-            params, fps = self._performance(av)
-            if self.neutral:
-                params = {k: torch.zeros_like(v) if k in NON_RIGID else v for k, v in params.items()}
+        params, fps = self._params(av)
         fps = self.fps or fps or 25.0
         n = next(iter(params.values())).shape[0]
         W0, H0 = cfg.get("image_size", [512, 512])
@@ -106,16 +98,35 @@ class Render:
             rgb, _ = av.render({key: val[i : i + 1].to(dev) for key, val in params.items()}, vm.to(dev), k.to(dev), W, H, bg)
             return rgb[0].clamp(0, 1).cpu().numpy()
 
-        if still:
-            from avatar.io import write_image
+        self._write(frame, len(cams), f"{W}x{H}", fps)
 
+    def _write(self, frame, count: int, size: str, fps: float) -> None:
+        """``frame(i)`` for every frame into the video, or the first into the image ``--output``."""
+        from tqdm import tqdm
+
+        from avatar.io import VideoWriter, write_image
+
+        if self.output.suffix.lower() in STILL_SUFFIXES:
             write_image(self.output, frame(0))
-            print(f"wrote {self.output} ({W}x{H}, the first of {len(cams)} frames)")
+            print(f"wrote {self.output} ({size}, the first of {count} frames)")
             return
         with VideoWriter(self.output, fps=fps) as writer:
-            for i in tqdm(range(len(cams)), desc="render", dynamic_ncols=True):
+            for i in tqdm(range(count), desc="render", dynamic_ncols=True):
                 writer.write(frame(i))
-        print(f"wrote {self.output} ({len(cams)} frames, {W}x{H})")
+        print(f"wrote {self.output} ({count} frames, {size})")
+
+    def _params(self, av):
+        """Per-frame head parameters and fps: :meth:`_performance`; with --neutral its expressions
+        and jaw/neck/eye poses at zero (away from the tracked camera no performance is needed:
+        one frame at rest)."""
+        import torch
+
+        if self.neutral and self.camera != "tracked":
+            return {k: v.float().cpu() for k, v in av.head.zero_params(1).items() if k != "shape"}, None
+        params, fps = self._performance(av)
+        if self.neutral:
+            params = {k: torch.zeros_like(v) if k in NON_RIGID else v for k, v in params.items()}
+        return params, fps
 
     def _performance(self, av):
         """Per-frame head parameters: the avatar's own (refined) performance, or the driver's."""

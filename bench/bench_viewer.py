@@ -176,20 +176,26 @@ def bench_server(viewer, tab: Tab, seconds: float, changes: int, width: int, hei
           f"{1e3 * statistics.median([s.seconds for s in list(stream.shown)[log_from:]]):.0f} ms)")  # fmt: skip
     stream.wait_shown(stream.version, final=True, timeout=60)
 
-    first, final = [], []
+    first, final, parts = [], [], []
     for k in range(changes):
         time.sleep(0.6)
         t0 = time.monotonic()
         hit = shows(viewer, _jaw(viewer, 0.8 if k % 2 == 0 else 0.0))
         if hit is None:
             continue
+        shown = stream.wait_shown(hit.version, timeout=30)
         a = image_showing(viewer, tab, hit.version)
         b = image_showing(viewer, tab, hit.version, final=True)
-        if a is not None:
+        if a is not None and shown is not None:
             first.append(1e3 * (a - t0))
+            parts.append((hit.at - t0, shown.at - hit.at, a - shown.at))
         if b is not None:
             final.append(1e3 * (b - t0))
     print(f"  slider   first image {_stats(first)};  settled full-resolution image {_stats(final)}")
+    if parts:
+        pose, draw, send = (1e3 * statistics.median(p) for p in zip(*parts))
+        print(f"           first image, medians: pose {pose:.0f} ms (head model + representation), render "
+              f"{draw:.0f} ms (waiting for the worker, rasterizer, JPEG), to the tab {send:.0f} ms")  # fmt: skip
 
     lat = []
     pending: list[tuple[float, int]] = []

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 __all__ = ["FRONTAL_FOV_DEG", "FRONTAL_PITCH_DEG", "ViewCamera", "frontal_framing", "frontal_camera"]
 
@@ -25,8 +26,6 @@ def frontal_framing(vertices) -> tuple[np.ndarray, float]:
     """``(centre [3], distance)`` of the frontal and orbit views of a head whose rest vertices are
     ``vertices [V, 3]``: the camera aims at the centre of the bounding box from a distance at which
     the head fills two thirds of the image height."""
-    import torch
-
     v = torch.as_tensor(vertices).detach()  # in its own dtype, as `avatar render` always did
     centre = (0.5 * (v.amax(0) + v.amin(0))).double().cpu().numpy()
     height = float(v[:, 1].amax() - v[:, 1].amin())
@@ -61,7 +60,6 @@ class ViewCamera:
         """A tab's camera (viser's ``CameraHandle``) at its canvas size, or smaller so that the
         longer side is at most ``max_side``."""
         from avatar.representations.geometry import quat_to_matrix
-        import torch
 
         R = quat_to_matrix(torch.as_tensor(np.asarray(camera.wxyz, np.float64))).numpy()  # camera -> world
         t = np.asarray(camera.position, np.float64)

@@ -147,6 +147,13 @@ class SplatScene:
         self.splats.remove()
 
 
+def _same_pose(last: tuple[Tensor, Tensor | None] | None, vertices: Tensor, expression: Tensor | None) -> bool:
+    """Whether ``(vertices, expression)`` equal ``last`` (the previous update's): nothing to pose."""
+    if last is None or not torch.equal(vertices, last[0]) or (expression is None) != (last[1] is None):
+        return False
+    return expression is None or torch.equal(expression, last[1])
+
+
 def view_appearance(splats, viewmat: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
     """Colour ``[N, 3]`` in [0, 1] and opacity ``[N]`` of frame 0 of ``splats``
     (:class:`avatar.representations.Splats`) as our renderer draws them for the camera
@@ -187,7 +194,8 @@ class RepresentationSplats:
         chunk_size: Gaussians per re-sendable chunk.
     """
 
-    def __init__(self, scene, representation, rest_vertices: Tensor, chunk_size: int = 2048, name: str = "/avatar/splats") -> None:
+    def __init__(self, scene, representation, rest_vertices: Tensor, chunk_size: int = 2048,
+                 name: str = "/avatar/splats") -> None:  # fmt: skip
         self.representation = representation
         with torch.no_grad():
             rest = representation(rest_vertices[None])
@@ -209,8 +217,7 @@ class RepresentationSplats:
         vertices = vertices.detach()
         expression = None if expression is None else expression.detach().reshape(1, -1)
         self._root = np.eye(4) if root is None else np.asarray(root, np.float64)
-        if self._last is not None and torch.equal(vertices, self._last[0]) and (
-                expression is None if self._last[1] is None else expression is not None and torch.equal(expression, self._last[1])):  # fmt: skip
+        if _same_pose(self._last, vertices, expression):  # the rigid pose alone moves the baked view
             return self._send() if self._view is not None else SceneUpdate(0, 0)
         with torch.no_grad():
             self._current = self.representation(vertices[None], expression=expression)
@@ -265,9 +272,7 @@ class RenderedSplats:
         """Pose the Gaussians and have every tab redrawn (``root [4, 4]``: the rigid head pose)."""
         vertices = vertices.detach().to(self.device)
         expression = None if expression is None else expression.detach().reshape(1, -1).to(self.device)
-        same = self._last is not None and torch.equal(vertices, self._last[0]) and (
-            expression is None if self._last[1] is None else expression is not None and torch.equal(expression, self._last[1]))  # fmt: skip
-        if not same:
+        if not _same_pose(self._last, vertices, expression):
             with torch.no_grad():
                 self._splats = self.splats_of(vertices, expression)
             self._last = (vertices.clone(), None if expression is None else expression.clone())

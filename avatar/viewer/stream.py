@@ -154,7 +154,8 @@ class ViewStreamer(_TabWatcher):
 
     name = "avatar-viewer-render"
 
-    def __init__(self, server, render: Callable[[Any, ViewCamera], np.ndarray], settings: StreamSettings = StreamSettings()) -> None:
+    def __init__(self, server, render: Callable[[Any, ViewCamera], np.ndarray],
+                 settings: StreamSettings = StreamSettings()) -> None:  # fmt: skip
         self.settings = settings
         self._render = render
         self._frame: Any = None
@@ -258,6 +259,7 @@ class ViewStreamer(_TabWatcher):
                 image = self._render(frame, camera)
                 quality = self.settings.jpeg_still if final else self.settings.jpeg_moving
                 tab.handle.scene.set_background_image(image, format="jpeg", jpeg_quality=quality)
+                tab.handle.flush()  # now, not at the end of viser's 1/60 s batching window
             except Exception:  # one bad frame (or a tab closing mid-send) must not stop the others
                 log.exception("rendering a view failed")
             seconds = time.perf_counter() - t0
