@@ -144,6 +144,26 @@ def test_levenberg_marquardt_finite_differences_bounds_and_held_parameters() -> 
     assert x[0, 1] == 1.0  # at its bound (the truth, 1.5, lies outside)
 
 
+def test_levenberg_marquardt_steps_solved_in_chunks_match(monkeypatch) -> None:
+    """Items' damped systems solved a chunk at a time (a long clip's frames) give the same answer,
+    bounds and held parameters included."""
+    from avatar.utils import optim
+
+    t = torch.linspace(0, 4, 40, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(7, 3, generator=g, dtype=torch.float64) * 2
+    y = _curves(t, truth)
+    x0 = truth + 0.3 * torch.randn(7, 3, generator=g, dtype=torch.float64)
+    x0[:, 1].clamp_(max=1.0)  # a feasible start
+    upper = torch.tensor([math.inf, 1.0, math.inf], dtype=torch.float64)
+    runs = []
+    for chunk in (3, 1024):
+        monkeypatch.setattr(optim, "_STEP_CHUNK", chunk)
+        lm = fd_least_squares(lambda x: _curves(t, x) - y, torch.full((3,), 1e-7, dtype=torch.float64))
+        runs.append(levenberg_marquardt(x0, *lm, 10, active=torch.tensor([True, True, False]), upper=upper))
+    assert torch.equal(runs[0], runs[1]) and (runs[0][:, 1] <= 1.0).all()
+
+
 def test_levenberg_marquardt_rejects_a_step_that_raises_the_loss() -> None:
     """A model whose Hessian is far too small proposes an overshoot: the step is refused (x stays),
     lambda grows until the step is short enough, and an item whose steps all fail never moves."""

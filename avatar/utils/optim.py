@@ -107,6 +107,11 @@ class Adam:
         self.steps = int(state.get("steps", int(self.count.max()) if self.count.numel() else 0))
 
 
+# Items whose damped systems are solved together (a long clip's frames: each system's copies are
+# [items, P, P]).
+_STEP_CHUNK = 1024
+
+
 @dataclass(frozen=True)
 class LMOptions:
     """Damping and scaling of :func:`levenberg_marquardt` (``lambda`` per batch item)."""
@@ -156,16 +161,11 @@ def levenberg_marquardt(
     for _ in range(iterations):
         g, H = model(x, at_trial)
         with torch.no_grad():
-            g, H = g[:, idx], H[:, idx][:, :, idx]
-            free = torch.ones_like(g, dtype=torch.bool)
-            if lower is not None or upper is not None:
-                xa = x[:, idx]
-                if lower is not None:
-                    free &= ~((xa <= lower[idx] + 1e-9) & (g > 0))
-                if upper is not None:
-                    free &= ~((xa >= upper[idx] - 1e-9) & (g < 0))
             new = x.clone()
-            new[:, idx] = x[:, idx] + _damped_step(H, g, lam, free, options)
+            for a in range(0, n, _STEP_CHUNK):  # the per-item systems in chunks: their copies stay small
+                s = slice(a, a + _STEP_CHUNK)
+                new[s, idx] = x[s, idx] + _bounded_step(x[s, idx], g[s, idx], H[s][:, idx][:, :, idx], lam[s], lower,
+                                                        upper, idx, options)  # fmt: skip
             if lower is not None or upper is not None:
                 new = new.clamp(lower, upper)
             f_new = loss(new).detach()
@@ -174,6 +174,18 @@ def levenberg_marquardt(
             f = torch.where(at_trial, f_new, f)
             lam = torch.where(at_trial, (lam / options.decrease).clamp_min(options.min_damping), lam * options.increase)
     return x
+
+
+def _bounded_step(xa: Tensor, g: Tensor, H: Tensor, lam: Tensor, lower: Tensor | None, upper: Tensor | None,
+                  idx: Tensor, options: LMOptions) -> Tensor:  # fmt: skip
+    """The damped step of items at ``xa [B, K]`` (the active parameters ``idx``), holding a
+    bounded parameter at its bound whose gradient points outward."""
+    free = torch.ones_like(g, dtype=torch.bool)
+    if lower is not None:
+        free &= ~((xa <= lower[idx] + 1e-9) & (g > 0))
+    if upper is not None:
+        free &= ~((xa >= upper[idx] - 1e-9) & (g < 0))
+    return _damped_step(H, g, lam, free, options)
 
 
 def _damped_step(H: Tensor, g: Tensor, lam: Tensor, free: Tensor, options: LMOptions) -> Tensor:
