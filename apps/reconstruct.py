@@ -31,6 +31,8 @@ class Reconstruct:
     """A TOML settings file applied over the preset (same format as configs/*.toml)."""
     steps: int | None = None
     """Training steps (overrides the preset)."""
+    representation: Literal["mesh-gaussians", "hash-blendshapes"] | None = None
+    """What to train (see `avatar train --help`; overrides the preset)."""
     stride: int = 1
     """Use every n-th frame."""
     limit: int | None = None
@@ -99,7 +101,7 @@ class Reconstruct:
             return
         # Train resumes from OUT/checkpoints by itself when an earlier run was interrupted.
         Train(out=out, preset=self.preset, config=self.config, steps=self.steps, model_path=self.model_path,
-              restart=self.restart).run()  # fmt: skip
+              restart=self.restart, representation=self.representation).run()  # fmt: skip
         self.log.append(f"train: wrote {out / 'avatar'} and {out / 'report.json'}")
 
     def _export(self, out: Path) -> None:

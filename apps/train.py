@@ -25,6 +25,9 @@ class Train:
     """Long side of the training images in pixels (overrides the preset)."""
     device: Literal["auto", "cpu", "cuda"] | None = None
     """Where to train (overrides the preset; auto = CUDA when present)."""
+    representation: Literal["mesh-gaussians", "hash-blendshapes"] | None = None
+    """What to train (overrides the preset): mesh-gaussians (the default), or hash-blendshapes (the same
+    Gaussians, expression detail from hash grids; its knobs are the hash_* settings)."""
     set: tuple[str, ...] = ()
     """Any other setting as KEY=VALUE (strategy.KEY=VALUE for densification), e.g. sh_degree=2 refine_tracking=true."""
     model_path: Path | None = None
@@ -43,8 +46,8 @@ class Train:
         cfg = preset(self.preset)
         if self.config is not None:
             cfg = load_config(self.config, base=cfg)
-        extra = [f"{k}={v}" for k, v in (("steps", self.steps), ("resolution", self.resolution), ("device", self.device))
-                 if v is not None]  # fmt: skip
+        extra = [f"{k}={v}" for k, v in (("steps", self.steps), ("resolution", self.resolution), ("device", self.device),
+                                          ("representation", self.representation)) if v is not None]  # fmt: skip
         cfg = override(cfg, [*extra, *self.set])
         if self.restart:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)

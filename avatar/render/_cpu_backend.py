@@ -25,7 +25,7 @@ from pathlib import Path
 from avatar.errors import AvatarError
 from avatar.utils.files import cache_dir
 
-_SOURCES = ("common.h", "project.cpp", "raster.cpp", "mix.cpp")
+_SOURCES = ("common.h", "project.cpp", "raster.cpp", "mix.cpp", "hashgrid.cpp")
 # -ffp-contract=off: forward and backward re-evaluate the same per-pixel test and must agree
 # bit for bit on which samples pass it; FMA contraction could round them differently.
 # -fno-math-errno -fno-trapping-math: lets GCC vectorise sqrt/ceil/floor (no errno, no FP-exception

@@ -1,7 +1,8 @@
 """Representations: appearance bound to the deforming head mesh, drawn by the rasterizer.
 
-First kind: :class:`MeshGaussians` (Gaussians in triangle frames). The interface
-(:class:`Representation` -> :class:`Splats`) is meant for more kinds later.
+Kinds: :class:`MeshGaussians` (Gaussians in triangle frames) and :class:`HashBlendshapes` (the
+same Gaussians, expression detail from hash grids over the neutral head), behind one interface
+(:class:`Representation` -> :class:`Splats`).
 """
 from avatar.representations.base import Representation, Splats, render_splats
 from avatar.representations.bundle import (
@@ -11,9 +12,10 @@ from avatar.representations.bundle import (
     save_avatar,
     save_representation,
 )
+from avatar.representations.hash_blendshapes import HashBlendshapes
 from avatar.representations.mesh_gaussians import REGIONS, MeshGaussians, face_regions
 
 __all__ = [
-    "Avatar", "MeshGaussians", "REGIONS", "Representation", "Splats", "face_regions", "load_avatar",
+    "Avatar", "HashBlendshapes", "MeshGaussians", "REGIONS", "Representation", "Splats", "face_regions", "load_avatar",
     "load_representation", "render_splats", "save_avatar", "save_representation",
 ]

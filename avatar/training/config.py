@@ -79,7 +79,20 @@ class TrainConfig:
     expr_rank: int = 8
     lr_expr: float = 3e-3  # their per-Gaussian coefficients
     lr_expr_proj: float = 1e-3  # the shared expression -> code projection
-    w_expr: float = 0.01  # L2 on the blendshapes
+    w_expr: float = 0.01  # L2 on the blendshapes (hash-blendshapes: on the field's deltas)
+    # What is trained: "mesh-gaussians" (MeshGaussians), or "hash-blendshapes" (HashBlendshapes: the
+    # same Gaussians, whose expression detail comes from hash grids over the neutral head instead
+    # of per-Gaussian blendshapes, so expr_rank is unused). The hash_* knobs size its field.
+    representation: Literal["mesh-gaussians", "hash-blendshapes"] = "mesh-gaussians"
+    hash_levels: int = 8  # grid levels
+    hash_log2_size: int = 12  # rows per level at most, as a power of two
+    hash_features: int = 2  # numbers per row
+    hash_min_resolution: int = 16  # cells per axis of the coarsest level (the field's cube is 1.5x the head)
+    hash_max_resolution: int = 256  # cells per axis of the finest level
+    hash_rank: int = 0  # expression grids: 0 = one per expression channel (ARKit-52), r > 0 = a learnt basis of r
+    hash_hidden: int = 32  # width of the field's MLP
+    lr_hash: float = 1e-2  # the grids
+    lr_hash_mlp: float = 1e-3  # the MLP (and the learnt basis with hash_rank > 0)
     w_offset: float = 0.01
     w_scale: float = 1.0
     offset_tolerance: float = 0.5  # triangle units before the offset regulariser bites (in-plane)

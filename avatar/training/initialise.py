@@ -4,12 +4,15 @@ Gaussians seeded where the matte shows what the mesh does not cover."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from avatar.representations import MeshGaussians
+from avatar.representations.hash_blendshapes import HashBlendshapes
+from avatar.representations.hashgrid import HashGridSpec
 from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.representations.mesh_gaussians import FREE
 from avatar.training.config import TrainConfig
@@ -21,15 +24,19 @@ from avatar.training.state import MIN_EXPRESSION_FRAMES
 
 
 def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = False) -> MeshGaussians:
-    """The initial :class:`MeshGaussians` of ``frames.clip`` (see the module docstring)."""
+    """The initial :class:`MeshGaussians` of ``frames.clip`` (see the module docstring), or its
+    :class:`HashBlendshapes` kind (``config.representation``)."""
     clip, head = frames.clip, frames.head
     with torch.no_grad():
         neutral = frames.head_vertices({})[0]
-    expr_rank = config.expr_rank if len(clip.train_ids) >= MIN_EXPRESSION_FRAMES else 0
-    rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
-                                   sh_degree=config.sh_degree, vertices=neutral, seed=config.seed,
-                                   cull_backfacing=config.cull_backfacing, sh_follows_head=config.sh_follows_head,
-                                   expr_rank=expr_rank).to(frames.device)  # fmt: skip
+    if config.representation == "hash-blendshapes":
+        rep = new_hash_blendshapes(head, neutral, config).to(frames.device)
+    else:
+        expr_rank = config.expr_rank if len(clip.train_ids) >= MIN_EXPRESSION_FRAMES else 0
+        rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
+                                       sh_degree=config.sh_degree, vertices=neutral, seed=config.seed,
+                                       cull_backfacing=config.cull_backfacing, sh_follows_head=config.sh_follows_head,
+                                       expr_rank=expr_rank).to(frames.device)  # fmt: skip
     seen = init_colors_from_frames(rep, frames, spread(clip.train_ids, config.color_init_frames))
     if config.cull_backfacing:
         close_unseen_surface(rep, seen)
@@ -46,6 +53,17 @@ def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = Fals
         if progress:
             print(f"seeded {n} off-mesh (hair) Gaussians from {len(rows)} frames")
     return rep
+
+
+def new_hash_blendshapes(head: Any, neutral: Tensor, config: TrainConfig) -> HashBlendshapes:
+    """The Gaussians :class:`MeshGaussians` would start with, and a hash-grid field sized by the
+    ``hash_*`` settings over the identity's neutral head ``neutral [V, 3]``."""
+    grid = HashGridSpec(levels=config.hash_levels, log2_size=config.hash_log2_size, features=config.hash_features,
+                        min_resolution=config.hash_min_resolution, max_resolution=config.hash_max_resolution)  # fmt: skip
+    return HashBlendshapes.on_surface(head, vertices=neutral, grid=grid, rank=config.hash_rank, hidden=config.hash_hidden,
+                                      per_face=config.per_face, per_face_face=config.per_face_face,
+                                      sh_degree=config.sh_degree, seed=config.seed, cull_backfacing=config.cull_backfacing,
+                                      sh_follows_head=config.sh_follows_head)  # fmt: skip
 
 
 def seed_hair(rep: MeshGaussians, frames: FrameRenderer, rows: np.ndarray, config: TrainConfig) -> int:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation
+from avatar.representations.bundle import REPRESENTATIONS
 from avatar.training.config import TrainConfig
 from avatar.models.base import FRAME_PARAMS
 from avatar.training.data import Clip
@@ -32,12 +33,17 @@ MIN_EXPRESSION_FRAMES = 8
 MIN_POSE_FRAMES = MIN_EXPRESSION_FRAMES
 
 
+# HashBlendshapes' MLP and learnt basis (one Adam rate, lr_hash_mlp)
+HASH_MLP = ("hash_mlp_w1", "hash_mlp_b1", "hash_mlp_w2", "hash_mlp_b2", "hash_proj")
+
+
 def learning_rates(config: TrainConfig) -> dict[str, float]:
     """The Adam rate of each parameter the representation exposes (those not named stay fixed)."""
     return {"offset": config.lr_offset, "rot": config.lr_rot, "log_scale": config.lr_scale,
             "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
             "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static,
-            "expr_color": config.lr_expr, "expr_offset": config.lr_expr, "expr_proj": config.lr_expr_proj}  # fmt: skip
+            "expr_color": config.lr_expr, "expr_offset": config.lr_expr, "expr_proj": config.lr_expr_proj,
+            "hash_tables": config.lr_hash, **dict.fromkeys(HASH_MLP, config.lr_hash_mlp)}  # fmt: skip
 
 
 def make_optimizer(rep: Representation, config: TrainConfig) -> torch.optim.Adam:
@@ -152,7 +158,7 @@ class TrainState:
     def from_checkpoint(cls, ck: dict[str, Any], clip: Clip, config: TrainConfig, device: torch.device,
                         name: str = "the checkpoint") -> "TrainState":  # fmt: skip
         """The state saved as ``ck`` (:meth:`state_dict`), every tensor on ``device``."""
-        rep = MeshGaussians.from_state(ck["rep_config"], ck["rep_state"]).to(device)
+        rep = REPRESENTATIONS[ck["rep_config"]["kind"]].from_state(ck["rep_config"], ck["rep_state"]).to(device)
         generator = torch.Generator()
         generator.set_state(ck["generator"])
         state = cls.fresh(rep, clip, config, device, generator, ck["init_metrics"])

@@ -1,0 +1,231 @@
+"""Hash-table blendshapes: expression detail as a field over the head's canonical surface
+(NeRFBlendShape, Gao et al. 2022; mesh-anchored hash-table blendshapes, Bai et al. 2024), carried
+by mesh-bound Gaussians.
+
+The Gaussians are :class:`~avatar.representations.MeshGaussians` (same triangle binding, regions,
+hair, teeth, culling and SH; no per-Gaussian blendshapes). What an expression changes beyond the
+mesh comes from a field read at each Gaussian's canonical position x (where it sits on the
+identity's neutral head, ``canon``)::
+
+    h(x, t) = H_0(x) + sum_g c_g(t) H_g(x)            H: multi-resolution hash grids (.hashgrid)
+    c(t)    = expression(t)                            one grid per expression channel (rank 0)
+            = expression(t) @ hash_proj [E, rank]      or a learnt low-rank basis (rank > 0)
+    delta   = MLP(h) = W2 relu(W1 h + b1) + b2         [offset (3, triangle units), colour (3, SH DC)]
+
+added to the Gaussian's own offset and degree-0 colour, as MeshGaussians' expression blendshapes
+are. With expression weight 0 (or no expression: exports, the viewer at rest) it is the neutral
+field MLP(H_0(x)). Off-surface hair and the teeth read the neutral field only (as they carry no
+expression blendshapes in MeshGaussians: an expression must not swing them with the mouth).
+
+Why offset and colour only: they are what MeshGaussians' per-Gaussian blendshapes carry, so a
+side-by-side comparison changes where the detail is stored, not what it may change. Rotation and
+scale already follow the triangle's frame as the mesh deforms; opacity cannot vary per frame in a
+batch (``Splats.opacities`` is ``[N]``), and hiding the mouth's inside is done by the lips moving
+over it (offset) and darkening (colour).
+
+Why splats, not volume rendering (NeRFBlendShape marches rays through the field): the field is
+evaluated once per Gaussian per frame (~30k lookups), not per ray sample (~10^6-10^7 per image),
+so a CPU step stays a splat step; everything else (the rasteriser, exports to splat viewers,
+back-face culling, the trainer's densification and pose refinement) is shared with MeshGaussians.
+
+Speed: canonical positions only change when the Gaussians do (densification, seeding), so their
+hash rows and trilinear weights are computed once and cached (:meth:`HashBlendshapes.corners`).
+The grids are blended by the frame's weights before the gather (one [B, G] x [G, P * F] product:
+every Gaussian of a frame shares the weights), so a frame gathers from one grid, not from G.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from avatar.errors import AvatarError
+from avatar.representations.base import Splats
+from avatar.representations.geometry import triangle_frames
+from avatar.representations.hashgrid import HashGridSpec, blend_tables, encode, hash_corners
+from avatar.representations.mesh_gaussians import HAIR, TEETH, LocalState, MeshGaussians
+
+#: Outputs of the field's MLP: offset (3, triangle units) and base colour (3, SH DC).
+DELTAS = 6
+# The field's cube: the neutral head's bounding box, its largest side scaled by this (hair and
+# shoulders seeded beyond the mesh fall inside; points outside are clamped to the cube's faces).
+_DOMAIN_MARGIN = 1.5
+
+
+class FieldState(NamedTuple):
+    """What a batch of frames' expressions make of the Gaussians (:meth:`HashBlendshapes.local_state`)."""
+
+    deltas: Tensor  # [B, N, 6] the field's output (offset, colour); [1, N, 6] without an expression
+    offset: Tensor  # [B, N, 3] offsets in triangle units, field added, eye/mouth clamps applied
+    log_scale: Tensor  # [N, 3], clamps applied
+
+
+class HashBlendshapes(MeshGaussians):
+    """Mesh-bound Gaussians whose expression detail comes from hash grids (module docstring).
+    Build with :meth:`on_surface` or :meth:`from_mesh_gaussians`.
+
+    >>> rep = HashBlendshapes.on_surface(head, grid=HashGridSpec(levels=8))     # doctest: +SKIP
+    >>> splats = rep(head(expression=expr).vertices, expression=expr)          # doctest: +SKIP
+    """
+
+    kind: ClassVar[str] = "hash_blendshapes"
+
+    def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, rest_vertices: Tensor, channels: int,
+                 sh_degree: int = 0, cull_backfacing: bool = False, sh_follows_head: bool = False,
+                 grid: HashGridSpec = HashGridSpec(), rank: int = 0, hidden: int = 32, seed: int = 0) -> None:  # fmt: skip
+        super().__init__(faces, face_id, region, sh_degree, cull_backfacing, sh_follows_head, 0, 0)
+        if channels < 1 or rank < 0 or hidden < 1:
+            raise AvatarError(f"hash blendshapes need channels >= 1, rank >= 0, hidden >= 1 (got {channels}, {rank}, {hidden})")
+        self.grid, self.channels, self.rank, self.hidden = grid, int(channels), int(rank), int(hidden)
+        g = torch.Generator().manual_seed(seed)
+        bases = 1 + (self.rank or self.channels)
+        # Instant-NGP's start: tables near zero; the output layer at zero, so a new avatar renders
+        # as its Gaussians alone, and a small positive hidden bias, so that layer has inputs to learn from.
+        self.hash_tables = nn.Parameter((torch.rand(bases, grid.num_rows, grid.features, generator=g) * 2 - 1) * 1e-4)
+        self.hash_proj = nn.Parameter(torch.randn(self.channels, self.rank, generator=g) / self.channels**0.5) if self.rank else None
+        fan_in = grid.encoding_size
+        self.hash_mlp_w1 = nn.Parameter((torch.rand(fan_in, self.hidden, generator=g) * 2 - 1) * math.sqrt(6.0 / fan_in))
+        self.hash_mlp_b1 = nn.Parameter(torch.full((self.hidden,), 0.01))
+        self.hash_mlp_w2 = nn.Parameter(torch.zeros(self.hidden, DELTAS))
+        self.hash_mlp_b2 = nn.Parameter(torch.zeros(DELTAS))
+        self.register_buffer("rest_vertices", rest_vertices.detach().float().cpu().clone())  # [V, 3] neutral head
+        lo, hi = self.rest_vertices.amin(0), self.rest_vertices.amax(0)
+        side = float((hi - lo).max()) * _DOMAIN_MARGIN
+        self.register_buffer("domain", torch.stack([(lo + hi) / 2 - side / 2, torch.full((3,), side)]))  # [2, 3]: corner, size
+        self.register_buffer("canon", self.canonical_positions())  # [N, 3]
+        self._corners: tuple[Any, ...] | None = None
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_mesh_gaussians(cls, rep: MeshGaussians, rest_vertices: Tensor, channels: int, grid: HashGridSpec = HashGridSpec(),
+                            rank: int = 0, hidden: int = 32, seed: int = 0) -> "HashBlendshapes":  # fmt: skip
+        """``rep``'s Gaussians (without its expression blendshapes, if any) with a new field;
+        ``rest_vertices [V, 3]``: the identity's neutral head, where canonical positions are read."""
+        out = cls(rep.faces.cpu(), rep.face_id.cpu(), rep.region.cpu(), rest_vertices, channels, rep.max_sh_degree,
+                  rep.cull_backfacing, rep.sh_follows_head, grid, rank, hidden, seed).to(rep.offset.device)  # fmt: skip
+        own = {k: v for k, v in rep.state_dict().items() if not k.startswith("expr_")}
+        out.load_state_dict({**out.state_dict(), **own})
+        out.refresh_canonical()
+        return out
+
+    @classmethod
+    def on_surface(cls, head: Any, *, vertices: Tensor | None = None, grid: HashGridSpec = HashGridSpec(), rank: int = 0,
+                   hidden: int = 32, **surface: Any) -> "HashBlendshapes":  # fmt: skip
+        """Gaussians as :meth:`MeshGaussians.on_surface` places them (``surface``: its keyword
+        arguments) with a field over ``head``'s expression channels."""
+        if vertices is None:
+            with torch.no_grad():
+                vertices = head().vertices[0]
+        mesh = MeshGaussians.on_surface(head, vertices=vertices, **{**surface, "expr_rank": 0})
+        return cls.from_mesh_gaussians(mesh, vertices, len(head.expression_names), grid, rank, hidden, surface.get("seed", 0))
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "kind": self.kind, "channels": self.channels, "rank": self.rank, "hidden": self.hidden,
+                "grid": dataclasses.asdict(self.grid)}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "HashBlendshapes":
+        rep = cls(state["faces"], state["face_id"], state["region"], state["rest_vertices"], int(config["channels"]),
+                  int(config["sh_degree"]), bool(config["cull_backfacing"]), bool(config["sh_follows_head"]),
+                  HashGridSpec(**config["grid"]), int(config["rank"]), int(config["hidden"]))  # fmt: skip
+        rep.load_state_dict(state)
+        return rep
+
+    # --- canonical positions and their cached hash rows ----------------------------------------
+    @torch.no_grad()
+    def canonical_positions(self) -> Tensor:
+        """``[N, 3]`` each Gaussian's head-bound position on the neutral head (its current offset)."""
+        v = self.rest_vertices.to(self.offset)[None]
+        origin, rot, k = triangle_frames(v, self.faces)
+        fid = self.face_id
+        return origin[0, fid] + k[0, fid, None] * (rot[0, fid] @ self.offset.detach()[..., None]).squeeze(-1)
+
+    def refresh_canonical(self) -> None:
+        """Read the field where the Gaussians now are (after they were added, removed or moved)."""
+        self.canon = self.canonical_positions()
+        self._corners = None
+
+    def set_primitives(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> None:
+        """As MeshGaussians'; the canonical positions are then those of the new Gaussians: a
+        densification event (or seeding) is when the field's lookups may move."""
+        super().set_primitives(params, buffers)
+        self.refresh_canonical()
+
+    def corners(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(rows [L, N, 8], weights [L, N, 8], neutral_only [M], their rows, their weights)``:
+        the cached hash rows and trilinear weights of the canonical positions
+        (:func:`~.hashgrid.hash_corners`), and the Gaussians that read the neutral field only (hair, teeth)."""
+        key = (self.canon.data_ptr(), self.canon._version, self.canon.device, self.hash_tables.dtype)
+        if self._corners is None or self._corners[0] != key:
+            unit = (self.canon - self.domain[0]) / self.domain[1]
+            rows, weights = hash_corners(unit.to(self.hash_tables.dtype), self.grid)
+            neutral_only = torch.nonzero((self.region == HAIR) | (self.region == TEETH)).squeeze(-1)
+            self._corners = (key, rows, weights, neutral_only, rows[:, neutral_only].contiguous(),
+                             weights[:, neutral_only].contiguous())  # fmt: skip
+        return self._corners[1:]
+
+    # --- the field ------------------------------------------------------------------------------
+    def basis_weights(self, expression: Tensor | None) -> Tensor:
+        """``[B, G]`` the grids' weights: 1 for the neutral grid, then the frames' expression
+        weights (rank 0) or their projection on the learnt basis; ``[1, 1]``-led zeros without."""
+        bases = self.hash_tables.shape[0]
+        if expression is None:
+            return torch.nn.functional.one_hot(torch.zeros(1, dtype=torch.long), bases).to(self.hash_tables)
+        if expression.dim() != 2 or expression.shape[-1] != self.channels:
+            raise AvatarError(f"expression must be [B, {self.channels}] (the channels this avatar was trained with), "
+                              f"got {list(expression.shape)}")  # fmt: skip
+        coef = expression.to(self.hash_tables)
+        coef = coef @ self.hash_proj if self.rank else coef
+        return torch.cat([torch.ones_like(coef[:, :1]), coef], 1)
+
+    def field(self, expression: Tensor | None = None) -> Tensor:
+        """``[B, N, L * F]`` the blended hash encoding at the canonical positions (``[1, N, L * F]``
+        without an expression)."""
+        rows, weights, neutral_only, n_rows, n_weights = self.corners()
+        feats = encode(blend_tables(self.hash_tables, self.basis_weights(expression)), rows, weights)
+        if expression is not None and neutral_only.numel():
+            neutral = encode(self.hash_tables[:1], n_rows, n_weights)
+            feats = feats.index_copy(1, neutral_only, neutral.expand(feats.shape[0], -1, -1))
+        return feats
+
+    def field_deltas(self, expression: Tensor | None = None) -> Tensor:
+        """``[B, N, 6]`` the MLP's offset and colour changes (module docstring)."""
+        h = torch.relu(self.field(expression) @ self.hash_mlp_w1 + self.hash_mlp_b1)
+        return h @ self.hash_mlp_w2 + self.hash_mlp_b2
+
+    def local_state(self, expression: Tensor | None = None) -> FieldState:
+        """The field's deltas and the effective offsets and log-scales of frames with expressions
+        ``[B, E]`` (or None); computed once per step, shared by :meth:`forward` and
+        :meth:`regularization_terms` (``local=``)."""
+        deltas = self.field_deltas(expression)
+        offset, log_scale = self._local(self.offset[None] + deltas[..., :3])
+        return FieldState(deltas, offset, log_scale)
+
+    def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
+                body: Tensor | None = None, expression: Tensor | None = None,
+                local: FieldState | None = None) -> Splats:  # fmt: skip
+        """As :meth:`MeshGaussians.forward`, with the field's offset and colour added."""
+        state = self.local_state(expression) if local is None else local
+        splats = super().forward(vertices, sh_degree, head_pose, body, local=LocalState(None, state.offset, state.log_scale))
+        B = splats.batch_size
+        dc = state.deltas[..., 3:].expand(B, -1, -1)
+        colors = splats.colors if splats.per_frame_colors else splats.colors.expand(B, *splats.colors.shape)
+        colors = torch.cat([colors[:, :, :1] + dc[:, :, None], colors[:, :, 1:]], 2)
+        return dataclasses.replace(splats, colors=colors)
+
+    def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0,
+                             expression: Tensor | None = None, local: FieldState | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """MeshGaussians' ``offset`` and ``scale`` terms (of the offsets with the field added), and
+        ``expression``: the mean squared size of the field's deltas."""
+        state = self.local_state(expression) if local is None else local
+        terms = super().regularization_terms(offset_tolerance, scale_tolerance, local=LocalState(None, state.offset, state.log_scale))
+        terms["expression"] = state.deltas.square().sum(-1).mean()
+        return terms
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        own = {"hash_tables": self.hash_tables, "hash_mlp_w1": self.hash_mlp_w1, "hash_mlp_b1": self.hash_mlp_b1,
+               "hash_mlp_w2": self.hash_mlp_w2, "hash_mlp_b2": self.hash_mlp_b2}  # fmt: skip
+        return {**super().shared_parameters(), **own, **({"hash_proj": self.hash_proj} if self.rank else {})}
