@@ -16,36 +16,64 @@ objective whatever the Hessian approximation.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from avatar.fitting.energy import FrameParams, Problem, eyes3, transl
 from avatar.fitting.landmark_model import LandmarkModel
 
-__all__ = ["data_hessian", "expression_bounds", "gaze_prior_hessian", "prior_hessian"]
+__all__ = ["PriorHessian", "data_hessian", "expression_bounds", "gaze_prior_hessian", "prior_hessian"]
 
 
-def prior_hessian(P: Problem, logd: Tensor, num_params: int) -> Tensor:
-    """``[n, p, p]``: Hessians of the regularisers (constant) plus the temporal terms' diagonal
-    (block Jacobi) at the log depths ``logd [n]``; the robust gaze term is added by
-    :func:`gaze_prior_hessian` when it is on (``smooth_eyes_scale > 0``)."""
+@dataclass(frozen=True)
+class PriorHessian:
+    """The regularisers' Hessian per frame (block Jacobi): one constant ``[p, p]`` block shared by
+    every frame plus a per-frame diagonal ``[n, p]`` (the temporal terms), plus the robust gaze
+    term's per-frame diagonal ``[n, 4]`` on the gaze columns when it is on. Held in this form (not
+    ``[n, p, p]``) so a long clip's frames cost ~p numbers each; :meth:`rows` builds the blocks."""
+
+    num_frames: int
+    const: Tensor  # [p, p]
+    diag: Tensor | None  # [n, p]: the temporal terms' diagonal (None: no temporal terms)
+    eye_cols: Tensor  # [4]: the gaze columns
+    eye_diag: Tensor | None = None  # [n, 4]
+
+    def rows(self, frames: slice) -> Tensor:
+        """``[m, p, p]``: the blocks of the frames ``frames``."""
+        m = len(range(*frames.indices(self.num_frames)))
+        H = self.const.expand(m, *self.const.shape).clone()
+        if self.diag is not None:
+            H += torch.diag_embed(self.diag[frames])
+        if self.eye_diag is not None:
+            H[:, self.eye_cols, self.eye_cols] += self.eye_diag[frames]
+        return H
+
+
+def prior_hessian(P: Problem, logd: Tensor, num_params: int) -> PriorHessian:
+    """Hessians of the regularisers (constant) plus the temporal terms' diagonal (block Jacobi) at
+    the log depths ``logd [n]``; the robust gaze term is added by :func:`gaze_prior_hessian` when it
+    is on (``smooth_eyes_scale > 0``)."""
     cfg, E, n, p = P.cfg, P.num_expressions, logd.shape[0], num_params
-    Hp = torch.zeros(n, p, p, dtype=logd.dtype)
+    Hc = torch.zeros(p, p, dtype=logd.dtype)
     ie = slice(6, 6 + E)
     mask = P.expr_mask
     rigid = P.rigid_gram * mask[:, None] * mask[None]
-    Hp[:, ie, ie] += 2.0 * cfg.w_expr_l2 * torch.diag(mask) + 2.0 * cfg.w_rigid * rigid
+    Hc[ie, ie] += 2.0 * cfg.w_expr_l2 * torch.diag(mask) + 2.0 * cfg.w_rigid * rigid
     iy = torch.arange(6 + E, 10 + E)
-    Hp[:, iy, iy] += 2.0 * cfg.w_eyes
+    Hc[iy, iy] += 2.0 * cfg.w_eyes
     for a in range(2):  # vergence: w |eye0 - eye1|^2 per (pitch, yaw)
         i0, i1 = 6 + E + a, 6 + E + 2 + a
-        Hp[:, i0, i0] += 2 * cfg.w_vergence
-        Hp[:, i1, i1] += 2 * cfg.w_vergence
-        Hp[:, i0, i1] -= 2 * cfg.w_vergence
-        Hp[:, i1, i0] -= 2 * cfg.w_vergence
+        Hc[i0, i0] += 2 * cfg.w_vergence
+        Hc[i1, i1] += 2 * cfg.w_vergence
+        Hc[i0, i1] -= 2 * cfg.w_vergence
+        Hc[i1, i0] -= 2 * cfg.w_vergence
     if P.fit_jaw:
         ij = torch.arange(10 + E, 13 + E)
-        Hp[:, ij, ij] += 2.0 * cfg.w_jaw
+        Hc[ij, ij] += 2.0 * cfg.w_jaw
+    diag = None
     if P.temporal and n > 1:
         nb = _neighbour_weight(P.gap_w[:, None], n).squeeze(1)
         dz2 = logd.detach().exp() ** 2
@@ -56,21 +84,18 @@ def prior_hessian(P: Problem, logd: Tensor, num_params: int) -> Tensor:
         diag[:, ie] = 2 * cfg.w_smooth_expr * mask * P.smooth_w
         if cfg.smooth_eyes_scale <= 0:
             diag[:, 6 + E : 10 + E] = 2 * cfg.w_smooth_eyes
-        Hp += torch.diag_embed(diag * nb[:, None])
-    return Hp
+        diag = diag * nb[:, None]
+    return PriorHessian(n, Hc, diag, iy)
 
 
-def gaze_prior_hessian(P: Problem, Hp: Tensor, theta: Tensor) -> Tensor:
+def gaze_prior_hessian(P: Problem, Hp: PriorHessian, theta: Tensor) -> PriorHessian:
     """``Hp`` plus the block-Jacobi diagonal of the robust gaze smoothness term at ``theta``
     (its curvature depends on the gaze changes: IRLS weights)."""
     cfg, E, n = P.cfg, P.num_expressions, theta.shape[0]
     ey = FrameParams.unflat(theta, E, P.fit_jaw).eyes  # [n, 2 eyes, 2]
     w_pair = P.gap_w[:, None] / torch.sqrt(1.0 + ((ey[1:] - ey[:-1]) ** 2).sum(-1) / cfg.smooth_eyes_scale**2)
     nb_eye = _neighbour_weight(w_pair, n)
-    eye_cols = torch.arange(6 + E, 10 + E)
-    H = Hp.clone()
-    H[:, eye_cols, eye_cols] += 2 * cfg.w_smooth_eyes * nb_eye.repeat_interleave(2, 1)
-    return H
+    return dataclasses.replace(Hp, eye_diag=2 * cfg.w_smooth_eyes * nb_eye.repeat_interleave(2, 1))
 
 
 def _neighbour_weight(w_pair: Tensor, n: int) -> Tensor:

@@ -73,7 +73,7 @@ from torch import Tensor
 from avatar.errors import AvatarError
 from avatar.fitting.energy import FROZEN_ANNY  # noqa: F401 - re-exported from its former home
 from avatar.fitting.energy import IRIS, STABLE, FrameParams, Problem, eyes3, project_planes
-from avatar.fitting.gauss_newton import data_hessian, expression_bounds, gaze_prior_hessian, prior_hessian
+from avatar.fitting.gauss_newton import PriorHessian, data_hessian, expression_bounds, gaze_prior_hessian, prior_hessian
 from avatar.fitting.landmark_model import LandmarkModel
 from avatar.models.base import HeadModel
 from avatar.utils.optim import Adam, LMOptions, cosine_schedule, levenberg_marquardt
@@ -362,7 +362,7 @@ def _frames_stage(P: Problem, pose: _Pose, identity: _Identity) -> FrameParams:
     n, p = theta.shape
     Hp = prior_hessian(P, start.logd, p)
 
-    def solve(theta: Tensor, prior: Callable[[Tensor], Tensor], gaze: bool) -> Tensor:
+    def solve(theta: Tensor, prior: Callable[[Tensor], PriorHessian], gaze: bool) -> Tensor:
         return solve_frames(P, tables, fk, theta, prior, gaze, P.cfg.frame_iterations)
 
     if P.temporal and n > 1 and P.cfg.smooth_eyes_scale > 0:
@@ -383,11 +383,11 @@ def _frames_stage(P: Problem, pose: _Pose, identity: _Identity) -> FrameParams:
     return frames
 
 
-def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: Callable[[Tensor], Tensor], gaze: bool,
+def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: Callable[[Tensor], PriorHessian], gaze: bool,
                  iterations: int, held: Tensor | None = None, hessian_every: int = 1) -> Tensor:  # fmt: skip
     """Levenberg-Marquardt over the frames ``theta [n, p]`` (:meth:`FrameParams.flat` rows) of
     ``P``, identity (``tables``) and ``focal`` fixed: exact gradient of the whole objective (the
-    temporal terms included), Gauss-Newton Hessian per frame plus ``prior(rows) -> [rows, p, p]``,
+    temporal terms included), Gauss-Newton Hessian per frame plus ``prior(rows) ->`` :class:`PriorHessian`,
     [0, 1] expressions by an active set. Stage 3 solves every frame of a clip with it; the online
     tracker one frame, with the frames before it as ``held [k, p]``: ``P``'s first ``k`` rows, which
     enter the temporal terms but do not move. ``hessian_every``: the landmark term's Hessian is
@@ -418,7 +418,7 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
 
     cache: dict = {"calls": 0}  # the landmark term's last Hessian, reused between renewals
 
-    def model(x: Tensor, at_trial: Tensor) -> tuple[Tensor, Tensor]:
+    def model(x: Tensor, at_trial: Tensor) -> tuple[Tensor, Callable[[slice], Tensor]]:
         g = torch.empty_like(x)
         for sl in chunks():  # the per-frame terms are independent: each chunk's graph is freed in turn
             th = x[sl].clone().requires_grad_(True)
@@ -427,12 +427,22 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
         (g_time,) = torch.autograd.grad(P.temporal_terms(FrameParams.unflat(rows(th), E, fit_jaw), gaze) * (k + n), th)
         g += g_time
         with torch.no_grad():
-            xs = rows(x)
-            if cache["calls"] % hessian_every == 0:
-                cache["H"] = torch.cat([data_hessian(P.rows(slice(k + sl.start, k + sl.stop)), tables, focal, x[sl])
-                                        for sl in chunks()])  # fmt: skip
-            cache["calls"] += 1
-            return g, cache["H"] + mine(prior(xs))
+            priors = prior(rows(x))
+        renew = cache["calls"] % hessian_every == 0
+        cache["calls"] += 1
+
+        def hessian(sl: slice) -> Tensor:  # [m, p, p] of the moving rows sl, built when the step needs them
+            if renew or sl.start not in cache:
+                H = torch.cat([data_hessian(P.rows(slice(k + a, k + min(a + FRAME_CHUNK, sl.stop))), tables, focal,
+                                            x[a : min(a + FRAME_CHUNK, sl.stop)])
+                               for a in range(sl.start, sl.stop, FRAME_CHUNK)])  # fmt: skip
+                if hessian_every > 1:
+                    cache[sl.start] = H
+            else:
+                H = cache[sl.start]
+            return H + priors.rows(slice(k + sl.start, k + sl.stop))
+
+        return g, hessian
 
     active = torch.ones(p, dtype=torch.bool)
     active[6 : 6 + E] = P.expr_mask > 0

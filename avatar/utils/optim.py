@@ -130,7 +130,9 @@ class LMOptions:
 def levenberg_marquardt(
     x: Tensor,  # [B, P] start
     loss: Callable[[Tensor], Tensor],  # x [B, P] -> [B] each item's objective at a trial point (the accept test)
-    model: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],  # (x, at_trial [B] bool) -> (grad [B, P], hess [B, P, P])
+    # (x, at_trial [B] bool) -> (grad [B, P], hess [B, P, P] or a function of a slice of the items
+    # -> their [b, P, P], called once per chunk of items after this call: nothing [B, P, P] is built)
+    model: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | Callable[[slice], Tensor]]],
     iterations: int,
     options: LMOptions = LMOptions(),
     *,
@@ -163,8 +165,9 @@ def levenberg_marquardt(
         with torch.no_grad():
             new = x.clone()
             for a in range(0, n, _STEP_CHUNK):  # the per-item systems in chunks: their copies stay small
-                s = slice(a, a + _STEP_CHUNK)
-                new[s, idx] = x[s, idx] + _bounded_step(x[s, idx], g[s, idx], H[s][:, idx][:, :, idx], lam[s], lower,
+                s = slice(a, min(a + _STEP_CHUNK, n))
+                Hs = H(s) if callable(H) else H[s]
+                new[s, idx] = x[s, idx] + _bounded_step(x[s, idx], g[s, idx], Hs[:, idx][:, :, idx], lam[s], lower,
                                                         upper, idx, options)  # fmt: skip
             if lower is not None or upper is not None:
                 new = new.clamp(lower, upper)
