@@ -205,6 +205,7 @@ def browser():
     b.close()
 
 
+@pytest.mark.slow  # ~30 s: the browser draws on SwiftShader (CPU) until the page holds still
 def test_mesh_view_in_browser(anny_head, browser, tmp_path):
     from avatar.viewer import open_viewer
 
@@ -219,6 +220,7 @@ def test_mesh_view_in_browser(anny_head, browser, tmp_path):
         assert path.is_file() and path.is_relative_to(tmp_path)
 
 
+@pytest.mark.slow  # ~30 s: SwiftShader sorts and draws 20k splats
 def test_client_splat_view_in_browser(anny_head, browser, tmp_path):
     from avatar.viewer import open_viewer
 

@@ -14,8 +14,15 @@ identity's neutral head, ``canon``)::
 
 added to the Gaussian's own offset and degree-0 colour, as MeshGaussians' expression blendshapes
 are. With expression weight 0 (or no expression: exports, the viewer at rest) it is the neutral
-field MLP(H_0(x)). Off-surface hair and the teeth read the neutral field only (as they carry no
-expression blendshapes in MeshGaussians: an expression must not swing them with the mouth).
+field MLP(H_0(x)).
+
+Locality: a Gaussian hears only the channels that move the head near its triangle (MeshGaussians'
+``expression_reach``), so opening the jaw cannot repaint the brow. Without it, every grid learns
+wherever the photometric error of frames that use its channel lies (on the synthetic clip a
+jawOpen change soon moved the forehead nearly as much as the mouth; docs/representations.md). Exact per-Gaussian channel sets would cost a blend per Gaussian, so triangles are grouped
+(:func:`expression_groups`): group 0 hears no channel (triangles no expression moves, hair, teeth:
+the neutral field only), and each other group the channels most of its triangles hear. A frame
+blends one grid per group, and each Gaussian gathers from its group's.
 
 Why offset and colour only: they are what MeshGaussians' per-Gaussian blendshapes carry, so a
 side-by-side comparison changes where the detail is stored, not what it may change. Rotation and
@@ -30,8 +37,8 @@ back-face culling, the trainer's densification and pose refinement) is shared wi
 
 Speed: canonical positions only change when the Gaussians do (densification, seeding), so their
 hash rows and trilinear weights are computed once and cached (:meth:`HashBlendshapes.corners`).
-The grids are blended by the frame's weights before the gather (one [B, G] x [G, P * F] product:
-every Gaussian of a frame shares the weights), so a frame gathers from one grid, not from G.
+The grids are blended by the frame's weights before the gather (one [B K, G] x [G, P F] product:
+the Gaussians of a group share the weights), so a Gaussian gathers from one grid, not from G.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ import dataclasses
 import math
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,13 +54,42 @@ from avatar.errors import AvatarError
 from avatar.representations.base import Splats
 from avatar.representations.geometry import triangle_frames
 from avatar.representations.hashgrid import HashGridSpec, blend_tables, encode, hash_corners
-from avatar.representations.mesh_gaussians import HAIR, TEETH, LocalState, MeshGaussians
+from avatar.representations.mesh_gaussians import HAIR, TEETH, LocalState, MeshGaussians, expression_reach
 
 #: Outputs of the field's MLP: offset (3, triangle units) and base colour (3, SH DC).
 DELTAS = 6
 # The field's cube: the neutral head's bounding box, its largest side scaled by this (hair and
 # shoulders seeded beyond the mesh fall inside; points outside are clamped to the cube's faces).
 _DOMAIN_MARGIN = 1.5
+
+
+def expression_groups(reach: Tensor, groups: int, iterations: int = 50) -> tuple[Tensor, Tensor]:
+    """Triangles grouped by the expression channels that reach them (``reach [F, E]`` 0/1,
+    :func:`~avatar.representations.mesh_gaussians.expression_reach`): ``(face_group [F] int64,
+    channels [1 + groups, E] 0/1)``. Group 0 holds the triangles no channel reaches. The others are
+    k-modes clusters of the distinct channel sets (Hamming distance, weighted by triangles), started
+    from the ``groups`` most common sets; a group hears the channels most of its triangles hear.
+    A majority, not a union: a union lets a few boundary triangles that both the jaw and the brows
+    reach give jawOpen to a whole brow group."""
+    sets, inverse, counts = np.unique(reach.cpu().numpy() > 0, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    reached = np.nonzero(sets.any(1))[0]
+    S, c = sets[reached].astype(np.float64), counts[reached].astype(np.float64)
+    centres = S[np.argsort(-c, kind="stable")[:groups]].copy()
+    for _ in range(iterations):
+        assign = (S @ (1.0 - centres).T + (1.0 - S) @ centres.T).argmin(1)
+        moved = centres.copy()
+        for k in range(len(centres)):
+            mine = assign == k
+            if mine.any():
+                moved[k] = (c[mine] @ S[mine]) / c[mine].sum() >= 0.5
+        if (moved == centres).all():
+            break
+        centres = moved
+    group_of_set = np.zeros(len(sets), np.int64)
+    group_of_set[reached] = 1 + assign
+    channels = np.concatenate([np.zeros((1, sets.shape[1])), centres])
+    return torch.from_numpy(group_of_set[inverse]), torch.from_numpy(channels).float()
 
 
 class FieldState(NamedTuple):
@@ -75,11 +112,19 @@ class HashBlendshapes(MeshGaussians):
 
     def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, rest_vertices: Tensor, channels: int,
                  sh_degree: int = 0, cull_backfacing: bool = False, sh_follows_head: bool = False,
-                 grid: HashGridSpec = HashGridSpec(), rank: int = 0, hidden: int = 32, seed: int = 0) -> None:  # fmt: skip
+                 grid: HashGridSpec = HashGridSpec(), rank: int = 0, hidden: int = 32, seed: int = 0,
+                 face_group: Tensor | None = None, group_channels: Tensor | None = None) -> None:  # fmt: skip
+        """``face_group [F]`` / ``group_channels [K, E]``: :func:`expression_groups`' (default: one
+        group hearing every channel)."""
         super().__init__(faces, face_id, region, sh_degree, cull_backfacing, sh_follows_head, 0, 0)
         if channels < 1 or rank < 0 or hidden < 1:
             raise AvatarError(f"hash blendshapes need channels >= 1, rank >= 0, hidden >= 1 (got {channels}, {rank}, {hidden})")
         self.grid, self.channels, self.rank, self.hidden = grid, int(channels), int(rank), int(hidden)
+        if face_group is None or group_channels is None:
+            face_group = torch.ones(faces.shape[0], dtype=torch.long)
+            group_channels = torch.stack([torch.zeros(self.channels), torch.ones(self.channels)])
+        self.register_buffer("face_group", face_group.long().cpu().clone())  # [F] group of each triangle
+        self.register_buffer("group_channels", group_channels.float().cpu().clone())  # [K, E] 0/1 channels each group hears
         g = torch.Generator().manual_seed(seed)
         bases = 1 + (self.rank or self.channels)
         # Instant-NGP's start: tables near zero; the output layer at zero, so a new avatar renders
@@ -101,11 +146,16 @@ class HashBlendshapes(MeshGaussians):
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def from_mesh_gaussians(cls, rep: MeshGaussians, rest_vertices: Tensor, channels: int, grid: HashGridSpec = HashGridSpec(),
-                            rank: int = 0, hidden: int = 32, seed: int = 0) -> "HashBlendshapes":  # fmt: skip
+                            rank: int = 0, hidden: int = 32, seed: int = 0, reach: Tensor | None = None,
+                            groups: int = 16) -> "HashBlendshapes":  # fmt: skip
         """``rep``'s Gaussians (without its expression blendshapes, if any) with a new field;
-        ``rest_vertices [V, 3]``: the identity's neutral head, where canonical positions are read."""
+        ``rest_vertices [V, 3]``: the identity's neutral head, where canonical positions are read;
+        ``reach [F, E]``: the channels that reach each triangle, grouped into ``groups``
+        (:func:`expression_groups`; None: every channel reaches every triangle)."""
+        face_group, group_channels = (None, None) if reach is None else expression_groups(reach, groups)
         out = cls(rep.faces.cpu(), rep.face_id.cpu(), rep.region.cpu(), rest_vertices, channels, rep.max_sh_degree,
-                  rep.cull_backfacing, rep.sh_follows_head, grid, rank, hidden, seed).to(rep.offset.device)  # fmt: skip
+                  rep.cull_backfacing, rep.sh_follows_head, grid, rank, hidden, seed, face_group,
+                  group_channels).to(rep.offset.device)  # fmt: skip
         own = {k: v for k, v in rep.state_dict().items() if not k.startswith("expr_")}
         out.load_state_dict({**out.state_dict(), **own})
         out.refresh_canonical()
@@ -113,14 +163,16 @@ class HashBlendshapes(MeshGaussians):
 
     @classmethod
     def on_surface(cls, head: Any, *, vertices: Tensor | None = None, grid: HashGridSpec = HashGridSpec(), rank: int = 0,
-                   hidden: int = 32, **surface: Any) -> "HashBlendshapes":  # fmt: skip
+                   hidden: int = 32, groups: int = 16, **surface: Any) -> "HashBlendshapes":  # fmt: skip
         """Gaussians as :meth:`MeshGaussians.on_surface` places them (``surface``: its keyword
-        arguments) with a field over ``head``'s expression channels."""
+        arguments) with a field over ``head``'s expression channels, heard in ``groups`` groups
+        of triangles (module docstring)."""
         if vertices is None:
             with torch.no_grad():
                 vertices = head().vertices[0]
         mesh = MeshGaussians.on_surface(head, vertices=vertices, **{**surface, "expr_rank": 0})
-        return cls.from_mesh_gaussians(mesh, vertices, len(head.expression_names), grid, rank, hidden, surface.get("seed", 0))
+        return cls.from_mesh_gaussians(mesh, vertices, len(head.expression_names), grid, rank, hidden, surface.get("seed", 0),
+                                       expression_reach(head), groups)  # fmt: skip
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "kind": self.kind, "channels": self.channels, "rank": self.rank, "hidden": self.hidden,
@@ -130,7 +182,8 @@ class HashBlendshapes(MeshGaussians):
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "HashBlendshapes":
         rep = cls(state["faces"], state["face_id"], state["region"], state["rest_vertices"], int(config["channels"]),
                   int(config["sh_degree"]), bool(config["cull_backfacing"]), bool(config["sh_follows_head"]),
-                  HashGridSpec(**config["grid"]), int(config["rank"]), int(config["hidden"]))  # fmt: skip
+                  HashGridSpec(**config["grid"]), int(config["rank"]), int(config["hidden"]), 0, state["face_group"],
+                  state["group_channels"])  # fmt: skip
         rep.load_state_dict(state)
         return rep
 
@@ -154,42 +207,36 @@ class HashBlendshapes(MeshGaussians):
         super().set_primitives(params, buffers)
         self.refresh_canonical()
 
-    def corners(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``(rows [L, N, 8], weights [L, N, 8], neutral_only [M], their rows, their weights)``:
-        the cached hash rows and trilinear weights of the canonical positions
-        (:func:`~.hashgrid.hash_corners`), and the Gaussians that read the neutral field only (hair, teeth)."""
-        key = (self.canon.data_ptr(), self.canon._version, self.canon.device, self.hash_tables.dtype)
+    def corners(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows [L, N, 8], weights [L, N, 8], group [N] int32)``: the cached hash rows and
+        trilinear weights of the canonical positions (:func:`~.hashgrid.hash_corners`), and the
+        group each Gaussian hears the expression in (0 for hair and teeth: the neutral field only)."""
+        key = (self.canon.data_ptr(), self.canon._version, self.canon.device, self.hash_tables.dtype, self.face_id.data_ptr())
         if self._corners is None or self._corners[0] != key:
             unit = (self.canon - self.domain[0]) / self.domain[1]
             rows, weights = hash_corners(unit.to(self.hash_tables.dtype), self.grid)
-            neutral_only = torch.nonzero((self.region == HAIR) | (self.region == TEETH)).squeeze(-1)
-            self._corners = (key, rows, weights, neutral_only, rows[:, neutral_only].contiguous(),
-                             weights[:, neutral_only].contiguous())  # fmt: skip
+            group = self.face_group[self.face_id].masked_fill((self.region == HAIR) | (self.region == TEETH), 0)
+            self._corners = (key, rows, weights, group.int())
         return self._corners[1:]
 
     # --- the field ------------------------------------------------------------------------------
-    def basis_weights(self, expression: Tensor | None) -> Tensor:
-        """``[B, G]`` the grids' weights: 1 for the neutral grid, then the frames' expression
-        weights (rank 0) or their projection on the learnt basis; ``[1, 1]``-led zeros without."""
-        bases = self.hash_tables.shape[0]
-        if expression is None:
-            return torch.nn.functional.one_hot(torch.zeros(1, dtype=torch.long), bases).to(self.hash_tables)
+    def basis_weights(self, expression: Tensor) -> Tensor:
+        """``[B, K, G]`` each group's weights of the grids for expressions ``[B, E]``: 1 for the
+        neutral grid, then the channels it hears (rank 0) or their projection on the learnt basis."""
         if expression.dim() != 2 or expression.shape[-1] != self.channels:
             raise AvatarError(f"expression must be [B, {self.channels}] (the channels this avatar was trained with), "
                               f"got {list(expression.shape)}")  # fmt: skip
-        coef = expression.to(self.hash_tables)
+        coef = expression.to(self.hash_tables)[:, None, :] * self.group_channels.to(self.hash_tables)[None]  # [B, K, E]
         coef = coef @ self.hash_proj if self.rank else coef
-        return torch.cat([torch.ones_like(coef[:, :1]), coef], 1)
+        return torch.cat([torch.ones_like(coef[..., :1]), coef], -1)
 
     def field(self, expression: Tensor | None = None) -> Tensor:
-        """``[B, N, L * F]`` the blended hash encoding at the canonical positions (``[1, N, L * F]``
-        without an expression)."""
-        rows, weights, neutral_only, n_rows, n_weights = self.corners()
-        feats = encode(blend_tables(self.hash_tables, self.basis_weights(expression)), rows, weights)
-        if expression is not None and neutral_only.numel():
-            neutral = encode(self.hash_tables[:1], n_rows, n_weights)
-            feats = feats.index_copy(1, neutral_only, neutral.expand(feats.shape[0], -1, -1))
-        return feats
+        """``[B, N, L * F]`` the blended hash encoding at the canonical positions (``[1, N, L * F]``,
+        the neutral grid's, without an expression)."""
+        rows, weights, group = self.corners()
+        if expression is None:
+            return encode(self.hash_tables[None, :1], rows, weights)
+        return encode(blend_tables(self.hash_tables, self.basis_weights(expression)), rows, weights, group)
 
     def field_deltas(self, expression: Tensor | None = None) -> Tensor:
         """``[B, N, 6]`` the MLP's offset and colour changes (module docstring)."""

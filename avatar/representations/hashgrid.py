@@ -105,25 +105,29 @@ def hash_corners(x: Tensor, spec: HashGridSpec) -> tuple[Tensor, Tensor]:
 
 
 def blend_tables(tables: Tensor, weights: Tensor) -> Tensor:
-    """``tables [G, P, F]`` mixed by ``weights [B, G]`` -> ``[B, P, F]`` (one matrix product)."""
+    """``tables [G, P, F]`` mixed by ``weights [..., G]`` -> ``[..., P, F]`` (one matrix product)."""
     G, P, F = tables.shape
-    return (weights.to(tables) @ tables.reshape(G, P * F)).reshape(-1, P, F)
+    return (weights.to(tables) @ tables.reshape(G, P * F)).reshape(*weights.shape[:-1], P, F)
 
 
-def encode(table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
-    """``table [B, P, F]`` read at :func:`hash_corners`' ``rows``/``weights [L, N, 8]`` ->
-    ``[B, N, L * F]`` (differentiable in ``table``; the points do not move). On the CPU a C++
+def encode(tables: Tensor, rows: Tensor, weights: Tensor, groups: Tensor | None = None) -> Tensor:
+    """``tables [B, K, P, F]`` (K grids per frame) read at :func:`hash_corners`' ``rows``/``weights
+    [L, N, 8]``, point n from grid ``groups[n]`` (``[N]`` int32; grid 0 for all when None) ->
+    ``[B, N, L * F]``; differentiable in ``tables`` (the points do not move). On the CPU a C++
     kernel (``kernels/splat_cpu/hashgrid.cpp``), elsewhere or without a compiler :func:`_encode`."""
-    if table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64) and _cpu_kernels() is not None:
-        return _HashGather.apply(table, rows, weights.to(table), torch.get_num_threads())
-    return _encode(table, rows, weights)
+    if tables.device.type == "cpu" and tables.dtype in (torch.float32, torch.float64) and _cpu_kernels() is not None:
+        return _HashGather.apply(tables, rows, weights.to(tables), groups, torch.get_num_threads())
+    return _encode(tables, rows, weights, groups)
 
 
-def _encode(table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+def _encode(tables: Tensor, rows: Tensor, weights: Tensor, groups: Tensor | None = None) -> Tensor:
     """:func:`encode` in torch ops: a gather of the eight corners and their weighted sum."""
-    B, P, F = table.shape
+    B, K, P, F = tables.shape
     L, N, _ = rows.shape
-    per_level = (table[:, rows] * weights.to(table)[None, ..., None]).sum(3)  # [B, L, N, F]
+    flat = tables.reshape(B, K * P, F)
+    if groups is not None:
+        rows = rows + (groups.to(rows) * P)[None, :, None]
+    per_level = (flat[:, rows] * weights.to(tables)[None, ..., None]).sum(3)  # [B, L, N, F]
     return per_level.transpose(1, 2).reshape(B, N, L * F)
 
 
@@ -141,35 +145,41 @@ def _cpu_kernels() -> Any:
     for sfx in ("f32", "f64"):
         for name in (f"splat_hash_gather_fwd_{sfx}", f"splat_hash_gather_bwd_{sfx}"):
             fn = getattr(lib, name)
-            fn.argtypes, fn.restype = [i32, i32, i32, i32, i64, p, p, p, p, i32], None
+            fn.argtypes, fn.restype = [i32, i32, i32, i32, i32, i64, p, p, p, p, p, i32], None
     return lib
 
 
 class _HashGather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, table: Tensor, rows: Tensor, weights: Tensor, n_threads: int) -> Tensor:  # type: ignore[override]
-        table, rows, weights = table.contiguous(), rows.contiguous(), weights.contiguous()
-        B, P, F = table.shape
+    def forward(ctx: Any, tables: Tensor, rows: Tensor, weights: Tensor, groups: Tensor | None,  # type: ignore[override]
+                n_threads: int) -> Tensor:  # fmt: skip
+        tables, rows, weights = tables.contiguous(), rows.int().contiguous(), weights.contiguous()
+        groups = None if groups is None else groups.int().contiguous()
+        B, K, P, F = tables.shape
         L, N, _ = rows.shape
-        out = table.new_empty(B, N, L * F)
-        sfx = "f32" if table.dtype == torch.float32 else "f64"
+        if groups is not None and (groups.shape != (N,) or int(groups.min()) < 0 or int(groups.max()) >= K):
+            raise ValueError(f"groups must be [{N}] in [0, {K}), got {list(groups.shape)}")
+        out = tables.new_empty(B, N, L * F)
+        sfx = "f32" if tables.dtype == torch.float32 else "f64"
         getattr(_cpu_kernels(), f"splat_hash_gather_fwd_{sfx}")(
-            B, N, L, F, P, rows.data_ptr(), weights.data_ptr(), table.data_ptr(), out.data_ptr(), n_threads)
-        ctx.save_for_backward(rows, weights)
-        ctx.shape, ctx.n_threads = (B, P, F), n_threads
+            B, K, N, L, F, P, rows.data_ptr(), None if groups is None else groups.data_ptr(), weights.data_ptr(),
+            tables.data_ptr(), out.data_ptr(), n_threads)  # fmt: skip
+        ctx.save_for_backward(rows, weights, groups)
+        ctx.shape, ctx.n_threads = (B, K, P, F), n_threads
         return out
 
     @staticmethod
     def backward(ctx: Any, v_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        rows, weights = ctx.saved_tensors
-        B, P, F = ctx.shape
+        rows, weights, groups = ctx.saved_tensors
+        B, K, P, F = ctx.shape
         L, N, _ = rows.shape
         v_out = v_out.contiguous()  # bound to a name: the kernel reads it after the call starts
-        v_table = v_out.new_empty(B, P, F)
+        v_tables = v_out.new_empty(B, K, P, F)
         sfx = "f32" if v_out.dtype == torch.float32 else "f64"
         getattr(_cpu_kernels(), f"splat_hash_gather_bwd_{sfx}")(
-            B, N, L, F, P, rows.data_ptr(), weights.data_ptr(), v_out.data_ptr(), v_table.data_ptr(), ctx.n_threads)
-        return v_table, None, None, None
+            B, K, N, L, F, P, rows.data_ptr(), None if groups is None else groups.data_ptr(), weights.data_ptr(),
+            v_out.data_ptr(), v_tables.data_ptr(), ctx.n_threads)  # fmt: skip
+        return v_tables, None, None, None, None
 
 
 def _encode_naive(table: Tensor, x: Tensor, spec: HashGridSpec) -> Tensor:

@@ -91,6 +91,7 @@ class TrainConfig:
     hash_max_resolution: int = 256  # cells per axis of the finest level
     hash_rank: int = 0  # expression grids: 0 = one per expression channel (ARKit-52), r > 0 = a learnt basis of r
     hash_hidden: int = 32  # width of the field's MLP
+    hash_groups: int = 16  # groups of triangles that hear the same expression channels (one blended grid each per frame)
     lr_hash: float = 1e-2  # the grids
     lr_hash_mlp: float = 1e-3  # the MLP (and the learnt basis with hash_rank > 0)
     w_offset: float = 0.01

@@ -61,7 +61,7 @@ def new_hash_blendshapes(head: Any, neutral: Tensor, config: TrainConfig) -> Has
     grid = HashGridSpec(levels=config.hash_levels, log2_size=config.hash_log2_size, features=config.hash_features,
                         min_resolution=config.hash_min_resolution, max_resolution=config.hash_max_resolution)  # fmt: skip
     return HashBlendshapes.on_surface(head, vertices=neutral, grid=grid, rank=config.hash_rank, hidden=config.hash_hidden,
-                                      per_face=config.per_face, per_face_face=config.per_face_face,
+                                      groups=config.hash_groups, per_face=config.per_face, per_face_face=config.per_face_face,
                                       sh_degree=config.sh_degree, seed=config.seed, cull_backfacing=config.cull_backfacing,
                                       sh_follows_head=config.sh_follows_head)  # fmt: skip
 

@@ -9,8 +9,10 @@ tab would only compete for the same cores. Scheduling:
 * latest wins: each tab keeps only its newest camera and the streamer only the newest scene
   frame, so camera or slider drags that arrive faster than images are made coalesce, never queue;
 * a change (camera or scene) is drawn at once at a reduced resolution: as many pixels as fit
-  the frame budget ``1 / target_fps`` at the speed of the previous renders, at most
-  ``move_pixels``;
+  the frame budget ``1 / target_fps`` (at most ``move_pixels``), judged by a line ``seconds =
+  fixed + per_pixel * pixels`` fitted to the recent renders. When even the fixed part (projecting
+  and sorting the Gaussians) overruns the budget, pixels may cost as much again: fewer would buy
+  little speed for a much worse image;
 * once a tab's view has held still for ``settle_s``, it is drawn again at its canvas size (at most
   ``max_side`` on the longer side) with a better JPEG quality;
 * tabs with a fresh change go before refinements, the tab served least recently first.
@@ -160,7 +162,7 @@ class ViewStreamer(_TabWatcher):
         self._render = render
         self._frame: Any = None
         self._version = 0
-        self._seconds_per_pixel: float | None = None
+        self._costs: collections.deque[tuple[int, float]] = collections.deque(maxlen=32)  # (pixels, seconds)
         self.shown: collections.deque[Shown] = collections.deque(maxlen=2000)
         super().__init__(server, settings.max_side)
 
@@ -209,12 +211,25 @@ class ViewStreamer(_TabWatcher):
                 self._cond.wait(left)
 
     # --- the worker ----------------------------------------------------------------------------
+    def _cost_model(self) -> tuple[float, float] | None:
+        """``(fixed seconds, seconds per pixel)`` of a render, fitted to the recent ones (reduced
+        and full-size); with a single size seen, all of the time is put on the pixels."""
+        if not self._costs:
+            return None
+        pixels, seconds = np.asarray(self._costs, np.float64).T
+        if pixels.max() > 1.5 * pixels.min():
+            per_pixel, fixed = np.polyfit(pixels, seconds, 1)
+            if per_pixel > 0:
+                return max(float(fixed), 0.0), float(per_pixel)
+        return 0.0, float(seconds.sum() / pixels.sum())
+
     def _budget_pixels(self) -> int:
-        """Pixels that can be drawn within one frame of ``target_fps``, from the previous renders."""
-        s = self.settings
-        if self._seconds_per_pixel is None:
+        """Pixels to draw a change with: see the module docstring."""
+        s, model = self.settings, self._cost_model()
+        if model is None:
             return s.move_pixels
-        fit = 1.0 / (s.target_fps * self._seconds_per_pixel)
+        fixed, per_pixel = model
+        fit = max(1.0 / s.target_fps - fixed, fixed) / per_pixel
         return int(min(s.move_pixels, max(s.min_pixels, fit)))
 
     def _next(self, now: float) -> tuple[_Tab, ViewCamera, bool] | float | None:
@@ -265,10 +280,7 @@ class ViewStreamer(_TabWatcher):
             seconds = time.perf_counter() - t0
             with self._cond:
                 tab.shown_key, tab.final, tab.served = key, final, time.monotonic()
-                if not final:  # the reduced renders are what the budget is for
-                    spp = seconds / camera.pixels
-                    old = self._seconds_per_pixel
-                    self._seconds_per_pixel = spp if old is None else 0.7 * old + 0.3 * spp
+                self._costs.append((camera.pixels, seconds))
                 self.shown.append(Shown(tab.handle.client_id, key[0], camera.width, camera.height, final, seconds, tab.served))
                 self._cond.notify_all()
 
