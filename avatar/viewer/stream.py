@@ -274,7 +274,6 @@ class ViewStreamer(_TabWatcher):
                 image = self._render(frame, camera)
                 quality = self.settings.jpeg_still if final else self.settings.jpeg_moving
                 tab.handle.scene.set_background_image(image, format="jpeg", jpeg_quality=quality)
-                tab.handle.flush()  # now, not at the end of viser's 1/60 s batching window
             except Exception:  # one bad frame (or a tab closing mid-send) must not stop the others
                 log.exception("rendering a view failed")
             seconds = time.perf_counter() - t0
