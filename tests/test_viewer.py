@@ -492,3 +492,27 @@ def test_live_driving_in_both_modes(avatar_out, client_splats):
             with torch.no_grad():
                 want = viewer.drawable.splats_of(viewer.head(shape=viewer._shape, expression=expr).vertices[0], expr)
             assert torch.equal(splats.means, want.means)
+
+
+def test_stream_budget_follows_the_render_cost_line():
+    """The size a change is drawn at: the pixels that fit 1 / target_fps on the line fitted to the
+    recent renders; when the fixed part alone overruns, pixels may cost as much again."""
+    from types import SimpleNamespace
+
+    from avatar.viewer.stream import StreamSettings, ViewStreamer
+
+    server = SimpleNamespace(on_client_connect=lambda f: f, on_client_disconnect=lambda f: f, get_clients=dict)
+    settings = StreamSettings(target_fps=20.0, move_pixels=10**6, min_pixels=1000)
+    stream = ViewStreamer(server, lambda frame, camera: None, settings)
+    try:
+        assert stream._budget_pixels() == 10**6  # nothing rendered yet
+        for fixed in (0.01, 0.08):
+            stream._costs.clear()
+            stream._costs.extend((p, fixed + 1e-7 * p) for p in (100_000, 100_000, 900_000))
+            want = max(0.05 - fixed, fixed) / 1e-7
+            assert stream._budget_pixels() == pytest.approx(want, rel=1e-3)
+        stream._costs.clear()
+        stream._costs.extend([(200_000, 0.1)] * 3)  # one size: all of the time on the pixels
+        assert stream._budget_pixels() == pytest.approx(100_000, rel=1e-3)
+    finally:
+        stream.close()
