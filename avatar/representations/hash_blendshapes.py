@@ -18,8 +18,9 @@ field MLP(H_0(x)).
 
 Locality: a Gaussian hears only the channels that move the head near its triangle (MeshGaussians'
 ``expression_reach``), so opening the jaw cannot repaint the brow. Without it, every grid learns
-wherever the photometric error of frames that use its channel lies (on the synthetic clip a
-jawOpen change soon moved the forehead nearly as much as the mouth; docs/representations.md). Exact per-Gaussian channel sets would cost a blend per Gaussian, so triangles are grouped
+wherever the photometric error of the frames that use its channel lies (on the synthetic clip a
+jawOpen change soon moved the forehead nearly as much as the mouth; docs/representations.md).
+Exact per-Gaussian channel sets would cost a blend per Gaussian, so triangles are grouped
 (:func:`expression_groups`): group 0 hears no channel (triangles no expression moves, hair, teeth:
 the neutral field only), and each other group the channels most of its triangles hear. A frame
 blends one grid per group, and each Gaussian gathers from its group's.
@@ -74,6 +75,8 @@ def expression_groups(reach: Tensor, groups: int, iterations: int = 50) -> tuple
     sets, inverse, counts = np.unique(reach.cpu().numpy() > 0, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     reached = np.nonzero(sets.any(1))[0]
+    if not len(reached):  # no channel moves the head: one group, the neutral field
+        return torch.zeros(len(inverse), dtype=torch.long), torch.zeros(1, sets.shape[1])
     S, c = sets[reached].astype(np.float64), counts[reached].astype(np.float64)
     centres = S[np.argsort(-c, kind="stable")[:groups]].copy()
     for _ in range(iterations):
