@@ -516,3 +516,46 @@ def test_stream_budget_follows_the_render_cost_line():
         assert stream._budget_pixels() == pytest.approx(100_000, rel=1e-3)
     finally:
         stream.close()
+
+
+def _expressive(kind: str, head):
+    """A made-up avatar of each kind whose appearance changes with the expression."""
+    from avatar.representations import HashBlendshapes
+    from avatar.representations.hashgrid import HashGridSpec
+    from avatar.viewer.synthetic import shaded_representation
+
+    if kind == "mesh_gaussians":  # with expression blendshapes
+        return shaded_representation(head, per_face=1, per_face_face=1, sh_degree=1, expr_rank=4)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        rest = head().vertices[0]
+    rep = HashBlendshapes.from_mesh_gaussians(shaded_representation(head, per_face=1, per_face_face=1, sh_degree=1), rest,
+                                              len(head.expression_names), grid=HashGridSpec(levels=6))  # fmt: skip
+    with torch.no_grad():  # away from the start, whose output layer is zero
+        rep.hash_tables.normal_(0.0, 0.5, generator=g)
+        rep.hash_mlp_w2.normal_(0.0, 0.3, generator=g)
+    return rep
+
+
+@pytest.mark.parametrize("kind", ["mesh_gaussians", "hash_blendshapes"])
+def test_served_view_is_each_representations_own_render(anny_head, tmp_path, kind):
+    """For every representation kind, the served image of a jawOpen change is what
+    Avatar.render (the path of `avatar render`) draws for that expression at that camera."""
+    from avatar.representations import load_avatar, save_avatar
+    from avatar.viewer import open_viewer
+    from avatar.viewer.camera import frontal_camera
+
+    save_avatar(tmp_path / "avatar", _expressive(kind, anny_head), model="anny", shape=torch.zeros(anny_head.num_shape))
+    av = load_avatar(tmp_path)
+    expr = torch.zeros(1, len(anny_head.expression_names))
+    expr[0, anny_head.expression_names.index("jawOpen")] = 0.8
+    with open_viewer(tmp_path, port=_port()) as viewer:
+        viewer.set_params(expression=expr)
+        assert viewer.wait_idle(30)
+        camera = frontal_camera(viewer.rest_vertices, 80, 64)
+        served = viewer.drawable.draw(viewer.drawable.stream._frame, camera)
+        neutral = viewer.drawable.draw((viewer.drawable.splats_of(viewer.rest_vertices, None), np.eye(4)), camera)
+    rgb, _ = av.render({"expression": expr}, torch.tensor(camera.viewmat, dtype=torch.float32),
+                       torch.tensor(camera.K, dtype=torch.float32), 80, 64)  # fmt: skip
+    np.testing.assert_array_equal(served, np.rint(rgb[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
+    assert np.abs(served.astype(int) - neutral.astype(int)).max() > 30

@@ -101,16 +101,19 @@ class TriangleGaussians:
             return means.T, quats, local_scales * kp[:, None]
 
 
-def shaded_representation(head, *, per_face: int = 1, per_face_face: int = 1, sh_degree: int = 1, seed: int = 0):
+def shaded_representation(head, *, per_face: int = 1, per_face_face: int = 1, sh_degree: int = 1, expr_rank: int = 0,
+                          seed: int = 0):  # fmt: skip
     """A :class:`~avatar.representations.MeshGaussians` avatar made up from the mesh alone: opaque
     surface Gaussians coloured skin (eyes white) under a baked head light, with a little noise and
-    small random view-dependent (SH) terms, back-face culling on. A stand-in for a trained avatar
-    in the viewer's tests and benchmark: it goes through the same representation and renderer."""
+    small random view-dependent (SH) terms, back-face culling on; with ``expr_rank``, random
+    expression blendshapes. A stand-in for a trained avatar in the viewer's tests and benchmark: it
+    goes through the same representation and renderer."""
     from avatar.representations import MeshGaussians
     from avatar.representations.geometry import quat_to_matrix
     from avatar.representations.mesh_gaussians import EYE, SH_C0
 
-    rep = MeshGaussians.on_surface(head, per_face=per_face, per_face_face=per_face_face, sh_degree=sh_degree, seed=seed)
+    rep = MeshGaussians.on_surface(head, per_face=per_face, per_face_face=per_face_face, sh_degree=sh_degree,
+                                   expr_rank=expr_rank, seed=seed)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         rest = rep(head().vertices.float())
@@ -123,4 +126,7 @@ def shaded_representation(head, *, per_face: int = 1, per_face_face: int = 1, sh
         rep.sh_dc.copy_((rgb - 0.5) / SH_C0)
         rep.sh_rest.copy_(0.05 * torch.randn(rep.sh_rest.shape, generator=g))
         rep.opacity_logit.fill_(3.0)
+        if rep.expr_rank:
+            rep.expr_color.normal_(0.0, 1.0, generator=g)
+            rep.expr_offset.normal_(0.0, 0.05, generator=g)
     return rep
