@@ -166,16 +166,15 @@ def view_appearance(splats, viewmat: np.ndarray | None = None) -> tuple[Tensor, 
     from avatar.representations.base import facing_factor
 
     colors, means, opacities = splats.frame_colors(0), splats.means[0], splats.opacities
+    vm = None if viewmat is None else torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
     if splats.sh_degree is None:
         rgb = colors
-    elif viewmat is None:
+    elif vm is None:
         rgb = 0.5 + _SH_C0 * colors[:, 0]
     else:
-        vm = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
-        campos = torch.linalg.inv(vm)[:3, 3]
+        campos = torch.linalg.inv(vm)[:3, 3]  # as the rasterizer finds the rays' origin
         rgb = torch.clamp_min(spherical_harmonics(splats.sh_degree, means - campos, colors) + 0.5, 0.0)
-    if viewmat is not None and splats.normals is not None:
-        vm = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
+    if vm is not None and splats.normals is not None:
         opacities = opacities * facing_factor(means, splats.normals[0], vm)
     return rgb.clamp(0, 1), opacities
 

@@ -269,18 +269,21 @@ class ViewStreamer(_TabWatcher):
                     self._cond.wait(job)
                 tab, camera, final = job
                 frame, key = self._frame, (self._version, tab.camera.key)
-            t0 = time.perf_counter()
+            t0, sent = time.perf_counter(), False
             try:
                 image = self._render(frame, camera)
                 quality = self.settings.jpeg_still if final else self.settings.jpeg_moving
                 tab.handle.scene.set_background_image(image, format="jpeg", jpeg_quality=quality)
+                sent = True
             except Exception:  # one bad frame (or a tab closing mid-send) must not stop the others
                 log.exception("rendering a view failed")
             seconds = time.perf_counter() - t0
             with self._cond:
+                # marked as done even when it failed: retried once when the view settles, not in a loop
                 tab.shown_key, tab.final, tab.served = key, final, time.monotonic()
-                self._costs.append((camera.pixels, seconds))
-                self.shown.append(Shown(tab.handle.client_id, key[0], camera.width, camera.height, final, seconds, tab.served))
+                if sent:
+                    self._costs.append((camera.pixels, seconds))
+                    self.shown.append(Shown(tab.handle.client_id, key[0], camera.width, camera.height, final, seconds, tab.served))
                 self._cond.notify_all()
 
 
