@@ -48,6 +48,9 @@ class Drive:
     """Viewer address (127.0.0.1 unless you mean to share it)."""
     port: int = 8080
     """Viewer port (the next free one if taken)."""
+    client_splats: bool = False
+    """Let the browser draw the Gaussians (as `avatar view --client-splats`: see its --help for
+    what differs) instead of streaming images rendered here."""
     realtime: bool = True
     """A video plays at its own frame rate (frames are dropped when processing falls behind);
     --no-realtime processes every frame as fast as possible."""
@@ -120,7 +123,8 @@ class Drive:
         if not is_loopback(self.host):
             print(f"avatar drive: warning: serving on {self.host}; anyone who can reach it can see the avatar",
                   file=sys.stderr)  # fmt: skip
-        viewer = open_viewer(self.out, model=self.model, model_path=self.model_path, host=self.host, port=self.port)
+        viewer = open_viewer(self.out, model=self.model, model_path=self.model_path, host=self.host, port=self.port,
+                             client_splats=self.client_splats)  # fmt: skip
         print(f"avatar drive: open {viewer.url} in a browser (Ctrl+C to stop)", flush=True)
         return ViewerSink(viewer)
 

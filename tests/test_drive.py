@@ -101,11 +101,20 @@ def trained_avatar(clip: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_drive_in_the_viewer(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the viewer: every update reaches it (the last frame's expression is the viewer's)."""
+@pytest.mark.parametrize("mode", [[], ["--client-splats"]])
+def test_drive_in_the_viewer(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: list[str]) -> None:
+    """With the viewer, in either mode: every update reaches it (the last frame's expression is the viewer's)."""
     pytest.importorskip("viser")
+    import avatar.viewer
     from avatar.viewer.app import AvatarViewer
 
+    opened, open_viewer = {}, avatar.viewer.open_viewer
+
+    def spy(*args, **kwargs):
+        opened.update(kwargs)
+        return open_viewer(*args, **kwargs)
+
+    monkeypatch.setattr(avatar.viewer, "open_viewer", spy)
     shown, original = {}, AvatarViewer.close
 
     def close(self) -> None:  # what the viewer shows when the drive ends
@@ -118,7 +127,8 @@ def test_drive_in_the_viewer(clip: Path, tmp_path: Path, monkeypatch: pytest.Mon
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert main(["drive", "--source", str(clip / "frames"), "--no-realtime", "--port", str(port), "--summary",
-                 str(summary), "--record", str(tmp_path / "r.npz"), "--identity-seconds", "0.3"]) == 0  # fmt: skip
+                 str(summary), "--record", str(tmp_path / "r.npz"), "--identity-seconds", "0.3", *mode]) == 0  # fmt: skip
+    assert opened["client_splats"] == bool(mode)
     assert json.loads(summary.read_text())["frames_processed"] == FRAMES
     from avatar.fitting import load_tracking
 
