@@ -5,12 +5,14 @@ Prints, in one process with one torch thread (as `avatar train` runs):
    grids' blend, the gather (our C++ kernel, and its torch twin for comparison), the MLP and the
    Adam step of the field's parameters, for each number of levels asked (F features, 52 ARKit
    grids or a learnt basis of --rank);
-2. a whole fast-cpu training step on a synthetic 256^2 clip (avatar.training.synthetic) with
-   MeshGaussians and with HashBlendshapes, at the preset's Gaussians and at ~30k (per_face=2,
-   per_face_face=5), so the field's share of a step can be read off.
+2. how far the groups of triangles that share expression channels stray from each triangle's own
+   channels, for 8, 16 and 32 groups;
+3. a whole fast-cpu training step on a synthetic 256^2 clip (avatar.training.synthetic) with
+   MeshGaussians and with HashBlendshapes (steps interleaved), at the preset's Gaussians and at
+   ~30k (per_face=2, per_face_face=5), so the field's share of a step can be read off.
 
     python bench/bench_hashgrid.py [--levels 8 12 16] [--log2-size 12] [--features 2] [--rank 0]
-        [--groups 16] [--repeats 7] [--steps 8] [--no-steps]
+        [--groups 16] [--repeats 7] [--steps 16] [--no-steps]
 
 Timings are medians, wall-clock on whatever else the machine is doing.
 """
@@ -81,21 +83,39 @@ def field_figures(head, levels: int, log2_size: int, features: int, rank: int, g
     return out
 
 
-def step_ms(clip: Path, representation: str, steps: int, **overrides) -> tuple[int, float]:
-    """Median time of a fast-cpu training step (after two unmeasured ones) and the Gaussian count."""
+def group_figures(head, groups: int) -> dict[str, float]:
+    """How far :func:`expression_groups` strays from each triangle's own channels (expression_reach):
+    (triangle, channel) pairs heard beyond the reach and reach pairs not heard, in % of the reach."""
+    from avatar.representations.hash_blendshapes import expression_groups
+    from avatar.representations.mesh_gaussians import expression_reach
+
+    reach = expression_reach(head) > 0
+    face_group, channels = expression_groups(reach.float(), groups)
+    heard = channels[face_group] > 0
+    total = float(reach.sum())
+    return {"granted": 100.0 * float((heard & ~reach).sum()) / total, "dropped": 100.0 * float((~heard & reach).sum()) / total}
+
+
+def step_ms(clip: Path, steps: int, **overrides) -> tuple[int, dict[str, float]]:
+    """Median time of a fast-cpu training step of each representation (after two unmeasured ones),
+    the two runs' steps interleaved so that both see the same load; and the Gaussian count."""
     from avatar.training import trainer
     from avatar.training.config import preset
 
-    cfg = preset("fast-cpu", eval_video=False, representation=representation, **overrides)
-    run = trainer._setup(clip, cfg, torch.device("cpu"), False)
-    state = trainer._initialise(run)
-    run.frames.pose_fixed_vertices()
-    times = []
+    runs = {}
+    for kind in ("mesh-gaussians", "hash-blendshapes"):
+        cfg = preset("fast-cpu", eval_video=False, representation=kind, **overrides)
+        run = trainer._setup(clip, cfg, torch.device("cpu"), False)
+        state = trainer._initialise(run)
+        run.frames.pose_fixed_vertices()
+        runs[kind] = (run, state, [])
     for step in range(steps + 2):
-        t0 = time.perf_counter()
-        trainer._train_step(run, state, step)
-        times.append(time.perf_counter() - t0)
-    return state.rep.num_gaussians, 1000.0 * statistics.median(times[2:])
+        for run, state, times in runs.values():
+            t0 = time.perf_counter()
+            trainer._train_step(run, state, step)
+            times.append(time.perf_counter() - t0)
+    n = runs["mesh-gaussians"][1].rep.num_gaussians
+    return n, {kind: 1000.0 * statistics.median(times[2:]) for kind, (_, _, times) in runs.items()}
 
 
 def main() -> None:
@@ -106,7 +126,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=0, help="0: one grid per ARKit channel (52); r: a learnt basis of r")
     ap.add_argument("--groups", type=int, default=16, help="groups of triangles hearing the same channels")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=8, help="measured training steps per configuration")
+    ap.add_argument("--steps", type=int, default=16, help="measured training steps per configuration")
     ap.add_argument("--no-steps", action="store_true", help="skip the training-step timings")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -122,6 +142,12 @@ def main() -> None:
         f = field_figures(head, levels, args.log2_size, args.features, args.rank, args.groups, args.repeats)
         print(f"| {levels} | {f['gaussians']} | {f['params_M']:.2f} | {f['field_fb']:.1f} | {f['blend_fb']:.1f} | "
               f"{f['gather_fb']:.1f} | {f['gather_fb_torch']:.1f} | {f['mlp_fb']:.1f} | {f['adam']:.1f} |")  # fmt: skip
+    print("\nexpression groups: (triangle, channel) pairs heard beyond each triangle's reach / not heard, % of the reach")
+    print("| groups | granted | dropped |")
+    print("|---|---|---|")
+    for groups in (8, 16, 32):
+        f = group_figures(head, groups)
+        print(f"| {groups} | {f['granted']:.1f} | {f['dropped']:.1f} |")
     if args.no_steps:
         return
     from avatar.training.synthetic import make_synthetic_clip
@@ -132,9 +158,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_synthetic_clip(Path(tmp) / "clip", head, num_frames=24, size=256)
         for overrides in ({}, {"per_face": 2, "per_face_face": 5}):
-            n, mesh = step_ms(clip, "mesh-gaussians", args.steps, **overrides)
-            _, hashed = step_ms(clip, "hash-blendshapes", args.steps, **overrides)
-            print(f"| {n} | {mesh:.0f} | {hashed:.0f} |")
+            n, ms = step_ms(clip, args.steps, **overrides)
+            print(f"| {n} | {ms['mesh-gaussians']:.0f} | {ms['hash-blendshapes']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Hash-table blendshapes: the hash grid (C++ kernel and torch twin against the definition, values
 and gradients), the field's neutral state and locality, densification, the bundle round trip, and
-`avatar train --representation hash-blendshapes` through render and .ply export."""
+`avatar train --representation hash-blendshapes` through resume, render, .ply export and the viewer."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import torch
@@ -299,7 +300,7 @@ def test_jaw_open_changes_the_mouth_not_the_forehead(clip, anny_head, grouped, m
         assert change[forehead].mean() > 0.2 * change[mouth].mean()
 
 
-def test_train_render_export_resume(clip, tmp_path, capsys):
+def test_train_resume_render_export_view(clip, tmp_path):
     from avatar.export.ply import read_gaussians_ply
     from avatar_apps.cli import main
 
@@ -316,3 +317,10 @@ def test_train_render_export_resume(clip, tmp_path, capsys):
     assert main(["export", str(clip), "--format", "ply"]) == 0
     ply = read_gaussians_ply(clip / "exports" / "gaussians.ply")
     assert len(ply.means) == load_avatar(clip).representation.num_gaussians
+    from avatar.viewer import open_viewer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open_viewer(clip, port=port) as viewer:
+        assert viewer.url.startswith("http://127.0.0.1")

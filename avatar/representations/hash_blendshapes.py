@@ -18,8 +18,8 @@ field MLP(H_0(x)).
 
 Locality: a Gaussian hears only the channels that move the head near its triangle (MeshGaussians'
 ``expression_reach``), so opening the jaw cannot repaint the brow. Without it, every grid learns
-wherever the photometric error of the frames that use its channel lies (on the synthetic clip a
-jawOpen change soon moved the forehead nearly as much as the mouth; docs/representations.md).
+wherever the photometric error of the frames that use its channel lies (after a few steps on the
+synthetic clip a jawOpen change moves the forehead's field too: tests/test_hash_blendshapes.py).
 Exact per-Gaussian channel sets would cost a blend per Gaussian, so triangles are grouped
 (:func:`expression_groups`): group 0 hears no channel (triangles no expression moves, hair, teeth:
 the neutral field only), and each other group the channels most of its triangles hear. A frame
