@@ -181,6 +181,21 @@ def test_resume_refuses_other_settings_or_inputs(clip_dir, tmp_path):
     assert report["resumed_from"] == 2 and report["steps"] == 8
 
 
+def test_resume_across_versions_compares_only_what_both_know():
+    """A checkpoint from before a setting existed resumes when the setting is at its default (and
+    not otherwise); a setting this version no longer has cannot be compared."""
+    from avatar.training.config import TrainConfig
+    from avatar.training.state import check_resumable
+
+    cfg = TrainConfig()
+    old = {k: v for k, v in cfg.to_dict().items() if k != "hash_levels"} | {"a_removed_knob": 1}
+    check_resumable({"config": old, "inputs": {}}, cfg, {}, "run")
+    with pytest.raises(AvatarError, match=r"hash_levels None -> 9"):
+        check_resumable({"config": old, "inputs": {}}, dataclasses.replace(cfg, hash_levels=9), {}, "run")
+    with pytest.raises(AvatarError, match=r"lambda_alpha"):
+        check_resumable({"config": old, "inputs": {}}, dataclasses.replace(cfg, lambda_alpha=0.3), {}, "run")
+
+
 def test_a_second_process_on_the_same_folder_is_refused(clip_dir, tmp_path):
     import subprocess
     import sys

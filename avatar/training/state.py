@@ -196,8 +196,14 @@ def input_digest(out_dir: Path) -> dict[str, str]:
 def check_resumable(ck: dict[str, Any], config: TrainConfig, inputs: dict[str, str], name: str) -> None:
     """Raises an :class:`AvatarError` naming what changed when checkpoint ``ck`` was made with other
     settings (outside :data:`RESUME_FREE`) or from other inputs than this run's."""
-    saved, now = _flat(ck.get("config", {})), _flat(config.to_dict())
-    changed = [k for k in sorted(saved.keys() | now.keys()) if k.split(".")[0] not in RESUME_FREE and saved.get(k) != now.get(k)]
+    saved, now, default = _flat(ck.get("config", {})), _flat(config.to_dict()), _flat(TrainConfig().to_dict())
+
+    def differs(k: str) -> bool:
+        if k not in saved:  # a setting added since the checkpoint: a change only away from its default
+            return now[k] != default.get(k)
+        return k in now and saved[k] != now[k]  # one this version no longer has cannot be compared
+
+    changed = [k for k in sorted(saved.keys() | now.keys()) if k.split(".")[0] not in RESUME_FREE and differs(k)]
     fix = "; resume with the same settings, or start over with `avatar train OUT --restart`"
     if changed:
         listed = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:4]) + (", ..." if len(changed) > 4 else "")
