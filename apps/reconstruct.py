@@ -31,7 +31,7 @@ class Reconstruct:
     """A TOML settings file applied over the preset (same format as configs/*.toml)."""
     steps: int | None = None
     """Training steps (overrides the preset)."""
-    representation: Literal["mesh-gaussians", "hash-blendshapes"] | None = None
+    representation: Literal["mesh-gaussians", "hash-blendshapes", "neural-points"] | None = None
     """What to train (see `avatar train --help`; overrides the preset)."""
     stride: int = 1
     """Use every n-th frame."""

@@ -25,9 +25,10 @@ class Train:
     """Long side of the training images in pixels (overrides the preset)."""
     device: Literal["auto", "cpu", "cuda"] | None = None
     """Where to train (overrides the preset; auto = CUDA when present)."""
-    representation: Literal["mesh-gaussians", "hash-blendshapes"] | None = None
-    """What to train (overrides the preset): mesh-gaussians (the default), or hash-blendshapes (the same
-    Gaussians, expression detail from hash grids; its knobs are the hash_* settings)."""
+    representation: Literal["mesh-gaussians", "hash-blendshapes", "neural-points"] | None = None
+    """What to train (overrides the preset): mesh-gaussians (the default), hash-blendshapes (the same
+    Gaussians, expression detail from hash grids; its knobs are the hash_* settings), or neural-points
+    (points free in canonical space, deformed by an MLP; its knobs are the points_* settings)."""
     set: tuple[str, ...] = ()
     """Any other setting as KEY=VALUE (strategy.KEY=VALUE for densification), e.g. sh_degree=2 refine_tracking=true."""
     model_path: Path | None = None

@@ -25,10 +25,12 @@ from avatar.models.base import FRAME_PARAMS
 from avatar.representations.base import BODY, Representation, Splats, render_splats
 from avatar.representations.hash_blendshapes import HashBlendshapes
 from avatar.representations.mesh_gaussians import MeshGaussians
+from avatar.representations.neural_points import NeuralPoints
 from avatar.utils.files import atomic_folder, atomic_path
 
 BUNDLE_FORMAT = 1
-REPRESENTATIONS: dict[str, type[Representation]] = {MeshGaussians.kind: MeshGaussians, HashBlendshapes.kind: HashBlendshapes}
+REPRESENTATIONS: dict[str, type[Representation]] = {MeshGaussians.kind: MeshGaussians, HashBlendshapes.kind: HashBlendshapes,
+                                                     NeuralPoints.kind: NeuralPoints}
 
 
 def save_representation(rep: Representation, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -82,8 +82,10 @@ class TrainConfig:
     w_expr: float = 0.01  # L2 on the blendshapes (hash-blendshapes: on the field's deltas)
     # What is trained: "mesh-gaussians" (MeshGaussians), or "hash-blendshapes" (HashBlendshapes: the
     # same Gaussians, whose expression detail comes from hash grids over the neutral head instead
-    # of per-Gaussian blendshapes, so expr_rank is unused). The hash_* knobs size its field.
-    representation: Literal["mesh-gaussians", "hash-blendshapes"] = "mesh-gaussians"
+    # of per-Gaussian blendshapes, so expr_rank is unused). The hash_* knobs size its field. Or
+    # "neural-points" (NeuralPoints: points free in canonical space, seeded where the Gaussians
+    # would start, deformed by an MLP; expr_rank unused); the points_* knobs size it.
+    representation: Literal["mesh-gaussians", "hash-blendshapes", "neural-points"] = "mesh-gaussians"
     hash_levels: int = 8  # grid levels
     hash_log2_size: int = 12  # rows per level at most, as a power of two
     hash_features: int = 2  # numbers per row
@@ -94,6 +96,10 @@ class TrainConfig:
     hash_groups: int = 16  # groups of triangles that hear the same expression channels (one blended grid each per frame)
     lr_hash: float = 1e-2  # the grids
     lr_hash_mlp: float = 1e-3  # the MLP (and the learnt basis with hash_rank > 0)
+    points_hidden: int = 64  # neural points: width of the deformation MLP's two hidden layers
+    points_frequencies: int = 4  # neural points: octaves of sines/cosines of the canonical position fed to the MLP
+    points_lr_position: float = 1e-4  # neural points: canonical positions (metres)
+    points_lr_mlp: float = 1e-3  # neural points: the deformation MLP
     w_offset: float = 0.01
     w_scale: float = 1.0
     offset_tolerance: float = 0.5  # triangle units before the offset regulariser bites (in-plane)

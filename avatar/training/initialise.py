@@ -15,6 +15,7 @@ from avatar.representations.hash_blendshapes import HashBlendshapes
 from avatar.representations.hashgrid import HashGridSpec
 from avatar.representations.geometry import params_pose, rigid_transforms
 from avatar.representations.mesh_gaussians import FREE
+from avatar.representations.neural_points import NeuralPoints
 from avatar.training.config import TrainConfig
 from avatar.representations.base import BODY
 from avatar.training.evaluation import spread
@@ -23,9 +24,10 @@ from avatar.training.seeding import seed_off_mesh, seed_teeth
 from avatar.training.state import MIN_EXPRESSION_FRAMES
 
 
-def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = False) -> MeshGaussians:
+def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = False) -> MeshGaussians | NeuralPoints:
     """The initial :class:`MeshGaussians` of ``frames.clip`` (see the module docstring), or its
-    :class:`HashBlendshapes` kind (``config.representation``)."""
+    :class:`HashBlendshapes` kind, or :class:`NeuralPoints` where those Gaussians would start
+    (``config.representation``)."""
     clip, head = frames.clip, frames.head
     with torch.no_grad():
         neutral = frames.head_vertices({})[0]
@@ -33,6 +35,8 @@ def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = Fals
         rep = new_hash_blendshapes(head, neutral, config).to(frames.device)
     else:
         expr_rank = config.expr_rank if len(clip.train_ids) >= MIN_EXPRESSION_FRAMES else 0
+        if config.representation == "neural-points":  # the points' expression motion comes from their MLP
+            expr_rank = 0
         rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
                                        sh_degree=config.sh_degree, vertices=neutral, seed=config.seed,
                                        cull_backfacing=config.cull_backfacing, sh_follows_head=config.sh_follows_head,
@@ -52,6 +56,9 @@ def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = Fals
         n = seed_hair(rep, frames, rows, config)
         if progress:
             print(f"seeded {n} off-mesh (hair) Gaussians from {len(rows)} frames")
+    if config.representation == "neural-points":
+        rep = NeuralPoints.from_mesh_gaussians(rep, head, neutral, frames.shape, hidden=config.points_hidden,
+                                               frequencies=config.points_frequencies, seed=config.seed)  # fmt: skip
     return rep
 
 

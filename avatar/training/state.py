@@ -15,6 +15,7 @@ from torch import Tensor
 from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation
 from avatar.representations.bundle import REPRESENTATIONS
+from avatar.representations.neural_points import POINTS_MLP
 from avatar.training.config import TrainConfig
 from avatar.models.base import FRAME_PARAMS
 from avatar.training.data import Clip
@@ -43,7 +44,8 @@ def learning_rates(config: TrainConfig) -> dict[str, float]:
             "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
             "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static,
             "expr_color": config.lr_expr, "expr_offset": config.lr_expr, "expr_proj": config.lr_expr_proj,
-            "hash_tables": config.lr_hash, **dict.fromkeys(HASH_MLP, config.lr_hash_mlp)}  # fmt: skip
+            "hash_tables": config.lr_hash, **dict.fromkeys(HASH_MLP, config.lr_hash_mlp),
+            "canon": config.points_lr_position, **dict.fromkeys(POINTS_MLP, config.points_lr_mlp)}  # fmt: skip
 
 
 def make_optimizer(rep: Representation, config: TrainConfig) -> torch.optim.Adam:
