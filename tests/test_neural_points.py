@@ -215,3 +215,29 @@ def test_a_synthetic_clip_is_fitted_better_than_at_the_start_held_out(anny_head,
     init, final = report["held_out_initial"], report["held_out"]
     assert report["frames"]["held_out"] > 0
     assert final["psnr"] > init["psnr"] + 1.0 and final["psnr_full"] > init["psnr_full"] + 1.0, (init, final)
+
+
+def test_served_view_is_the_points_own_render(rep, anny_head, tmp_path):
+    """The viewer draws neural points through their forward: its served image of a jawOpen change is
+    what Avatar.render (the path of `avatar render`) draws at that camera, and differs from rest."""
+    import numpy as np
+
+    from avatar.viewer import open_viewer
+    from avatar.viewer.camera import frontal_camera
+
+    save_avatar(tmp_path / "avatar", _trained_like(rep), model="anny", shape=torch.zeros(anny_head.num_shape))
+    av = load_avatar(tmp_path)
+    expr = _expr(anny_head, value=0.8)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open_viewer(tmp_path, port=port) as viewer:
+        viewer.set_params(expression=expr)
+        assert viewer.wait_idle(30)
+        camera = frontal_camera(viewer.rest_vertices, 80, 64)
+        served = viewer.drawable.draw(viewer.drawable.stream._frame, camera)
+        neutral = viewer.drawable.draw((viewer.drawable.splats_of(viewer.rest_vertices, None), np.eye(4)), camera)
+    rgb, _ = av.render({"expression": expr}, torch.tensor(camera.viewmat, dtype=torch.float32),
+                       torch.tensor(camera.K, dtype=torch.float32), 80, 64)  # fmt: skip
+    np.testing.assert_array_equal(served, np.rint(rgb[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
+    assert np.abs(served.astype(int) - neutral.astype(int)).max() > 30
