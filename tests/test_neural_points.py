@@ -190,6 +190,9 @@ def test_train_resume_render_export_view(clip, tmp_path):
     assert main(["export", str(clip), "--format", "ply"]) == 0
     ply = read_gaussians_ply(clip / "exports" / "gaussians.ply")
     assert len(ply.means) == load_avatar(clip).representation.num_gaussians
+    assert main(["export", str(clip), "--format", "ply", "--frame", "3"]) == 0  # posed at a tracked frame
+    posed = read_gaussians_ply(clip / "exports" / "gaussians_frame00003.ply")
+    assert len(posed.means) == len(ply.means) and abs(posed.means[:, 2].mean() - ply.means[:, 2].mean()) > 0.3  # z: -0.62 m
     from avatar.viewer import open_viewer
 
     with socket.socket() as sock:
