@@ -419,13 +419,18 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
     cache: dict = {"calls": 0}  # the landmark term's last Hessian, reused between renewals
 
     def model(x: Tensor, at_trial: Tensor) -> tuple[Tensor, Callable[[slice], Tensor]]:
-        g = torch.empty_like(x)
-        for sl in chunks():  # the per-frame terms are independent: each chunk's graph is freed in turn
-            th = x[sl].clone().requires_grad_(True)
-            (g[sl],) = torch.autograd.grad(frame_terms(th, sl).sum(), th)
+        def temporal(th: Tensor) -> Tensor:
+            return P.temporal_terms(FrameParams.unflat(rows(th), E, fit_jaw), gaze) * (k + n)
+
         th = x.clone().requires_grad_(True)
-        (g_time,) = torch.autograd.grad(P.temporal_terms(FrameParams.unflat(rows(th), E, fit_jaw), gaze) * (k + n), th)
-        g += g_time
+        if n <= FRAME_CHUNK:  # one graph, one backward pass (the online tracker's every frame)
+            (g,) = torch.autograd.grad(frame_terms(th, slice(0, n)).sum() + temporal(th), th)
+        else:
+            (g,) = torch.autograd.grad(temporal(th), th)
+            for sl in chunks():  # the per-frame terms are independent: each chunk's graph is freed in turn
+                tc = x[sl].clone().requires_grad_(True)
+                (gc,) = torch.autograd.grad(frame_terms(tc, sl).sum(), tc)
+                g[sl] += gc
         with torch.no_grad():
             priors = prior(rows(x))
         renew = cache["calls"] % hessian_every == 0
