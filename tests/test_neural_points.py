@@ -244,3 +244,39 @@ def test_served_view_is_the_points_own_render(rep, anny_head, tmp_path):
                        torch.tensor(camera.K, dtype=torch.float32), 80, 64)  # fmt: skip
     np.testing.assert_array_equal(served, np.rint(rgb[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
     assert np.abs(served.astype(int) - neutral.astype(int)).max() > 30
+
+
+def test_a_flame_head_too(tmp_path, monkeypatch):
+    """The small synthetic FLAME-layout file (other joints, other expression basis): at the start the
+    points follow its expressions and head pose at their seeds (1e-5 m), and a tiny CLI run trains."""
+    from test_flame import _flame_arrays, _write_flame_pickle
+
+    from avatar.models import load_head_model
+    from avatar.training.synthetic import make_synthetic_clip
+    from avatar_apps.cli import main
+
+    pkl = _write_flame_pickle(tmp_path / "flame.pkl", _flame_arrays(n_dirs=400), monkeypatch)
+    head = load_head_model("flame", str(pkl), landmarks=False)
+    neutral = head().vertices[0]
+    g = MeshGaussians.on_surface(head, per_face=1, per_face_face=1, vertices=neutral, cull_backfacing=True)
+    r = NeuralPoints.from_mesh_gaussians(g, head, neutral)
+    e = torch.rand(1, len(head.expression_names), generator=torch.Generator().manual_seed(0))
+    go, tr = torch.tensor([[0.1, -0.3, 0.05]]), torch.tensor([[0.0, -0.1, -0.6]])
+    with torch.no_grad():
+        v = head(expression=e, global_orient=go, transl=tr).vertices
+        err = (r(v, head_pose=rigid_transforms(go, tr), expression=e).means - _mesh_motion(r, g, head, v)).norm(dim=-1)[0]
+        # the file has a zero-area triangle, whose Gaussian does not lie on it: no barycentric seed there
+        on = (_mesh_motion(r, g, head, neutral[None])[0] - r.seed).norm(dim=-1) < 1e-6
+    assert on.float().mean() > 0.9 and err[on].max() < 1e-5, float(err[on].max())
+    out = make_synthetic_clip(tmp_path / "out", head, num_frames=10, size=48)
+    import dataclasses
+
+    from avatar.fitting import load_tracking
+    from avatar.fitting.tracking import save_tracking
+    from avatar.models.registry import model_file_digest
+
+    tracking = load_tracking(out)
+    save_tracking(dataclasses.replace(tracking, model_path=str(pkl.resolve()), model_sha256=model_file_digest(pkl)), out / "tracking.npz")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["train", str(out), "--config", str(tmp_path / "tiny.toml"), "--quiet", "--representation", "neural-points"]) == 0
+    assert load_avatar(out).representation.kind == "neural_points"
