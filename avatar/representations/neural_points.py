@@ -161,7 +161,7 @@ class NeuralPoints(Representation):
             self.register_buffer(name, value.detach().clone().contiguous())
         self.register_buffer("reference_pose", torch.eye(4))
         lo, hi = self.rest_vertices.amin(0), self.rest_vertices.amax(0)
-        self.register_buffer("domain", torch.stack([(lo + hi) / 2, torch.full((3,), float((hi - lo).max()))]))  # centre, size
+        self.register_buffer("domain", torch.stack([(lo + hi) / 2, (hi - lo).max().repeat(3)]))  # centre, size
         g = torch.Generator().manual_seed(seed)
         fan_in, out = 3 + 6 * self.frequencies, E * 3 + J + 1
 
