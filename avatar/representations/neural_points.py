@@ -10,7 +10,8 @@ all points at once (once per step, not per frame: it does not depend on the fram
     s_n  = softmax(log S0_n + dS(x_n))       [J + 1] skinning weights over the head's joints + "body"
 
 where D0, S0 are the mesh's own values at the point's seed (barycentric in the seed triangle of the
-neutral head; stored per point) and the MLP's output layer starts at zero, so a new avatar moves
+neutral head: S0 stored per point, D0 read each frame from the mesh's expression displacement at
+the seed's barycentric coordinates, so no [N, E, 3] prior is stored) and the MLP's output layer starts at zero, so a new avatar moves
 exactly as the mesh does at its seeds (tests/test_neural_points.py states the tolerance).
 ``reach_n`` (0/1 per channel: MeshGaussians' ``expression_reach`` of the seed triangle; none for
 hair and teeth) keeps what the MLP learns local: opening the jaw cannot move the forehead. A frame
@@ -99,7 +100,7 @@ class PointState(NamedTuple):
     """The MLP's outputs at every point (:meth:`NeuralPoints.local_state`), shared by a step's
     forward and regulariser."""
 
-    displacement: Tensor  # [N, E, 3] expression displacements (prior + residual)
+    displacement: Tensor  # [N, E, 3] the MLP's expression displacements (metres; added to the mesh's prior)
     skin: Tensor  # [N, J + 1] skinning weights, the last one "body"
     residual: Tensor  # [N, E * 3 + J + 1] the MLP's raw output (0 at the start)
 
@@ -128,21 +129,22 @@ class NeuralPoints(Representation):
     region_counts = MeshGaussians.region_counts
     expr_rank = 0  # no per-primitive blendshapes (the report's field)
 
-    def __init__(self, canon: Tensor, face_id: Tensor, region: Tensor, unit: Tensor, normal: Tensor, prior_expr: Tensor,
-                 prior_skin: Tensor, rest_vertices: Tensor, expr_basis: Tensor, fit_w: Tensor, face_reach: Tensor,
+    def __init__(self, canon: Tensor, face_id: Tensor, region: Tensor, unit: Tensor, normal: Tensor, bary: Tensor,
+                 prior_skin: Tensor, faces: Tensor, rest_vertices: Tensor, expr_basis: Tensor, fit_w: Tensor, face_reach: Tensor,
                  sh_degree: int = 0, cull_backfacing: bool = False, sh_follows_head: bool = False, hidden: int = 64,
                  frequencies: int = 4, seed: int = 0) -> None:  # fmt: skip
         """Per point ``[N, ...]``: canonical positions (also their seeds), seed triangles, regions,
-        triangle sizes, canonical normals (zero: never culled), prior displacements ``[N, E, 3]`` and
-        skinning weights ``[N, J + 1]``. Shared: the neutral head ``[V, 3]``, its expression basis
+        triangle sizes, canonical normals (zero: never culled), barycentric coordinates ``[N, 3]`` of
+        the seed in its triangle (zero: no expression prior) and prior skinning weights ``[N, J + 1]``.
+        Shared: the head's triangles ``[F, 3]``, the neutral head ``[V, 3]``, its expression basis
         ``[E, V, 3]``, the joints' fit weights ``[J, V]`` and each triangle's channels ``[F, E]``."""
         super().__init__()
         if not 0 <= sh_degree <= 3 or hidden < 1 or frequencies < 0:
             raise AvatarError(f"neural points need sh_degree 0..3, hidden >= 1, frequencies >= 0 "
                               f"(got {sh_degree}, {hidden}, {frequencies})")  # fmt: skip
         n, E, J = canon.shape[0], expr_basis.shape[0], fit_w.shape[0]
-        if prior_expr.shape != (n, E, 3) or prior_skin.shape != (n, J + 1):
-            raise AvatarError(f"priors must be [N, {E}, 3] and [N, {J + 1}], got {list(prior_expr.shape)}, {list(prior_skin.shape)}")
+        if bary.shape != (n, 3) or prior_skin.shape != (n, J + 1):
+            raise AvatarError(f"priors must be [N, 3] and [N, {J + 1}], got {list(bary.shape)}, {list(prior_skin.shape)}")
         self.max_sh_degree, self.cull_backfacing, self.sh_follows_head = int(sh_degree), bool(cull_backfacing), bool(sh_follows_head)
         self.hidden, self.frequencies = int(hidden), int(frequencies)
         k = (sh_degree + 1) ** 2
@@ -154,8 +156,8 @@ class NeuralPoints(Representation):
         self.turn_logit = nn.Parameter(torch.full((n,), -20.0))
         self.body_logit = nn.Parameter(torch.full((3,), -20.0))
         for name, value in (("seed", canon.float()), ("face_id", face_id.long()), ("region", region.long()),
-                            ("unit", unit.float()), ("normal", normal.float()), ("prior_expr", prior_expr.float()),
-                            ("prior_skin", prior_skin.float()), ("rest_vertices", rest_vertices.float()),
+                            ("unit", unit.float()), ("normal", normal.float()), ("bary", bary.float()),
+                            ("prior_skin", prior_skin.float()), ("faces", faces.long()), ("rest_vertices", rest_vertices.float()),
                             ("expr_basis", expr_basis.float()), ("fit_w", fit_w.float()),
                             ("face_reach", face_reach.float())):  # fmt: skip
             self.register_buffer(name, value.detach().clone().contiguous())
@@ -195,13 +197,12 @@ class NeuralPoints(Representation):
         shape_b = None if shape is None else shape.to(head.dtype)[None].expand(E, -1)
         basis = (head(shape=shape_b, expression=eye).vertices.float() - neutral[None])  # [E, V, 3]
         hair, teeth = rep.region == HAIR, rep.region == TEETH
-        prior_expr = torch.einsum("nk,enkc->nec", bary, basis[:, tri]) * (~hair).float()[:, None, None]
         skin = (bary[..., None] * head.skin_weights.float().to(dev)[tri]).sum(1)  # [N, J]
         body = torch.where(hair, 1.0 - torch.sigmoid(rep.follow_logit), torch.zeros_like(rep.follow_logit))
         prior_skin = torch.cat([skin * (1.0 - body)[:, None], body[:, None]], 1)
         surface = (rep.region == FACE) | (rep.region == FREE) | (rep.region == EYE)
         normal = rot[0, fid, :, 2] * surface[:, None].float()
-        out = cls(canon, fid, rep.region, unit, normal, prior_expr, prior_skin, neutral, basis,
+        out = cls(canon, fid, rep.region, unit, normal, bary * (~hair).float()[:, None], prior_skin, faces, neutral, basis,
                   fit_weights(head.skin_weights.float()).to(dev), expression_reach(head).to(dev), rep.max_sh_degree,
                   rep.cull_backfacing, rep.sh_follows_head, hidden, frequencies, seed).to(dev)  # fmt: skip
         out.log_scale.copy_(torch.log(radius / unit)[:, None])
@@ -216,8 +217,8 @@ class NeuralPoints(Representation):
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "NeuralPoints":
-        rep = cls(*(state[k] for k in ("canon", "face_id", "region", "unit", "normal", "prior_expr", "prior_skin",
-                                        "rest_vertices", "expr_basis", "fit_w", "face_reach")),
+        rep = cls(*(state[k] for k in ("canon", "face_id", "region", "unit", "normal", "bary", "prior_skin",
+                                        "faces", "rest_vertices", "expr_basis", "fit_w", "face_reach")),
                   int(config["sh_degree"]), bool(config["cull_backfacing"]), bool(config["sh_follows_head"]),
                   int(config["hidden"]), int(config["frequencies"]))  # fmt: skip
         rep.load_state_dict(state)
@@ -248,7 +249,7 @@ class NeuralPoints(Representation):
         out = h @ self.points_w3 + self.points_b3
         n, E = self.canon.shape[0], self.expr_basis.shape[0]
         heard = self.face_reach[self.face_id] * ((self.region != HAIR) & (self.region != TEETH)).float()[:, None]
-        disp = self.prior_expr + out[:, : E * 3].reshape(n, E, 3) * (heard[..., None] * _DISPLACEMENT_UNIT)
+        disp = out[:, : E * 3].reshape(n, E, 3) * (heard[..., None] * _DISPLACEMENT_UNIT)
         skin = torch.softmax(torch.log(self.prior_skin.clamp_min(_SKIN_FLOOR)) + out[:, E * 3 :], -1)
         return PointState(disp, skin, out)
 
@@ -261,11 +262,10 @@ class NeuralPoints(Representation):
             raise AvatarError(f"expression must be [B, {E}] (the channels this avatar was trained with), got {list(expression.shape)}")
         return expression.to(like)
 
-    def joint_transforms(self, vertices: Tensor, expression: Tensor, head_pose: Tensor | None) -> Tensor:
-        """``[B, J, 4, 4]`` rest -> posed joint transforms fitted to ``vertices [B, V, 3]`` (module
-        docstring): in the head's frame and composed with ``head_pose`` when given."""
-        E, V = self.expr_basis.shape[:2]
-        rest = self.rest_vertices[None] + (expression @ self.expr_basis.reshape(E, -1)).reshape(-1, V, 3)
+    def joint_transforms(self, vertices: Tensor, rest: Tensor, head_pose: Tensor | None) -> Tensor:
+        """``[B, J, 4, 4]`` rest -> posed joint transforms fitted to ``vertices [B, V, 3]`` from the
+        unposed head with the frames' expressions ``rest [B|1, V, 3]`` (module docstring): in the
+        head's frame and composed with ``head_pose`` when given."""
         if head_pose is None:
             return fit_joint_transforms(rest.detach(), vertices.detach(), self.fit_w).to(vertices)
         pose = head_pose.to(vertices)
@@ -281,10 +281,13 @@ class NeuralPoints(Representation):
             raise AvatarError(f"vertices must be [B, V, 3], got {list(vertices.shape)}")
         state = self.local_state() if local is None else local
         B, n = vertices.shape[0], self.num_gaussians
-        E, J = self.expr_basis.shape[0], self.fit_w.shape[0]
+        (E, V), J = self.expr_basis.shape[:2], self.fit_w.shape[0]
         expr = self._expression(expression, vertices)
-        T = self.joint_transforms(vertices, expr, head_pose)  # [B, J, 4, 4]
-        x_e = self.canon[None] + (expr @ state.displacement.permute(1, 0, 2).reshape(E, n * 3)).reshape(-1, n, 3)
+        moved = (expr @ self.expr_basis.reshape(E, -1)).reshape(-1, V, 3)  # the mesh's expression displacement
+        T = self.joint_transforms(vertices, self.rest_vertices[None] + moved, head_pose)  # [B, J, 4, 4]
+        prior = (self.bary[None, :, :, None] * moved[:, self.faces[self.face_id]]).sum(2)  # [B|1, N, 3] at the seeds
+        learnt = (state.displacement.transpose(1, 2) @ expr.T).permute(2, 0, 1)  # [B|1, N, 3]
+        x_e = self.canon[None] + prior + learnt
         A = torch.einsum("nj,bjxy->bnxy", state.skin[:, :J], T)  # blended (and weighted by 1 - body)
         means = (A[..., :3, :3] @ x_e.expand(B, -1, -1)[..., None]).squeeze(-1) + A[..., :3, 3]
         if head_pose is not None:
@@ -328,7 +331,7 @@ class NeuralPoints(Representation):
 
     def primitive_buffers(self) -> dict[str, Tensor]:
         return {"seed": self.seed, "face_id": self.face_id, "region": self.region, "unit": self.unit,
-                "normal": self.normal, "prior_expr": self.prior_expr, "prior_skin": self.prior_skin}  # fmt: skip
+                "normal": self.normal, "bary": self.bary, "prior_skin": self.prior_skin}  # fmt: skip
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         return {"body_logit": self.body_logit, **{name: getattr(self, name) for name in POINTS_MLP}}
