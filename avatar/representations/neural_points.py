@@ -10,16 +10,17 @@ all points at once (once per step, not per frame: it does not depend on the fram
     s_n  = softmax(log S0_n + dS(x_n))       [J + 1] skinning weights over the head's joints + "body"
 
 where D0, S0 are the mesh's own values at the point's seed (barycentric in the seed triangle of the
-neutral head: S0 stored per point, D0 read each frame from the mesh's expression displacement at
-the seed's barycentric coordinates, so no [N, E, 3] prior is stored) and the MLP's output layer starts at zero, so a new avatar moves
-exactly as the mesh does at its seeds (tests/test_neural_points.py states the tolerance).
+neutral head: S0 stored per point; e(t) @ D0 read each frame from the mesh's expression
+displacement at the seed's barycentric coordinates, so no [N, E, 3] prior is stored) and the MLP's
+output layer starts at zero, so a new avatar moves exactly as the mesh does at its seeds
+(tests/test_neural_points.py states the tolerance).
 ``reach_n`` (0/1 per channel: MeshGaussians' ``expression_reach`` of the seed triangle; none for
 hair and teeth) keeps what the MLP learns local: opening the jaw cannot move the forehead. A frame
 with expression weights e(t), joint transforms T_j(t) and body frame B(t) places the point at
 
     x_e  = x_n + e(t) @ D_n
-    head = sum_j s_nj T_j(t) x_e                                 (linear blend skinning)
-    mean = (1 - s_nb) head + s_nb B(t) x_n                       (s_nb: the "body" weight)
+    mean = sum_j s_nj T_j(t) x_e + s_nb B(t) x_n     (linear blend skinning; s_nb: the "body" weight,
+                                                      the J + 1 weights sum to 1)
 
 The body frame is MeshGaussians' (reference pose, body motion, per-point rotation share
 ``turn_logit``); seeded hair starts half body-bound, as MeshGaussians' hair does.
