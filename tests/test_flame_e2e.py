@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from representation_checks import TINY
 from test_flame import _flame_arrays, _write_flame_pickle
 
 from avatar.fitting import load_tracking
@@ -18,13 +19,6 @@ from avatar.models.registry import model_file_digest
 from avatar.training.synthetic import make_synthetic_clip
 from avatar_apps.cli import main
 
-TINY = """resolution = 48
-steps = 4
-per_face_face = 1
-eval_video = false
-color_init_frames = 2
-eval_refine_iters = 0
-"""
 
 
 @pytest.fixture

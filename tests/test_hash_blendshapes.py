@@ -8,8 +8,9 @@ import socket
 
 import pytest
 import torch
+from representation_checks import assert_bundle_round_trip, tiny_config
 
-from avatar.representations import HashBlendshapes, MeshGaussians, load_avatar, save_avatar
+from avatar.representations import HashBlendshapes, MeshGaussians, load_avatar
 from avatar.representations.hashgrid import HashGridSpec, _cpu_kernels, _encode, _encode_naive, blend_tables, encode, hash_corners
 from avatar.representations.mesh_gaussians import FACE, HAIR
 
@@ -220,33 +221,11 @@ def test_densification_keeps_the_field_and_moves_its_lookups(anny_head):
 
 
 def test_save_load_render_identical(rep, anny_head, tmp_path):
-    save_avatar(tmp_path / "avatar", rep, model="anny", shape=torch.zeros(anny_head.num_shape))
-    av = load_avatar(tmp_path)
-    back = av.representation
-    assert isinstance(back, HashBlendshapes) and back.config() == rep.config()
-    for k, t in rep.state_dict().items():
-        assert torch.equal(back.state_dict()[k], t), k
-    K = torch.tensor([[120.0, 0, 32], [0, 120.0, 32], [0, 0, 1]])
-    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
-    params = {"transl": torch.tensor([[0.0, -0.12, -0.7]]), "expression": _jaw(anny_head, 0.6)}
-    rgb, alpha = av.render(params, vm, K, 64, 64)
-    av.representation = rep
-    rgb0, alpha0 = av.render(params, vm, K, 64, 64)
-    assert torch.equal(rgb, rgb0) and torch.equal(alpha, alpha0) and alpha[0, 32, 32, 0] > 0.9
-    with pytest.raises(Exception, match="channels"):
-        back(anny_head().vertices, expression=torch.zeros(1, 7))
+    assert_bundle_round_trip(rep, HashBlendshapes, anny_head, _jaw(anny_head, 0.6), tmp_path)
 
 
 # --- training ---------------------------------------------------------------------------------------
-TINY = """resolution = 48
-steps = 4
-per_face_face = 1
-eval_video = false
-color_init_frames = 2
-eval_refine_iters = 0
-pose_fit_frames = 0
-hash_levels = 4
-"""
+TINY = tiny_config("pose_fit_frames = 0", "hash_levels = 4")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import torch
+from representation_checks import assert_bundle_round_trip, tiny_config
 
 from avatar.representations import MeshGaussians, NeuralPoints, load_avatar, save_avatar
 from avatar.representations.geometry import rigid_transforms
@@ -136,34 +137,11 @@ def test_densification_splits_and_clones_points(rep, anny_head):
 
 
 def test_save_load_render_identical(rep, anny_head, tmp_path):
-    r = _trained_like(rep)
-    save_avatar(tmp_path / "avatar", r, model="anny", shape=torch.zeros(anny_head.num_shape))
-    av = load_avatar(tmp_path)
-    back = av.representation
-    assert isinstance(back, NeuralPoints) and back.config() == r.config()
-    for k, t in r.state_dict().items():
-        assert torch.equal(back.state_dict()[k], t), k
-    K = torch.tensor([[120.0, 0, 32], [0, 120.0, 32], [0, 0, 1]])
-    vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
-    params = {"transl": torch.tensor([[0.0, -0.12, -0.7]]), "expression": _expr(anny_head, value=0.6)}
-    rgb, alpha = av.render(params, vm, K, 64, 64)
-    av.representation = r
-    rgb0, alpha0 = av.render(params, vm, K, 64, 64)
-    assert torch.equal(rgb, rgb0) and torch.equal(alpha, alpha0) and alpha[0, 32, 32, 0] > 0.9
-    with pytest.raises(Exception, match="channels"):
-        back(anny_head().vertices, expression=torch.zeros(1, 7))
+    assert_bundle_round_trip(_trained_like(rep), NeuralPoints, anny_head, _expr(anny_head, value=0.6), tmp_path)
 
 
 # --- training ---------------------------------------------------------------------------------------
-TINY = """resolution = 48
-steps = 4
-per_face_face = 1
-eval_video = false
-color_init_frames = 2
-eval_refine_iters = 0
-pose_fit_frames = 0
-points_hidden = 16
-"""
+TINY = tiny_config("pose_fit_frames = 0", "points_hidden = 16")
 
 
 @pytest.fixture(scope="module")
