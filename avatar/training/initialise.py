@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avatar.representations import MeshGaussians
+from avatar.representations import MeshGaussians, Representation
 from avatar.representations.hash_blendshapes import HashBlendshapes
 from avatar.representations.hashgrid import HashGridSpec
 from avatar.representations.geometry import params_pose, rigid_transforms
@@ -24,7 +24,7 @@ from avatar.training.seeding import seed_off_mesh, seed_teeth
 from avatar.training.state import MIN_EXPRESSION_FRAMES
 
 
-def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = False) -> MeshGaussians | NeuralPoints:
+def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = False) -> Representation:
     """The initial :class:`MeshGaussians` of ``frames.clip`` (see the module docstring), or its
     :class:`HashBlendshapes` kind, or :class:`NeuralPoints` where those Gaussians would start
     (``config.representation``)."""

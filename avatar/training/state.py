@@ -126,7 +126,7 @@ class Refinements:
 class TrainState:
     """The run's changing state; ``step`` is the number of completed steps."""
 
-    rep: MeshGaussians
+    rep: Representation  # MeshGaussians or one of its kinds (config.representation)
     optimizer: torch.optim.Adam
     strategy: DensifyStrategy
     refinements: Refinements
