@@ -374,7 +374,7 @@ def test_fitted_pose_correction_poses_the_held_out_frames_and_leaves_the_trainin
     """``pose_fit_frames``: after training, the held-out frames are scored and stored through the
     ridge fit to refined training poses; training frames keep the learnt correction and their
     per-frame refinements; the report keeps the learnt correction's figure beside it."""
-    cfg = tiny(steps=20, checkpoint_every=10, correct_pose=True, lr_pose_model=1e-2, refine_from=0.2, pose_fit_frames=8,
+    cfg = tiny(steps=20, checkpoint_every=10, refine_pose=True, correct_pose=True, lr_pose_model=1e-2, refine_from=0.2, pose_fit_frames=8,
                eval_refine_iters=0, strategy=StrategyConfig(enabled=False))  # fmt: skip
     out = _copy_clip(trained, tmp_path / "fit")
     report = train(out, cfg, progress=False)

@@ -106,7 +106,7 @@ class TrainConfig:
     scale_tolerance: float = 0.6  # triangle units before the scale regulariser bites
     # Per-frame refinement of the tracking from the training loss (avatar.training.refine): per-row
     # Adam steps from refine_from of the run, once the avatar is sharp enough to align to.
-    refine_pose: bool = True  # each training frame's rigid head pose and body motion (not below 8 training frames)
+    refine_pose: bool = False  # each training frame's rigid head pose and body motion (not below 8 training frames)
     lr_pose_rotation: float = 2e-3  # radians (axis-angle) per step
     lr_pose_translation: float = 2e-4  # metres per step (head and body)
     # A learnt linear correction of the tracked rigid pose, the same function of it for every frame
