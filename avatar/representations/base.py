@@ -108,8 +108,12 @@ class Representation(nn.Module):
         return {}
 
     def set_primitives(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> None:
-        """Replace every per-primitive tensor (after a densify/prune edit)."""
-        raise AvatarError(f"{type(self).__name__} cannot be densified")
+        """Replace every per-primitive tensor (after a densify/prune edit): ``params`` as new
+        parameters, ``buffers`` as plain tensors, under the names the two dicts give."""
+        for name, value in params.items():
+            setattr(self, name, nn.Parameter(value.detach().contiguous()))
+        for name, value in buffers.items():
+            setattr(self, name, value.contiguous())
 
     def split_values(self, idx: Tensor, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Values of the ``n * len(idx)`` primitives that replace primitives ``idx`` when split."""

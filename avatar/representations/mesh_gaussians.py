@@ -548,12 +548,6 @@ class MeshGaussians(Representation):
     def primitive_buffers(self) -> dict[str, Tensor]:
         return {"face_id": self.face_id, "region": self.region}
 
-    def set_primitives(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> None:
-        for name, value in params.items():
-            setattr(self, name, nn.Parameter(value.detach().contiguous()))
-        for name, value in buffers.items():
-            setattr(self, name, value.contiguous())
-
     def split_values(self, idx: Tensor, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Each of Gaussians ``idx`` becomes ``n`` children sampled inside it (same triangle),
         with scales divided by ``0.8 n`` (3DGS's rule)."""

@@ -337,12 +337,6 @@ class NeuralPoints(Representation):
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         return {"body_logit": self.body_logit, **{name: getattr(self, name) for name in POINTS_MLP}}
 
-    def set_primitives(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> None:
-        for name, value in params.items():
-            setattr(self, name, nn.Parameter(value.detach().contiguous()))
-        for name, value in buffers.items():
-            setattr(self, name, value.contiguous())
-
     def split_values(self, idx: Tensor, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Each of points ``idx`` becomes ``n`` children drawn inside it (its radius), radius divided
         by ``0.8 n``; the seed and priors are the parent's."""
