@@ -41,3 +41,34 @@ def assert_bundle_round_trip(rep, cls: type, head, expression: torch.Tensor, fol
     assert torch.equal(rgb, rgb0) and torch.equal(alpha, alpha0) and alpha[0, 32, 32, 0] > 0.9
     with pytest.raises(Exception, match="channels"):
         back(head().vertices, expression=torch.zeros(1, 7))
+
+
+def cli_train_resume_render_export_view(clip, tmp_path, representation: str, config: str) -> dict:
+    """``avatar train --representation ...`` with the tiny ``config`` on ``clip``, resumed from step 4
+    to 6, then ``render``, ``export --format ply`` (one splat per primitive) and the viewer.
+    Returns the bundle's ``avatar.json``."""
+    import json
+    import socket
+
+    from avatar.export.ply import read_gaussians_ply
+    from avatar.viewer import open_viewer
+    from avatar_apps.cli import main
+
+    (tmp_path / "tiny.toml").write_text(config)
+    args = ["train", str(clip), "--config", str(tmp_path / "tiny.toml"), "--quiet", "--representation", representation]
+    assert main(args) == 0
+    desc = json.loads((clip / "avatar" / "avatar.json").read_text())
+    assert desc["train_config"]["representation"] == representation
+    assert main([*args, "--steps", "6"]) == 0  # resumes the checkpoint of step 4
+    assert json.loads((clip / "report.json").read_text())["resumed_from"] == 4
+    assert main(["render", str(clip), "--camera", "tracked", "--size", "32", "-o", str(tmp_path / "t.mp4")]) == 0
+    assert (tmp_path / "t.mp4").stat().st_size > 0
+    assert main(["export", str(clip), "--format", "ply"]) == 0
+    ply = read_gaussians_ply(clip / "exports" / "gaussians.ply")
+    assert len(ply.means) == load_avatar(clip).representation.num_gaussians
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open_viewer(clip, port=port) as viewer:
+        assert viewer.url.startswith("http://127.0.0.1")
+    return desc

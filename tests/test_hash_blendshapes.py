@@ -3,14 +3,12 @@ and gradients), the field's neutral state and locality, densification, the bundl
 `avatar train --representation hash-blendshapes` through resume, render, .ply export and the viewer."""
 from __future__ import annotations
 
-import json
-import socket
 
 import pytest
 import torch
-from representation_checks import assert_bundle_round_trip, tiny_config
+from representation_checks import assert_bundle_round_trip, cli_train_resume_render_export_view, tiny_config
 
-from avatar.representations import HashBlendshapes, MeshGaussians, load_avatar
+from avatar.representations import HashBlendshapes, MeshGaussians
 from avatar.representations.hashgrid import HashGridSpec, _cpu_kernels, _encode, _encode_naive, blend_tables, encode, hash_corners
 from avatar.representations.mesh_gaussians import FACE, HAIR
 
@@ -280,26 +278,5 @@ def test_jaw_open_changes_the_mouth_not_the_forehead(clip, anny_head, grouped, m
 
 
 def test_train_resume_render_export_view(clip, tmp_path):
-    from avatar.export.ply import read_gaussians_ply
-    from avatar_apps.cli import main
-
-    (tmp_path / "tiny.toml").write_text(TINY)
-    args = ["train", str(clip), "--config", str(tmp_path / "tiny.toml"), "--quiet", "--representation", "hash-blendshapes"]
-    assert main(args) == 0
-    desc = json.loads((clip / "avatar" / "avatar.json").read_text())
+    desc = cli_train_resume_render_export_view(clip, tmp_path, "hash-blendshapes", TINY)
     assert desc["representation"]["kind"] == "hash_blendshapes" and desc["representation"]["grid"]["levels"] == 4
-    assert desc["train_config"]["representation"] == "hash-blendshapes"
-    assert main([*args, "--steps", "6"]) == 0  # resumes the checkpoint of step 4
-    assert json.loads((clip / "report.json").read_text())["resumed_from"] == 4
-    assert main(["render", str(clip), "--camera", "tracked", "--size", "32", "-o", str(tmp_path / "t.mp4")]) == 0
-    assert (tmp_path / "t.mp4").stat().st_size > 0
-    assert main(["export", str(clip), "--format", "ply"]) == 0
-    ply = read_gaussians_ply(clip / "exports" / "gaussians.ply")
-    assert len(ply.means) == load_avatar(clip).representation.num_gaussians
-    from avatar.viewer import open_viewer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with open_viewer(clip, port=port) as viewer:
-        assert viewer.url.startswith("http://127.0.0.1")
