@@ -400,18 +400,17 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
     def rows(th: Tensor) -> Tensor:  # every row of P: the held ones, then th
         return th if held is None else torch.cat([held, th])
 
-    def mine(x: Tensor) -> Tensor:  # the rows that move
-        return x if held is None else x[k:]
+    def of_p(sl: slice) -> slice:  # moving rows sl as rows of P (after the held ones)
+        return slice(k + sl.start, k + sl.stop)
 
-    def chunks() -> list[slice]:  # the moving rows, a chunk at a time: bounded memory on long clips
-        return [slice(a, min(a + FRAME_CHUNK, n)) for a in range(0, n, FRAME_CHUNK)]
+    def chunks(start: int = 0, stop: int = n) -> list[slice]:  # a chunk at a time: bounded memory on long clips
+        return [slice(a, min(a + FRAME_CHUNK, stop)) for a in range(start, stop, FRAME_CHUNK)]
 
     def frame_terms(th: Tensor, sl: slice) -> Tensor:  # [len(sl)]: the data term and priors of rows sl of th
         f = FrameParams.unflat(th, E, fit_jaw)
         ex = P.expression(f.expression)
-        Pc = P.rows(slice(k + sl.start, k + sl.stop))
         planes = P.lm.planes(tables, ex, f.rot, f.transl(), eyes=eyes3(f.eyes), jaw=f.jaw)
-        return Pc.data(planes, focal, slice(None)) + P.regularisers(ex, f.eyes, f.jaw)
+        return P.rows(of_p(sl)).data(planes, focal, slice(None)) + P.regularisers(ex, f.eyes, f.jaw)
 
     def per_frame(th: Tensor) -> Tensor:  # [n]
         return torch.cat([frame_terms(th[sl], sl) for sl in chunks()])
@@ -438,14 +437,12 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
 
         def hessian(sl: slice) -> Tensor:  # [m, p, p] of the moving rows sl, built when the step needs them
             if renew or sl.start not in cache:
-                H = torch.cat([data_hessian(P.rows(slice(k + a, k + min(a + FRAME_CHUNK, sl.stop))), tables, focal,
-                                            x[a : min(a + FRAME_CHUNK, sl.stop)])
-                               for a in range(sl.start, sl.stop, FRAME_CHUNK)])  # fmt: skip
+                H = torch.cat([data_hessian(P.rows(of_p(c)), tables, focal, x[c]) for c in chunks(sl.start, sl.stop)])
                 if hessian_every > 1:
                     cache[sl.start] = H
             else:
                 H = cache[sl.start]
-            return H + priors.rows(slice(k + sl.start, k + sl.stop))
+            return H + priors.rows(of_p(sl))
 
         return g, hessian
 
