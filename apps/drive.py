@@ -1,11 +1,13 @@
 """`avatar drive`: an avatar (or the plain head model) driven live from a webcam, a video or image
 folder, or an iPhone running Live Link Face; optionally streamed on to Unreal over Live Link.
 
-Threads: one reads the source (a video paced at its frame rate, a camera, a UDP port) into a
-one-frame mailbox; the main thread takes the newest frame, tracks it
-(:class:`avatar.fitting.online.OnlineTracker`), and sends the update (viewer, Live Link, record).
-A frame that arrives while another waits replaces it and counts as dropped: when processing falls
-behind, the newest frame is processed and nothing queues.
+Threads, a pipeline of one-item mailboxes: one reads the source (a video paced at its frame rate, a
+camera, a UDP port); the main thread takes the newest frame and tracks it
+(:class:`avatar.fitting.online.OnlineTracker`), sends it on over Live Link and records it; one more
+thread hands the newest tracked frame to the viewer (or, headless, computes what the viewer would),
+so the next frame is tracked while the last one is shown. A frame that arrives while another waits
+replaces it and counts as dropped: when processing falls behind, the newest frame is processed and
+nothing queues.
 """
 from __future__ import annotations
 
@@ -252,16 +254,17 @@ class Item:
 
 
 class Mailbox:
-    """A one-item slot between the source thread and the main thread. ``put`` replaces an item
-    still waiting (counted in ``dropped``); :meth:`wait_empty` lets a source wait instead."""
+    """A one-item slot between two threads (source -> tracking, tracking -> viewer). ``put``
+    replaces an item still waiting (counted in ``dropped``); :meth:`wait_empty` lets the producer
+    wait instead."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._item: Item | None = None
+        self._item: Any = None
         self._closed = False
         self.dropped = 0
 
-    def put(self, item: Item) -> None:
+    def put(self, item: Any) -> None:
         with self._cond:
             if self._item is not None:
                 self.dropped += 1
@@ -274,7 +277,7 @@ class Mailbox:
             while self._item is not None and not stop.is_set():
                 self._cond.wait(0.1)
 
-    def take(self, timeout: float) -> Item | None:
+    def take(self, timeout: float) -> Any:
         with self._cond:
             if self._item is None and not self._closed:
                 self._cond.wait(timeout)
@@ -299,6 +302,7 @@ class Source:
 
     kind = "video"
     fps = 25.0
+    realtime = True  # frames come at their own pace and are dropped when processing falls behind
 
     def __init__(self) -> None:
         self._read = 0
@@ -459,33 +463,63 @@ class LoopStats:
                 "latency_ms_p95": float(np.percentile(ms, 95)), "seconds": self.wall, "cpu_seconds": self.cpu}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Update:
+    """A tracked frame on its way to the viewer."""
+
+    params: dict  # the head model's named parameters
+    read_at: float  # Item.read_at of the frame it was tracked from
+
+
 def drive_loop(source: Source, driver: "Driver", duration: float | None) -> LoopStats:
     """Take the newest frame and drive with it until the source ends, ``duration`` passes, or
-    Ctrl-C / SIGTERM; the source's thread is stopped and joined either way."""
-    box, stop, stats = Mailbox(), threading.Event(), LoopStats()
-    thread = threading.Thread(target=source.pump, args=(box, stop), name="avatar-drive-source", daemon=True)
+    Ctrl-C / SIGTERM; the source's and the sink's threads are stopped and joined either way."""
+    frames, updates, stop, stats = Mailbox(), Mailbox(), threading.Event(), LoopStats()
+    reader = threading.Thread(target=source.pump, args=(frames, stop), name="avatar-drive-source", daemon=True)
+    shower = threading.Thread(target=_show, args=(updates, driver, stats, stop), name="avatar-drive-sink", daemon=True)
     restore = _on_sigterm(stop.set)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    thread.start()
+    reader.start()
+    shower.start()
     try:
         while not stop.is_set() and (duration is None or time.perf_counter() - t0 < duration):
-            item = box.take(timeout=0.05)
+            item = frames.take(timeout=0.05)
             if item is None:
-                if box.finished:
+                if frames.finished:
                     break
                 continue
-            driver.process(item)
-            stats.latencies.append(time.perf_counter() - item.read_at)
+            update = driver.process(item)
+            if not source.realtime:  # every frame is shown: wait for the last one to be taken
+                updates.wait_empty(stop)
+            updates.put(update)
     except KeyboardInterrupt:
         print("avatar drive: interrupted; writing what was driven", file=sys.stderr)
     finally:
-        stats.wall, stats.cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stop.set()
-        thread.join(timeout=5.0)
+        updates.close()
+        shower.join(timeout=5.0)  # shows the frame still waiting
+        stats.wall, stats.cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        reader.join(timeout=5.0)
         source.close()
         restore()
-    stats.frames_in, stats.error = source.frames_in, source.error
+    stats.frames_in, stats.error = source.frames_in, stats.error or source.error
     return stats
+
+
+def _show(updates: Mailbox, driver: "Driver", stats: LoopStats, stop: threading.Event) -> None:
+    """The sink's thread: show the newest tracked frame; latency is counted when it is sent."""
+    try:
+        while True:
+            update = updates.take(timeout=0.05)
+            if update is None:
+                if updates.finished:
+                    return
+                continue
+            driver.sink.update(update.params)
+            stats.latencies.append(time.perf_counter() - update.read_at)
+    except BaseException as e:  # handed to the main thread, which stops, writes what it has, then raises
+        stats.error = e
+        stop.set()
 
 
 def _on_sigterm(handler) -> Any:
@@ -497,7 +531,8 @@ def _on_sigterm(handler) -> Any:
 
 
 class Driver:
-    """Per frame: track (or decode a Live Link frame), calibrate and transfer, update, send, record."""
+    """Per frame: track (or decode a Live Link frame), calibrate and transfer, send, record; then, on
+    the sink's thread, update the viewer."""
 
     def __init__(self, cfg: Drive, target: Target, source: Source, sink) -> None:
         from avatar.fitting.online import NeutralCalibrator
@@ -522,16 +557,18 @@ class Driver:
 
             self.sender = LiveLinkSender(*host_port(cfg.send_livelink, "--send-livelink"))
 
-    def process(self, item: Item) -> None:
+    def process(self, item: Item) -> Update:
+        """Track ``item``, send it on over Live Link and record it; the viewer's update is returned
+        for the sink's thread."""
         frame = self._track(item)
         if frame.found:
             self.calibrator.add(frame.expression, frame.timestamp)
         frame = self._transfer(frame)
-        self.sink.update(frame.head_params(self.target.head.dtype))
         if self.sender is not None:
             self._send(frame)
         if self.cfg.record is not None:
             self.frames.append(frame)
+        return Update(frame.head_params(self.target.head.dtype), item.read_at)
 
     def _track(self, item: Item):
         if self.source.kind == "livelink":

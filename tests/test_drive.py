@@ -158,6 +158,46 @@ def test_mailbox_keeps_the_newest() -> None:
     assert box.finished
 
 
+def test_next_frame_is_tracked_while_the_last_is_shown() -> None:
+    """The loop is a pipeline: showing frame 0 (the sink's thread) blocks until frame 1 has been
+    tracked (the main thread). Run serially, the sink would wait for ever and time out."""
+    from avatar_apps.drive import Item, Source, Update, drive_loop
+
+    tracked = {i: threading.Event() for i in range(3)}
+
+    class Frames(Source):
+        realtime = False
+
+        def _pump(self, box, stop) -> None:
+            for i in range(3):
+                box.wait_empty(stop)
+                self._read += 1
+                box.put(Item(i, i / 25.0, time.perf_counter(), None))
+
+    class Sink:
+        shown: list = []
+        overlapped: list = []
+
+        def update(self, params: dict) -> None:
+            i = params["index"]
+            if i + 1 in tracked:
+                self.overlapped.append(tracked[i + 1].wait(timeout=10.0))
+            self.shown.append((i, threading.current_thread() is threading.main_thread()))
+
+    class FakeDriver:
+        sink = Sink()
+
+        def process(self, item: Item) -> Update:
+            tracked[item.index].set()
+            return Update({"index": item.index}, item.read_at)
+
+    driver = FakeDriver()
+    stats = drive_loop(Frames(), driver, duration=None)
+    assert stats.error is None and len(stats.latencies) == 3
+    assert driver.sink.shown == [(0, False), (1, False), (2, False)]  # every frame, in order, off the main thread
+    assert driver.sink.overlapped == [True, True]
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
