@@ -148,7 +148,7 @@ def test_realtime_drops_instead_of_queueing(clip: Path, tmp_path: Path) -> None:
 
 
 def test_mailbox_keeps_the_newest() -> None:
-    from avatar_apps.drive import Item, Mailbox
+    from avatar.io.live import Item, Mailbox
 
     box = Mailbox()
     for i in range(3):
@@ -161,7 +161,8 @@ def test_mailbox_keeps_the_newest() -> None:
 def test_next_frame_is_tracked_while_the_last_is_shown() -> None:
     """The loop is a pipeline: showing frame 0 (the sink's thread) blocks until frame 1 has been
     tracked (the main thread). Run serially, the sink would wait for ever and time out."""
-    from avatar_apps.drive import Item, Source, Update, drive_loop
+    from avatar.io.live import Item, Source
+    from avatar_apps.drive import Update, drive_loop
 
     tracked = {i: threading.Event() for i in range(3)}
 
