@@ -186,24 +186,20 @@ class LandmarkModel:
         n = expression.shape[0]
         L = self.num_landmarks
         lm = ident["rest"][None] + (expression @ self.D).view(n, 3, L)
-        rots = []
-        if eyes is not None:
-            rots += [eyes[:, 0], eyes[:, 1]]
-        else:
-            rots += [None, None]
-        if self.jaw_joint is not None:
-            rots.append(jaw)
-        for k, aa in enumerate(rots):
-            if aa is None:
-                continue
+        # The joint groups that turn (0, 1: the eyes; 2: the jaw), then the head, rotated by one
+        # batched call: the solvers evaluate this many times per frame, and small ops dominate.
+        turns = {k: aa for k, aa in enumerate((*(eyes.unbind(1) if eyes is not None else (None, None)), jaw))
+                 if aa is not None and (k < 2 or self.jaw_joint is not None)}  # fmt: skip
+        stacked = list(turns.values()) + ([] if local else [global_orient])
+        R = axis_angle_to_matrix(torch.stack(stacked, 1)) if stacked else None  # [N, len(stacked), 3, 3]
+        for j, k in enumerate(turns):
             idx = self.group_index[k]
             p = ident["group_rest"][k][None] + (expression @ self.group_D[k]).view(n, 3, -1)
             q = p - self.group_a[k].T[None] * ident["heads"][k]  # [N, 3, Lg]
-            R = axis_angle_to_matrix(aa)  # [N, 3, 3]
-            lm = lm.index_add(2, idx, R @ q - q)
+            lm = lm.index_add(2, idx, R[:, j] @ q - q)
         if local:
             return lm
-        G = axis_angle_to_matrix(global_orient)
+        G = R[:, -1]
         return torch.baddbmm(transl[:, :, None], G, lm)
 
     def rigid_mode_gram(self, index: Tensor) -> Tensor:
