@@ -27,10 +27,10 @@ class Train:
     """Where to train (overrides the preset; auto = CUDA when present)."""
     representation: Literal["mesh-gaussians", "hash-blendshapes", "neural-points"] | None = None
     """What to train (overrides the preset): mesh-gaussians (the default), hash-blendshapes (the same
-    Gaussians, expression detail from hash grids; its knobs are the hash_* settings), or neural-points
-    (points free in canonical space, deformed by an MLP; its knobs are the points_* settings)."""
+    Gaussians, expression detail from hash grids; its knobs are the hash.* settings), or neural-points
+    (points free in canonical space, deformed by an MLP; its knobs are the points.* settings)."""
     set: tuple[str, ...] = ()
-    """Any other setting as KEY=VALUE (strategy.KEY=VALUE for densification), e.g. sh_degree=2 refine_tracking=true."""
+    """Any other setting as KEY=VALUE (TABLE.KEY=VALUE in a table: strategy.every=200 hash.levels=12), e.g. sh_degree=2 refine_tracking=true."""
     model_path: Path | None = None
     """The FLAME file, if it moved since the clip was tracked with it (the tracking records its path)."""
     restart: bool = False

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import dataclasses
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
     from avatar.models import load_head_model
     from avatar.render import RasterOptions
     from avatar.representations.mesh_gaussians import MeshGaussians
-    from avatar.training.config import TrainConfig, apply
+    from avatar.training.config import TrainConfig
     from avatar.training.data import load_clip
     from avatar.training.refine import fit_pose_correction
     from avatar.training.evaluation import evaluate, refine_held_out, spread
@@ -48,8 +47,7 @@ def run(out: Path, frames: int, ridges: list[float], with_expression: bool = Fal
     from avatar.training.state import latest_checkpoint
 
     saved = json.loads((out / "report.json").read_text())["config"]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a report of an older version may name removed knobs
-    cfg = apply(TrainConfig(), {k: v for k, v in saved.items() if k in known})
+    cfg = TrainConfig.from_dict(saved, drop_unknown=True)  # a report of an older version may name removed knobs
     torch.set_num_threads(max(1, cfg.torch_threads))  # as avatar.training.train does on a CPU
     clip = load_clip(out, cfg.resolution, cfg.holdout, cfg.max_frames, progress=False, head_crop_faces=cfg.head_crop,
                      track_body=cfg.track_body)  # fmt: skip

@@ -14,7 +14,6 @@ run's report.json headline when that run was made without the guard; "library de
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -62,8 +61,7 @@ def run(out: Path, sds: list[float], margins: list[float]) -> dict:
     from avatar.training.trainer import _setup
 
     report = json.loads((out / "report.json").read_text())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}  # runs of older versions name removed knobs
-    cfg = TrainConfig.from_dict({k: v for k, v in report["config"].items() if k in known})
+    cfg = TrainConfig.from_dict(report["config"], drop_unknown=True)  # runs of older versions name removed knobs
     run_ = _setup(out, cfg, torch.device("cpu"), False)
     found = latest_checkpoint(out / "checkpoints")
     rep = MeshGaussians.from_state(found[1]["rep_config"], found[1]["rep_state"]) if found \

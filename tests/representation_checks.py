@@ -18,7 +18,7 @@ eval_refine_iters = 0
 
 
 def tiny_config(*extra: str) -> str:
-    """:data:`TINY` plus ``KEY = VALUE`` lines."""
+    """:data:`TINY` plus lines: ``KEY = VALUE``, then any ``[table]`` header with its own."""
     return TINY + "".join(f"{line}\n" for line in extra)
 
 

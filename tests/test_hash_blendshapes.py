@@ -223,7 +223,7 @@ def test_save_load_render_identical(rep, anny_head, tmp_path):
 
 
 # --- training ---------------------------------------------------------------------------------------
-TINY = tiny_config("pose_fit_frames = 0", "hash_levels = 4")
+TINY = tiny_config("pose_fit_frames = 0", "[hash]", "levels = 4")
 
 
 @pytest.fixture(scope="module")
@@ -245,10 +245,10 @@ def _mouth_and_forehead(rep: HashBlendshapes, head) -> tuple[torch.Tensor, torch
 
 def _train_steps(clip, steps: int):
     from avatar.training import trainer
-    from avatar.training.config import TrainConfig
+    from avatar.training.config import HashConfig, TrainConfig
 
     cfg = TrainConfig(resolution=48, per_face_face=1, eval_video=False, color_init_frames=2, seed_off_mesh=False,
-                      representation="hash-blendshapes", hash_levels=6, raster_threads=1, steps=steps)  # fmt: skip
+                      representation="hash-blendshapes", hash=HashConfig(levels=6), raster_threads=1, steps=steps)  # fmt: skip
     run = trainer._setup(clip, cfg, torch.device("cpu"), False)
     state = trainer._initialise(run)
     run.frames.pose_fixed_vertices()

@@ -140,7 +140,7 @@ def test_save_load_render_identical(rep, anny_head, tmp_path):
 
 
 # --- training ---------------------------------------------------------------------------------------
-TINY = tiny_config("pose_fit_frames = 0", "points_hidden = 16")
+TINY = tiny_config("pose_fit_frames = 0", "[points]", "hidden = 16")
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +167,13 @@ def test_a_synthetic_clip_is_fitted_better_than_at_the_start_held_out(anny_head,
     head turning): 60 steps raise the held-out PSNR over the initialisation's, foreground and whole
     image (the first measured 19.5 -> 22.9 dB at 100 steps on 16 frames)."""
     from avatar.training import train
-    from avatar.training.config import TrainConfig
+    from avatar.training.config import PointsConfig, TrainConfig
     from avatar.training.synthetic import make_synthetic_clip
 
     clip = make_synthetic_clip(tmp_path / "clip", anny_head, num_frames=12, size=48)
     cfg = TrainConfig(resolution=48, per_face_face=1, eval_video=False, color_init_frames=2, raster_threads=1, steps=60,
                       eval_refine_iters=0, pose_fit_frames=0, torch_threads=1, representation="neural-points",
-                      points_hidden=32)  # fmt: skip
+                      points=PointsConfig(hidden=32))  # fmt: skip
     report = train(clip, cfg, progress=False)
     init, final = report["held_out_initial"], report["held_out"]
     assert report["frames"]["held_out"] > 0

@@ -12,7 +12,7 @@ import torch
 
 from avatar.errors import AvatarError
 from avatar.representations import load_avatar
-from avatar.training import PRESETS, StrategyConfig, TrainConfig, load_config, override, preset, train
+from avatar.training import PRESETS, HashConfig, StrategyConfig, TrainConfig, load_config, override, preset, train
 from avatar.training.data import load_clip, split_holdout
 from avatar.training.synthetic import make_synthetic_clip
 from avatar.training.trainer import latest_checkpoint, list_checkpoints
@@ -188,12 +188,53 @@ def test_resume_across_versions_compares_only_what_both_know():
     from avatar.training.state import check_resumable
 
     cfg = TrainConfig()
-    old = {k: v for k, v in cfg.to_dict().items() if k != "hash_levels"} | {"a_removed_knob": 1}
+    old = cfg.to_dict() | {"hash": {k: v for k, v in cfg.to_dict()["hash"].items() if k != "levels"}, "a_removed_knob": 1}
     check_resumable({"config": old, "inputs": {}}, cfg, {}, "run")
-    with pytest.raises(AvatarError, match=r"hash_levels None -> 9"):
-        check_resumable({"config": old, "inputs": {}}, dataclasses.replace(cfg, hash_levels=9), {}, "run")
+    with pytest.raises(AvatarError, match=r"hash.levels None -> 9"):
+        check_resumable({"config": old, "inputs": {}}, dataclasses.replace(cfg, hash=HashConfig(levels=9)), {}, "run")
     with pytest.raises(AvatarError, match=r"lambda_alpha"):
         check_resumable({"config": old, "inputs": {}}, dataclasses.replace(cfg, lambda_alpha=0.3), {}, "run")
+
+
+def _flat_config(**changed) -> dict:
+    """TrainConfig().to_dict() as versions before [hash] and [points] saved it (flat hash_levels, lr_hash, ...)."""
+    from avatar.training.config import LEGACY_NAMES
+
+    saved = TrainConfig().to_dict()
+    hash_, points = saved.pop("hash"), saved.pop("points")
+    for old, new in LEGACY_NAMES.items():
+        table, name = new.split(".")
+        saved[old] = changed.get(old, (hash_ if table == "hash" else points)[name])
+    return saved
+
+
+def test_resume_a_checkpoint_with_the_flat_names_of_earlier_versions():
+    """hash_levels in an old checkpoint is hash.levels: the same value resumes, another is named."""
+    from avatar.training.state import check_resumable
+
+    old = {"config": _flat_config(hash_levels=6, points_lr_mlp=0.01), "inputs": {}}
+    same = TrainConfig(hash=HashConfig(levels=6), points=dataclasses.replace(TrainConfig().points, lr_mlp=0.01))
+    check_resumable(old, same, {}, "run")
+    check_resumable({"config": _flat_config(), "inputs": {}}, TrainConfig(), {}, "run")  # all at defaults
+    with pytest.raises(AvatarError, match=r"hash.levels 6 -> 8"):
+        check_resumable(old, dataclasses.replace(same, hash=HashConfig()), {}, "run")
+    with pytest.raises(AvatarError, match=r"points.lr_mlp 0.01 -> 0.001"):
+        check_resumable(old, dataclasses.replace(same, points=TrainConfig().points), {}, "run")
+
+
+def test_from_dict_reads_saved_configs_of_this_and_earlier_versions():
+    cfg = override(TrainConfig(), ["hash.levels=5", "points.hidden=8", "strategy.every=3", "background=0,0,0"])
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # as report.json holds it
+    from avatar.training.config import LEGACY_NAMES
+
+    assert set(LEGACY_NAMES.values()) == {f"{t}.{k}" for t in ("hash", "points") for k in cfg.to_dict()[t]}  # each has its old name
+    old = TrainConfig.from_dict(_flat_config(hash_levels=5, lr_hash=0.5, points_hidden=8))
+    assert (old.hash.levels, old.hash.lr, old.points.hidden) == (5, 0.5, 8)
+    assert old.hash.groups == HashConfig().groups and isinstance(old.hash.lr, float)
+    with pytest.raises(AvatarError, match="unknown setting a_removed_knob"):
+        TrainConfig.from_dict(_flat_config() | {"a_removed_knob": 1})
+    kept = TrainConfig.from_dict(_flat_config(hash_rank=3) | {"a_removed_knob": 1, "strategy": {"gone": 1}}, drop_unknown=True)
+    assert kept.hash.rank == 3 and kept.strategy == StrategyConfig()
 
 
 def test_a_second_process_on_the_same_folder_is_refused(clip_dir, tmp_path):
@@ -235,6 +276,23 @@ def test_config_overrides():
     assert override(cfg, ["max_frames=none"]).max_frames is None and override(cfg, ["max_frames=5"]).max_frames == 5
 
 
+def test_config_overrides_in_nested_tables():
+    cfg = override(preset("fast-cpu"), ["hash.levels=12", "hash.lr=0.5", "points.lr_mlp=1", "points.hidden=16"])
+    assert (cfg.hash.levels, cfg.hash.lr, cfg.points.lr_mlp, cfg.points.hidden) == (12, 0.5, 1.0, 16)
+    assert isinstance(cfg.hash.levels, int) and isinstance(cfg.points.lr_mlp, float)
+    assert cfg.hash.rank == HashConfig().rank and cfg.strategy == preset("fast-cpu").strategy  # the rest unchanged
+    with pytest.raises(AvatarError, match=r"unknown setting hash.levelz; valid: hash.levels, hash.log2_size, .*hash.lr_mlp$"):
+        override(cfg, ["hash.levelz=3"])
+    with pytest.raises(AvatarError, match=r"unknown setting hash; valid: .*hash.\*, points.\*"):  # a table, not a value
+        override(cfg, ["hash=3"])
+    with pytest.raises(AvatarError, match=r"unknown setting hash_levels \(now hash.levels\); valid:"):  # the old flat name
+        override(cfg, ["hash_levels=3"])
+    with pytest.raises(AvatarError, match="cannot parse"):
+        override(cfg, ["hash.levels=many"])
+    with pytest.raises(AvatarError, match="unknown setting nope; valid: resolution"):
+        override(cfg, ["nope.levels=3"])
+
+
 def test_presets_are_the_files_in_configs():
     import typing
 
@@ -258,7 +316,7 @@ def test_settings_file_over_a_preset(tmp_path):
     assert (cfg.steps, cfg.lr_color, cfg.background, cfg.device) == (40, 1.0, (0.0, 0.0, 0.0), "cpu")
     assert not cfg.strategy.enabled and cfg.strategy.every == preset("fast-cpu").strategy.every
     assert cfg.resolution == 256 and isinstance(cfg.lr_color, float)  # the rest stays the preset's
-    for text, match in [("stepz = 3", "unknown setting 'stepz'"), ("[strategy]\nevry = 3", "unknown setting strategy.evry"),
+    for text, match in [("stepz = 3", "unknown setting stepz;"), ("[strategy]\nevry = 3", "unknown setting strategy.evry"),
                         ("steps = 1.5", "steps = 1.5 is not a valid int"), ("refine_tracking = 1", "not a valid bool"),
                         ('device = "tpu"', "device must be one of"), ("background = [1, 1]", "not a valid"),
                         ("steps = ", "not valid TOML"), ("body_rotation = 2.0", "body_rotation must be in")]:  # fmt: skip
@@ -267,6 +325,20 @@ def test_settings_file_over_a_preset(tmp_path):
             load_config(path)
     with pytest.raises(AvatarError, match="no such settings file"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_settings_file_with_hash_and_points_tables(tmp_path):
+    path = tmp_path / "my.toml"
+    path.write_text("steps = 40\n[hash]\nlevels = 12\nlr = 1\n[points]\nhidden = 16\n")
+    cfg = load_config(path, base=preset("fast-cpu"))
+    assert (cfg.steps, cfg.hash.levels, cfg.hash.lr, cfg.points.hidden) == (40, 12, 1.0, 16) and isinstance(cfg.hash.lr, float)
+    assert cfg.hash.rank == HashConfig().rank and cfg.points.frequencies == TrainConfig().points.frequencies
+    for text, match in [("[hash]\nlevelz = 3", r"unknown setting hash.levelz; valid: hash.levels, "),
+                        ("[points]\nhidden = 1.5", "points.hidden = 1.5 is not a valid int"),
+                        ("hash = 3", "unknown setting hash; valid:"), ("lr_hash = 3", r"unknown setting lr_hash \(now hash.lr\);")]:  # fmt: skip
+        path.write_text(text + "\n")
+        with pytest.raises(AvatarError, match=match):
+            load_config(path)
 
 
 def test_cli_settings_file(clip_dir, tmp_path, capsys):
@@ -278,7 +350,7 @@ def test_cli_settings_file(clip_dir, tmp_path, capsys):
     # A bad file fails before anything is tracked or trained, with one line naming it.
     assert main(["reconstruct", str(tmp_path / "none.mp4"), "-o", str(tmp_path / "r"), "--config", str(bad)]) == 2
     assert main(["train", str(out), "--config", str(bad)]) == 2
-    assert f"{bad}: unknown setting 'stepz'" in capsys.readouterr().err
+    assert f"{bad}: unknown setting stepz; valid: resolution," in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not (out / "checkpoints").exists()
     good = tmp_path / "good.toml"
     good.write_text(TINY_TOML)

@@ -41,6 +41,43 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class HashConfig:
+    """The expression field of ``representation = "hash-blendshapes"`` (:class:`~avatar.representations.HashBlendshapes`)."""
+
+    levels: int = 8  # grid levels
+    log2_size: int = 12  # rows per level at most, as a power of two
+    features: int = 2  # numbers per row
+    min_resolution: int = 16  # cells per axis of the coarsest level (the field's cube is 1.5x the head)
+    max_resolution: int = 256  # cells per axis of the finest level
+    rank: int = 0  # expression grids: 0 = one per expression channel (ARKit-52), r > 0 = a learnt basis of r
+    hidden: int = 32  # width of the field's MLP
+    groups: int = 16  # groups of triangles that hear the same expression channels (one blended grid each per frame)
+    lr: float = 1e-2  # the grids
+    lr_mlp: float = 1e-3  # the MLP (and the learnt basis with rank > 0)
+
+
+@dataclass(frozen=True)
+class PointsConfig:
+    """The points of ``representation = "neural-points"`` (:class:`~avatar.representations.NeuralPoints`)."""
+
+    hidden: int = 64  # width of the deformation MLP's two hidden layers
+    frequencies: int = 4  # octaves of sines/cosines of the canonical position fed to the MLP
+    lr_position: float = 1e-4  # canonical positions (metres)
+    lr_mlp: float = 1e-3  # the deformation MLP
+
+
+# The flat names earlier versions saved (report.json, checkpoints, avatar bundles) for what now
+# lives in a nested table; TrainConfig.from_dict and resume checks read old configs through it.
+LEGACY_NAMES = {
+    "hash_levels": "hash.levels", "hash_log2_size": "hash.log2_size", "hash_features": "hash.features",
+    "hash_min_resolution": "hash.min_resolution", "hash_max_resolution": "hash.max_resolution",
+    "hash_rank": "hash.rank", "hash_hidden": "hash.hidden", "hash_groups": "hash.groups",
+    "lr_hash": "hash.lr", "lr_hash_mlp": "hash.lr_mlp", "points_hidden": "points.hidden",
+    "points_frequencies": "points.frequencies", "points_lr_position": "points.lr_position", "points_lr_mlp": "points.lr_mlp",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Every knob of ``avatar train``. Presets: :data:`PRESETS`. Measured effects of the levers
     that are on by default: ``docs/quality.md``."""
@@ -82,24 +119,12 @@ class TrainConfig:
     w_expr: float = 0.01  # L2 on the blendshapes (hash-blendshapes: on the field's deltas)
     # What is trained: "mesh-gaussians" (MeshGaussians), or "hash-blendshapes" (HashBlendshapes: the
     # same Gaussians, whose expression detail comes from hash grids over the neutral head instead
-    # of per-Gaussian blendshapes, so expr_rank is unused). The hash_* knobs size its field. Or
+    # of per-Gaussian blendshapes, so expr_rank is unused). [hash] sizes its field. Or
     # "neural-points" (NeuralPoints: points free in canonical space, seeded where the Gaussians
-    # would start, deformed by an MLP; expr_rank unused); the points_* knobs size it.
+    # would start, deformed by an MLP; expr_rank unused); [points] sizes it.
     representation: Literal["mesh-gaussians", "hash-blendshapes", "neural-points"] = "mesh-gaussians"
-    hash_levels: int = 8  # grid levels
-    hash_log2_size: int = 12  # rows per level at most, as a power of two
-    hash_features: int = 2  # numbers per row
-    hash_min_resolution: int = 16  # cells per axis of the coarsest level (the field's cube is 1.5x the head)
-    hash_max_resolution: int = 256  # cells per axis of the finest level
-    hash_rank: int = 0  # expression grids: 0 = one per expression channel (ARKit-52), r > 0 = a learnt basis of r
-    hash_hidden: int = 32  # width of the field's MLP
-    hash_groups: int = 16  # groups of triangles that hear the same expression channels (one blended grid each per frame)
-    lr_hash: float = 1e-2  # the grids
-    lr_hash_mlp: float = 1e-3  # the MLP (and the learnt basis with hash_rank > 0)
-    points_hidden: int = 64  # neural points: width of the deformation MLP's two hidden layers
-    points_frequencies: int = 4  # neural points: octaves of sines/cosines of the canonical position fed to the MLP
-    points_lr_position: float = 1e-4  # neural points: canonical positions (metres)
-    points_lr_mlp: float = 1e-3  # neural points: the deformation MLP
+    hash: HashConfig = field(default_factory=HashConfig)
+    points: PointsConfig = field(default_factory=PointsConfig)
     w_offset: float = 0.01
     w_scale: float = 1.0
     offset_tolerance: float = 0.5  # triangle units before the offset regulariser bites (in-plane)
@@ -149,12 +174,35 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data)
-        strat = StrategyConfig(**data.pop("strategy", {}))
-        if "background" in data:
-            data["background"] = tuple(data["background"])
-        return cls(strategy=strat, **data)
+    def from_dict(cls, data: Mapping[str, Any], drop_unknown: bool = False) -> "TrainConfig":
+        """The config :meth:`to_dict` saved, by this version or an earlier one (flat names of
+        :data:`LEGACY_NAMES` are read into their tables), type-checked as a settings file.
+        ``drop_unknown``: ignore settings this version no longer has (reports of old runs)."""
+        data = upgrade_saved(data)
+        return apply(cls(), _known(data, cls) if drop_unknown else data, "saved config")
+
+
+def upgrade_saved(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (:meth:`TrainConfig.to_dict`) with the flat names of earlier versions
+    (:data:`LEGACY_NAMES`) moved into their tables: ``{"hash_levels": 8}`` -> ``{"hash": {"levels": 8}}``."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items() if k not in LEGACY_NAMES}
+    for old, new in LEGACY_NAMES.items():
+        if old in data:
+            table, name = new.split(".")
+            out.setdefault(table, {}).setdefault(name, data[old])  # a nested value, if also there, wins
+    return out
+
+
+def _is_table(hint: Any) -> bool:
+    """Whether a field is a nested dataclass (``strategy``, ``hash``, ``points``): a ``[table]`` of settings."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _known(data: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """``data`` without the keys that are not fields of ``cls`` (at every level)."""
+    hints = get_type_hints(cls)
+    return {k: _known(v, hints[k]) if _is_table(hints[k]) and isinstance(v, Mapping) else v
+            for k, v in data.items() if k in hints}  # fmt: skip
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -187,27 +235,31 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 def apply(cfg: TrainConfig, values: Mapping[str, Any], source: str = "settings") -> TrainConfig:
     """``cfg`` with the fields in ``values`` replaced, each checked against its type.
 
-    ``values`` is shaped like a preset file: top-level ``TrainConfig`` fields and a ``strategy``
-    table of ``StrategyConfig`` fields. ``source`` names it in errors (e.g. the file's path).
+    ``values`` is shaped like a preset file: top-level ``TrainConfig`` fields, and a table (mapping)
+    for each nested one (``strategy``, ``hash``, ``points``). ``source`` names it in errors (e.g.
+    the file's path).
     """
-    top: dict[str, Any] = {}
+    return _replace(cfg, values, source, "")
+
+
+def _replace(obj: Any, values: Mapping[str, Any], source: str, prefix: str) -> Any:
+    """The dataclass ``obj`` with ``values`` applied, nested tables recursively; ``prefix`` is
+    where ``obj`` sits (``"hash."``), for the names in errors."""
+    hints = get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
     for key, value in values.items():
-        if key == "strategy" and isinstance(value, Mapping):
-            hints = get_type_hints(StrategyConfig)
-            strat = {}
-            for k, v in value.items():
-                if k not in hints:
-                    raise AvatarError(f"{source}: unknown setting strategy.{k}; valid: {', '.join(hints)}")
-                strat[k] = _coerce(v, hints[k], f"strategy.{k}", source)
-            top["strategy"] = dataclasses.replace(cfg.strategy, **strat)
-            continue
-        hints = get_type_hints(TrainConfig)
-        if key not in hints or key == "strategy":
-            raise AvatarError(f"{source}: unknown setting {key!r}; valid: {', '.join(k for k in hints if k != 'strategy')}")
-        top[key] = _coerce(value, hints[key], key, source)
+        hint = hints.get(key)
+        if hint is None or (_is_table(hint) and not isinstance(value, Mapping)):
+            valid = ", ".join(prefix + k + (".*" if _is_table(h) else "") for k, h in hints.items())
+            moved = f" (now {LEGACY_NAMES[key]})" if not prefix and key in LEGACY_NAMES else ""  # an old script's name
+            raise AvatarError(f"{source}: unknown setting {prefix}{key}{moved}; valid: {valid}")
+        if _is_table(hint):
+            changes[key] = _replace(getattr(obj, key), value, source, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, hint, prefix + key, source)
     try:
-        return dataclasses.replace(cfg, **top)
-    except AvatarError as e:
+        return dataclasses.replace(obj, **changes)
+    except AvatarError as e:  # a check across fields (__post_init__)
         raise AvatarError(f"{source}: {e}") from None
 
 
@@ -240,29 +292,35 @@ PRESETS: dict[str, TrainConfig] = _load_presets()
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """A preset with fields replaced (``strategy`` fields as ``strategy.every=...`` via :func:`override`)."""
+    """A preset with fields replaced (nested ones as ``strategy.every=...`` via :func:`override`)."""
     if name not in PRESETS:
         raise AvatarError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
 
 
 def override(cfg: TrainConfig, items: tuple[str, ...] | list[str]) -> TrainConfig:
-    """Apply ``KEY=VALUE`` strings (``strategy.KEY=VALUE`` for the strategy), typed by the field."""
-    top: dict[str, Any] = {}
-    strat: dict[str, Any] = {}
+    """Apply ``KEY=VALUE`` strings (``TABLE.KEY=VALUE`` in a nested table: ``hash.levels=12``),
+    each typed like the value it replaces."""
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
             raise AvatarError(f"override {item!r} must be KEY=VALUE, e.g. steps=3000")
-        target, fields_of, name = (strat, StrategyConfig, key[9:]) if key.startswith("strategy.") else (top, TrainConfig, key)
-        known = {f.name: f for f in dataclasses.fields(fields_of)}
-        if name not in known or name == "strategy":
-            raise AvatarError(f"unknown setting {key!r}; valid: {', '.join(k for k in known if k != 'strategy')}")
-        current = getattr(cfg.strategy if fields_of is StrategyConfig else cfg, name)
-        target[name] = _parse(raw, current, key)
-    if strat:
-        top["strategy"] = strat
-    return apply(cfg, top, "--set")  # the same type checks as a settings file
+        value: Any = _parse(raw, _current(cfg, key), key)
+        for part in reversed(key.split(".")):  # "hash.levels" -> {"hash": {"levels": value}}, as in a file
+            value = {part: value}
+        cfg = apply(cfg, value, "--set")  # the same checks (and unknown-key errors) as a settings file
+    return cfg
+
+
+def _current(cfg: TrainConfig, key: str) -> Any:
+    """The value of setting ``key`` (``"steps"``, ``"hash.levels"``) in ``cfg``; ``""`` where there is
+    none, so that the raw string goes on to :func:`apply`, which names the valid keys."""
+    obj: Any = cfg
+    for part in key.split("."):
+        if not (dataclasses.is_dataclass(obj) and part in {f.name for f in dataclasses.fields(obj)}):
+            return ""
+        obj = getattr(obj, part)
+    return obj
 
 
 def _parse(raw: str, current: Any, key: str) -> Any:

@@ -57,18 +57,19 @@ def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = Fals
         if progress:
             print(f"seeded {n} off-mesh (hair) Gaussians from {len(rows)} frames")
     if config.representation == "neural-points":
-        rep = NeuralPoints.from_mesh_gaussians(rep, head, neutral, frames.shape, hidden=config.points_hidden,
-                                               frequencies=config.points_frequencies, seed=config.seed)  # fmt: skip
+        rep = NeuralPoints.from_mesh_gaussians(rep, head, neutral, frames.shape, hidden=config.points.hidden,
+                                               frequencies=config.points.frequencies, seed=config.seed)  # fmt: skip
     return rep
 
 
 def new_hash_blendshapes(head: Any, neutral: Tensor, config: TrainConfig) -> HashBlendshapes:
     """The Gaussians :class:`MeshGaussians` would start with, and a hash-grid field sized by the
-    ``hash_*`` settings over the identity's neutral head ``neutral [V, 3]``."""
-    grid = HashGridSpec(levels=config.hash_levels, log2_size=config.hash_log2_size, features=config.hash_features,
-                        min_resolution=config.hash_min_resolution, max_resolution=config.hash_max_resolution)  # fmt: skip
-    return HashBlendshapes.on_surface(head, vertices=neutral, grid=grid, rank=config.hash_rank, hidden=config.hash_hidden,
-                                      groups=config.hash_groups, per_face=config.per_face, per_face_face=config.per_face_face,
+    ``hash`` settings over the identity's neutral head ``neutral [V, 3]``."""
+    h = config.hash
+    grid = HashGridSpec(levels=h.levels, log2_size=h.log2_size, features=h.features,
+                        min_resolution=h.min_resolution, max_resolution=h.max_resolution)  # fmt: skip
+    return HashBlendshapes.on_surface(head, vertices=neutral, grid=grid, rank=h.rank, hidden=h.hidden,
+                                      groups=h.groups, per_face=config.per_face, per_face_face=config.per_face_face,
                                       sh_degree=config.sh_degree, seed=config.seed, cull_backfacing=config.cull_backfacing,
                                       sh_follows_head=config.sh_follows_head)  # fmt: skip
 

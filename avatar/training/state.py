@@ -16,7 +16,7 @@ from avatar.errors import AvatarError
 from avatar.representations import MeshGaussians, Representation
 from avatar.representations.bundle import REPRESENTATIONS
 from avatar.representations.neural_points import POINTS_MLP
-from avatar.training.config import TrainConfig
+from avatar.training.config import TrainConfig, upgrade_saved
 from avatar.models.base import FRAME_PARAMS
 from avatar.training.data import Clip
 from avatar.training.refine import RIGID, PoseCorrection, RowAdam
@@ -34,7 +34,7 @@ MIN_EXPRESSION_FRAMES = 8
 MIN_POSE_FRAMES = MIN_EXPRESSION_FRAMES
 
 
-# HashBlendshapes' MLP and learnt basis (one Adam rate, lr_hash_mlp)
+# HashBlendshapes' MLP and learnt basis (one Adam rate, hash.lr_mlp)
 HASH_MLP = ("hash_mlp_w1", "hash_mlp_b1", "hash_mlp_w2", "hash_mlp_b2", "hash_proj")
 
 
@@ -44,8 +44,8 @@ def learning_rates(config: TrainConfig) -> dict[str, float]:
             "opacity_logit": config.lr_opacity, "sh_dc": config.lr_color, "sh_rest": config.lr_sh_rest,
             "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static,
             "expr_color": config.lr_expr, "expr_offset": config.lr_expr, "expr_proj": config.lr_expr_proj,
-            "hash_tables": config.lr_hash, **dict.fromkeys(HASH_MLP, config.lr_hash_mlp),
-            "canon": config.points_lr_position, **dict.fromkeys(POINTS_MLP, config.points_lr_mlp)}  # fmt: skip
+            "hash_tables": config.hash.lr, **dict.fromkeys(HASH_MLP, config.hash.lr_mlp),
+            "canon": config.points.lr_position, **dict.fromkeys(POINTS_MLP, config.points.lr_mlp)}  # fmt: skip
 
 
 def make_optimizer(rep: Representation, config: TrainConfig) -> torch.optim.Adam:
@@ -197,8 +197,10 @@ def input_digest(out_dir: Path) -> dict[str, str]:
 
 def check_resumable(ck: dict[str, Any], config: TrainConfig, inputs: dict[str, str], name: str) -> None:
     """Raises an :class:`AvatarError` naming what changed when checkpoint ``ck`` was made with other
-    settings (outside :data:`RESUME_FREE`) or from other inputs than this run's."""
-    saved, now, default = _flat(ck.get("config", {})), _flat(config.to_dict()), _flat(TrainConfig().to_dict())
+    settings (outside :data:`RESUME_FREE`) or from other inputs than this run's. A checkpoint of an
+    earlier version names some settings by their old flat names (``hash_levels``): read as ``hash.levels``."""
+    saved = _flat(upgrade_saved(ck.get("config", {})))
+    now, default = _flat(config.to_dict()), _flat(TrainConfig().to_dict())
 
     def differs(k: str) -> bool:
         if k not in saved:  # a setting added since the checkpoint: a change only away from its default
