@@ -106,6 +106,27 @@ def interocular_px(landmarks: Tensor | np.ndarray):
     return (d * d).sum(-1) ** 0.5
 
 
+def _per_chunk(fn, det: Tensor, dtype: torch.dtype, chunk: int = 1024) -> Tensor:
+    """``fn`` of float32 detections ``[M, ...]`` promoted to ``dtype`` a chunk of frames at a time
+    (per-frame functions: the same values as on the whole, without a whole promoted copy)."""
+    return torch.cat([fn(det[a : a + chunk].to(dtype)) for a in range(0, max(det.shape[0], 1), chunk)])
+
+
+def _frame_weights(shape: tuple[int, int], iris_vis: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``[M, L]`` landmark weights of frames: 1, the iris points' by their eye's trust ``[M, 2]``."""
+    fw = torch.ones(*shape, dtype=dtype)
+    if iris_vis is not None:
+        fw[:, IRIS[:5]] = iris_vis[:, :1]
+        fw[:, IRIS[5:]] = iris_vis[:, 1:]
+    return fw
+
+
+def _mediapipe_z(det: Tensor, iod: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[M, 468]`` the detections' z (MediaPipe's relative depth), centred per frame, in IODs."""
+    z = det[:, :NUM_MESH, 2].to(dtype)
+    return (z - z.mean(1, keepdim=True)) / iod[:, None]
+
+
 def project_planes(points: Tensor, focal: Tensor, cx: float, cy: float) -> tuple[Tensor, Tensor, Tensor]:
     """World points ``[N, 3, L]`` seen by the tracker's camera (at the origin, looking down world
     -Z: ``viewmat = diag(1, -1, -1, 1)``) -> ``(u [N, L], v [N, L], depth [N, L])`` pixels / metres."""
@@ -242,25 +263,34 @@ class Problem:
         self.f0 = prior_focal(*image_size, cfg.focal_fov_deg) if focal is None else float(focal)
 
     def _set_detections(self, landmarks: Tensor, frame_index: np.ndarray | None) -> None:
-        """The fields that depend on the detections ``[M, 478, 3]`` and their frame numbers."""
-        cfg, dtype = self.cfg, self.dtype
-        self.det = landmarks.to(dtype)  # [M, 478, 3]
+        """The fields that depend on the detections ``[M, 478, 3]`` and their frame numbers. Per
+        frame only the detections (float32, as detected: exact in the problem's dtype, to which
+        each use promotes them), the inter-ocular distance and the two eyes' iris trust are kept;
+        :attr:`frame_w` and :attr:`z_mp` are made from them for the frames a term reads, so a
+        long clip costs ~6 kB a frame here rather than ~19 kB."""
+        self.det = landmarks.to(torch.float32)  # [M, 478, 3]
         M = self.num_frames = self.det.shape[0]
-        self.iod = interocular_px(self.det).clamp_min(1.0)  # [M]
-        # Per frame and landmark: 1, or the iris points scaled by their eye's openness. The
-        # normaliser stays w.sum(), so a blink does not re-weight the other points.
-        self.frame_w = torch.ones(self.det.shape[0], self.det.shape[1], dtype=dtype)
+        self.iod = _per_chunk(lambda d: interocular_px(d), self.det, self.dtype).clamp_min(1.0)  # [M]
+        # Per frame: the iris points' trust, each eye's (None without iris points).
+        self.iris_vis = None
         if self.det.shape[1] > IRIS[-1]:
-            vis = iris_visibility(self.det, cfg.iris_closed, cfg.iris_open)  # [M, 2]
-            self.frame_w[:, IRIS[:5]] = vis[:, :1]
-            self.frame_w[:, IRIS[5:]] = vis[:, 1:]
-        # MediaPipe z (mesh points), centred per frame, in IODs.
-        z = self.det[:, :NUM_MESH, 2]
-        self.z_mp = (z - z.mean(1, keepdim=True)) / self.iod[:, None]
+            cfg = self.cfg
+            self.iris_vis = _per_chunk(lambda d: iris_visibility(d, cfg.iris_closed, cfg.iris_open), self.det, self.dtype)
         # Time: the temporal terms (videos only) weight each consecutive pair by 1/gap.
         fidx = np.arange(M) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
         gaps = np.maximum(np.diff(fidx), 1).astype(np.float32)
-        self.gap_w = torch.as_tensor(1.0 / gaps, dtype=dtype)  # [M - 1]
+        self.gap_w = torch.as_tensor(1.0 / gaps, dtype=self.dtype)  # [M - 1]
+
+    @property
+    def frame_w(self) -> Tensor:
+        """``[M, 478]`` per frame and landmark: 1, or the iris points scaled by their eye's
+        openness. The normaliser stays w.sum(), so a blink does not re-weight the other points."""
+        return _frame_weights(self.det.shape[:2], self.iris_vis, self.dtype)
+
+    @property
+    def z_mp(self) -> Tensor:
+        """``[M, 468]`` MediaPipe z of the mesh points, centred per frame, in IODs."""
+        return _mediapipe_z(self.det, self.iod, self.dtype)
 
     def with_detections(self, landmarks: Tensor, frame_index: np.ndarray | None = None) -> "Problem":
         """This problem (head, camera, weights, config) for other detections ``[M, 478, 3]`` of the
@@ -274,7 +304,8 @@ class Problem:
         terms of a long clip evaluated a chunk at a time, in bounded memory)."""
         start, stop, _ = frames.indices(self.num_frames)
         other = copy.copy(self)
-        other.det, other.iod, other.frame_w, other.z_mp = (x[start:stop] for x in (self.det, self.iod, self.frame_w, self.z_mp))
+        other.det, other.iod = self.det[start:stop], self.iod[start:stop]
+        other.iris_vis = None if self.iris_vis is None else self.iris_vis[start:stop]
         other.gap_w = self.gap_w[start : max(start, stop - 1)]
         other.num_frames = stop - start
         return other
@@ -282,16 +313,16 @@ class Problem:
     def data(self, planes: Tensor, focal: Tensor, frames: Tensor | slice) -> Tensor:
         """Per-frame weighted robust 2D term (+ depth cue), ``[n]``, of the frames ``frames``."""
         u, v, depth = project_planes(planes, focal, self.cx, self.cy)
-        det = self.det[frames]
-        iod = self.iod[frames][:, None]
-        w, fw = self.w, self.frame_w[frames]
-        r2 = ((u - det[..., 0]) ** 2 + (v - det[..., 1]) ** 2) / iod**2
+        det, iod = self.det[frames], self.iod[frames]
+        fw = _frame_weights(det.shape[:2], None if self.iris_vis is None else self.iris_vis[frames], self.dtype)
+        w = self.w
+        r2 = ((u - det[..., 0]) ** 2 + (v - det[..., 1]) ** 2) / iod[:, None] ** 2
         rho = charbonnier(r2, self.cfg.robust_sigma)
         e = (rho * w * fw).sum(1) / w.sum()
         if self.cfg.w_depth > 0:
             d = depth[:, :NUM_MESH]
-            zm = (d - d.mean(1, keepdim=True)) * focal / d.mean(1, keepdim=True) / iod
-            e = e + self.cfg.w_depth * ((zm - self.z_mp[frames]) ** 2).mean(1)
+            zm = (d - d.mean(1, keepdim=True)) * focal / d.mean(1, keepdim=True) / iod[:, None]
+            e = e + self.cfg.w_depth * ((zm - _mediapipe_z(det, iod, self.dtype)) ** 2).mean(1)
         return e
 
     def expression(self, e: Tensor) -> Tensor:

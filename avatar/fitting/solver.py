@@ -260,7 +260,7 @@ def _rigid_stage(P: Problem, shape: Tensor | None) -> _Pose:
     with torch.no_grad():
         rest_stable = P.lm.identity(shape)["rest"][:, P.stable]  # [3, S]
         c_model = rest_stable.mean(1)  # centroid of the stable points (model frame)
-        c_img = P.det[:, STABLE, :2].mean(1)  # [M, 2]
+        c_img = P.det[:, STABLE, :2].to(P.dtype).mean(1)  # [M, 2]
         d0 = P.f0 * P.iod_m / P.iod  # [M] depth from the inter-ocular distance
         xc = (c_img[:, 0] - P.cx) * d0 / P.f0
         yc = -(c_img[:, 1] - P.cy) * d0 / P.f0
@@ -371,9 +371,9 @@ def _frames_stage(P: Problem, pose: _Pose, identity: _Identity) -> FrameParams:
         # neighbours agree, holds whole fixations back, and the block-diagonal step moves them
         # slowly: 6 iterations left d10's iris points 5 % IOD off at p95, 20 still 2 %.
         theta = solve(theta, lambda th: Hp, gaze=False)
-        if P.frame_w.shape[1] > IRIS[-1]:
+        if P.iris_vis is not None:
             eye_cols = torch.arange(6 + E, 10 + E)
-            theta[:, eye_cols] = _gaze_through_blinks(theta[:, eye_cols], P.frame_w[:, IRIS].amin(1))
+            theta[:, eye_cols] = _gaze_through_blinks(theta[:, eye_cols], P.iris_vis.amin(1))
         theta = solve(theta, lambda th: gaze_prior_hessian(P, Hp, th), gaze=True)
     else:
         theta = solve(theta, lambda th: Hp, gaze=True)
@@ -403,9 +403,6 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
     def of_p(sl: slice) -> slice:  # moving rows sl as rows of P (after the held ones)
         return slice(k + sl.start, k + sl.stop)
 
-    def chunks(start: int = 0, stop: int = n) -> list[slice]:  # a chunk at a time: bounded memory on long clips
-        return [slice(a, min(a + FRAME_CHUNK, stop)) for a in range(start, stop, FRAME_CHUNK)]
-
     def frame_terms(th: Tensor, sl: slice) -> Tensor:  # [len(sl)]: the data term and priors of rows sl of th
         f = FrameParams.unflat(th, E, fit_jaw)
         ex = P.expression(f.expression)
@@ -413,7 +410,7 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
         return P.rows(of_p(sl)).data(planes, focal, slice(None)) + P.regularisers(ex, f.eyes, f.jaw)
 
     def per_frame(th: Tensor) -> Tensor:  # [n]
-        return torch.cat([frame_terms(th[sl], sl) for sl in chunks()])
+        return torch.cat([frame_terms(th[sl], sl) for sl in _chunks(n)])
 
     cache: dict = {"calls": 0}  # the landmark term's last Hessian, reused between renewals
 
@@ -426,7 +423,7 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
             (g,) = torch.autograd.grad(frame_terms(th, slice(0, n)).sum() + temporal(th), th)
         else:
             (g,) = torch.autograd.grad(temporal(th), th)
-            for sl in chunks():  # the per-frame terms are independent: each chunk's graph is freed in turn
+            for sl in _chunks(n):  # the per-frame terms are independent: each chunk's graph is freed in turn
                 tc = x[sl].clone().requires_grad_(True)
                 (gc,) = torch.autograd.grad(frame_terms(tc, sl).sum(), tc)
                 g[sl] += gc
@@ -437,7 +434,7 @@ def solve_frames(P: Problem, tables: dict, focal: Tensor, theta: Tensor, prior: 
 
         def hessian(sl: slice) -> Tensor:  # [m, p, p] of the moving rows sl, built when the step needs them
             if renew or sl.start not in cache:
-                H = torch.cat([data_hessian(P.rows(of_p(c)), tables, focal, x[c]) for c in chunks(sl.start, sl.stop)])
+                H = torch.cat([data_hessian(P.rows(of_p(c)), tables, focal, x[c]) for c in _chunks(sl.stop, sl.start)])
                 if hessian_every > 1:
                     cache[sl.start] = H
             else:
@@ -483,6 +480,19 @@ def _gaze_through_blinks(gaze: Tensor, visible: Tensor) -> Tensor:
     return out
 
 
+def _chunks(stop: int, start: int = 0) -> list[slice]:
+    """``start..stop`` in slices of ``FRAME_CHUNK`` frames: per-frame work on a long clip in bounded memory."""
+    return [slice(a, min(a + FRAME_CHUNK, stop)) for a in range(start, stop, FRAME_CHUNK)]
+
+
+def _residual_px(P: Problem, identity: _Identity, e: Tensor, rot: Tensor, tr: Tensor, eyes: Tensor,
+                 jaw: Tensor | None) -> Tensor:  # fmt: skip
+    """``[n, 478]`` each landmark's reprojection error (pixels) in the frames of ``P``."""
+    planes = P.lm.planes(identity.tables, e, rot, tr, eyes=eyes, jaw=jaw)
+    u, v, _ = project_planes(planes, identity.focal, P.cx, P.cy)
+    return torch.sqrt((u - P.det[..., 0]) ** 2 + (v - P.det[..., 1]) ** 2)
+
+
 def _result(P: Problem, identity: _Identity, frames: FrameParams, timings: dict[str, float]) -> FitResult:
     """The solved parameters as numpy arrays, with every landmark's reprojection error."""
     M = P.num_frames
@@ -491,9 +501,9 @@ def _result(P: Problem, identity: _Identity, frames: FrameParams, timings: dict[
         tr = frames.transl()
         eyes = eyes3(frames.eyes)
         jaw = frames.jaw if frames.jaw is not None else torch.zeros(M, 3, dtype=P.dtype)
-        planes = P.lm.planes(identity.tables, e, frames.rot, tr, eyes=eyes, jaw=frames.jaw)
-        u, v, _ = project_planes(planes, identity.focal, P.cx, P.cy)
-        res = torch.sqrt((u - P.det[..., 0]) ** 2 + (v - P.det[..., 1]) ** 2)
+        res = torch.cat([_residual_px(P.rows(sl), identity, e[sl], frames.rot[sl], tr[sl], eyes[sl],
+                                      None if frames.jaw is None else frames.jaw[sl])
+                         for sl in _chunks(M)])  # fmt: skip
 
     def out(t: Tensor) -> np.ndarray:
         return t.detach().numpy().astype(np.float32)
