@@ -33,6 +33,9 @@ def _load(spec: str) -> type:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from avatar.utils.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # long clips in bounded memory (avatar.utils.memory)
     commands = {name: _load(spec) for name, spec in COMMANDS.items()}
     config = tyro.extras.subcommand_cli_from_dict(
         commands, prog="avatar", args=argv, description="avatar: 3D head avatars from a phone video."
