@@ -127,7 +127,7 @@ def _detect(reader, source: str | Path, threads: int, video: bool, progress: boo
     from avatar.perception import FaceTracker
 
     tracker = FaceTracker(num_threads=threads, detector="auto", static_images=not video)
-    lms, found = [], []
+    lms, found = _Rows((478, 3)), []
     t_decode = t_detect = 0.0
     it = iter(reader)
     bar = tqdm(total=len(reader) or None, unit="frame", desc="landmarks", delay=2.0, disable=not progress)
@@ -153,7 +153,25 @@ def _detect(reader, source: str | Path, threads: int, video: bool, progress: boo
     if not any(found):
         raise AvatarError(f"{source}: no face found in any of the {len(found)} frame(s); the tracker needs a visible face "
                           "(frontal to profile, not too small).")  # fmt: skip
-    return np.stack(lms).astype(np.float32), np.array(found, bool)
+    return lms.array(), np.array(found, bool)
+
+
+class _Rows:
+    """A float32 ``[N, *shape]`` array grown a block of rows at a time. A list of per-frame arrays
+    would leave small long-lived blocks between the freed buffers of the decoded frames, and the
+    heap, fragmented, grew with clip length by several times the landmarks' own size."""
+
+    def __init__(self, shape: tuple[int, ...], block: int = 1024) -> None:
+        self.shape, self.block, self.n, self.blocks = shape, block, 0, []
+
+    def append(self, row: np.ndarray) -> None:
+        if self.n % self.block == 0:
+            self.blocks.append(np.empty((self.block, *self.shape), np.float32))
+        self.blocks[-1][self.n % self.block] = row
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.blocks)[: self.n] if self.blocks else np.empty((0, *self.shape), np.float32)
 
 
 def _assemble(res, head: HeadModel, landmarks: np.ndarray, found: np.ndarray, frame_index: np.ndarray, info,
