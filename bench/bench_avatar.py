@@ -4,13 +4,16 @@ whole matted image (the literature's convention).
 
     python bench/bench_avatar.py [--preset fast-cpu] [--clips NAME ...] [--work /tmp/bench_avatar]
         [--set KEY=VALUE ...] [--limit FRAMES] [--seeds 0 1 2] [--resume] [--train-frames]
-    python bench/bench_avatar.py --table WORK [OTHER_WORK ...]
+    python bench/bench_avatar.py --table WORK [OTHER_WORK ...] [--regions]
 
 ``--table`` trains nothing: it prints the markdown table of the finished runs in WORK (every clip's
 report.json; the table in docs/quality.md) and, for each OTHER_WORK (the same clips trained with one
 lever changed), the per-clip change of the headline figure and the verdict of the defaults rule:
 a lever stays on only if it helps on most clips and costs no clip more than 0.5 dB (held-out
-foreground PSNR at the tracked poses through the default correction).
+foreground PSNR at the tracked poses through the default correction). With ``--regions`` it also
+compares where the error lies (:func:`error_breakdown`: the face region, off the mesh, the mouth
+opening), as issues comparing representations ask; each run's breakdown is kept in
+WORK/<clip>/breakdown.json (computed and cached there for runs that lack it).
 
 Tracking (avatar.fitting.pipeline.track) runs first when WORK/<clip>/tracking.npz is absent; its time is
 printed separately. Timings are wall-clock on whatever else the machine is doing.
@@ -210,9 +213,12 @@ def main() -> None:
                         help=f"also break the error down on {TRAIN_SAMPLE} training frames (fit vs generalisation)")  # fmt: skip
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print the tables of finished runs (WORK, then runs with one lever changed) and stop")
+    parser.add_argument("--regions", action="store_true", help="with --table: also compare the error by region")
     args = parser.parse_args()
     if args.table:
         print_table(args.table)
+        if args.regions:
+            print_regions(args.table)
         return
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is absent: nothing to benchmark")
@@ -237,6 +243,7 @@ def main() -> None:
             t1 = time.perf_counter()
             report = train(run, dataclasses.replace(cfg, seed=seed), progress=False)
             breakdown = error_breakdown(run, cfg)
+            (run / "breakdown.json").write_text(json.dumps(breakdown))
             if args.train_frames:
                 breakdown.update({f"train_{k}": v for k, v in error_breakdown(run, cfg, frames="train").items() if k.startswith(("psnr_", "share_"))})
             rows.append(_row(video.stem, seed, t_track, time.perf_counter() - t1, report, breakdown, _video_seconds(out)))
@@ -303,6 +310,62 @@ def print_table(works: list[Path]) -> None:
             print(f"| {c} | {x} | {y} | {y - x:+.2f} | {_fg(base[c], 'refined')} -> {_fg(runs[c], 'refined')} |")
         if d:
             print(f"baseline (lever as in WORK) minus changed: {verdict([-x for x in d])}")
+
+
+def breakdown_of(run: Path) -> dict[str, float]:
+    """:func:`error_breakdown` of a finished run, from RUN/breakdown.json, else computed (with the
+    run's own config from report.json) and kept there."""
+    cached = run / "breakdown.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    from avatar.training import TrainConfig
+
+    report = json.loads((run / "report.json").read_text())
+    breakdown = error_breakdown(run, TrainConfig.from_dict(report["config"], drop_unknown=True))
+    cached.write_text(json.dumps(breakdown))
+    return breakdown
+
+
+def mouth_opens_wider(run: Path, channel: str = "jawOpen") -> bool | None:
+    """Whether the held-out frames (the last ``frames.held_out`` usable rows of the tracking) open
+    the jaw wider than any training frame did (None: no such channel)."""
+    import numpy as np
+
+    from avatar.fitting import load_tracking
+
+    report, tracking = json.loads((run / "report.json").read_text()), load_tracking(run)
+    names = list(tracking.expression_names)
+    if channel not in names:
+        return None
+    opening = tracking.expression[np.nonzero(tracking.usable)[0], names.index(channel)]
+    held = report["frames"]["held_out"]
+    return bool(opening[-held:].max() > opening[:-held].max())
+
+
+def print_regions(works: list[Path]) -> None:
+    """For each other work against ``works[0]``: held-out PSNR on the face region, off the mesh
+    (hair, shoulders) and in the mouth opening, per clip, and on how many clips each is higher."""
+    base = _reports(works[0])
+    keys = (("face", "psnr_face"), ("off-mesh", "psnr_off_mesh"), ("mouth opening", "psnr_mouth"))
+    for other in works[1:]:
+        shared = [c for c in base if c in _reports(other)]
+        print(f"\n{other} against {works[0]} by region (held-out foreground PSNR, baseline -> changed)")
+        print("| clip | " + " | ".join(k for k, _ in keys) + " | held-out mouth opens wider than training |")
+        print("|---|" + "---|" * (len(keys) + 1))
+        better = {k: [] for k, _ in keys}
+        for c in shared:
+            a, b = breakdown_of(works[0] / c), breakdown_of(other / c)
+            cells = []
+            for k, m in keys:
+                x, y = a.get(m), b.get(m)
+                if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+                    cells.append("-")
+                    continue
+                better[k].append((c, y > x))
+                cells.append(f"{x:.2f} -> {y:.2f} ({y - x:+.2f})")
+            print(f"| {c} | " + " | ".join(cells) + f" | {mouth_opens_wider(other / c)} |")
+        for k, flags in better.items():
+            print(f"{k}: changed above baseline on {sum(f for _, f in flags)}/{len(flags)} clips")
 
 
 def ceiling(psnr: float, share: float) -> float:
