@@ -266,11 +266,11 @@ class Problem:
         """The fields that depend on the detections ``[M, 478, 3]`` and their frame numbers. Per
         frame only the detections (float32, as detected: exact in the problem's dtype, to which
         each use promotes them), the inter-ocular distance and the two eyes' iris trust are kept;
-        :attr:`frame_w` and :attr:`z_mp` are made from them for the frames a term reads, so a
-        long clip costs ~6 kB a frame here rather than ~19 kB."""
+        the per-landmark weights (:attr:`frame_w`) and MediaPipe's z are made from them for the
+        frames a term reads, so a long clip holds nothing more per frame."""
         self.det = landmarks.to(torch.float32)  # [M, 478, 3]
         M = self.num_frames = self.det.shape[0]
-        self.iod = _per_chunk(lambda d: interocular_px(d), self.det, self.dtype).clamp_min(1.0)  # [M]
+        self.iod = _per_chunk(interocular_px, self.det, self.dtype).clamp_min(1.0)  # [M]
         # Per frame: the iris points' trust, each eye's (None without iris points).
         self.iris_vis = None
         if self.det.shape[1] > IRIS[-1]:
@@ -286,11 +286,6 @@ class Problem:
         """``[M, 478]`` per frame and landmark: 1, or the iris points scaled by their eye's
         openness. The normaliser stays w.sum(), so a blink does not re-weight the other points."""
         return _frame_weights(self.det.shape[:2], self.iris_vis, self.dtype)
-
-    @property
-    def z_mp(self) -> Tensor:
-        """``[M, 468]`` MediaPipe z of the mesh points, centred per frame, in IODs."""
-        return _mediapipe_z(self.det, self.iod, self.dtype)
 
     def with_detections(self, landmarks: Tensor, frame_index: np.ndarray | None = None) -> "Problem":
         """This problem (head, camera, weights, config) for other detections ``[M, 478, 3]`` of the
