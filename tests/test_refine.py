@@ -275,7 +275,7 @@ def test_held_out_pose_error_is_undone(trained):
                                  clip.viewmat, clip.Ks[rows], SIZE, SIZE)  # fmt: skip
     # Frame and matte such that the target (frame over the background by the matte) is the drawing.
     colour = ((drawn - (1 - alpha)) / alpha.clamp_min(1e-3)).clamp(0, 1)
-    clip.images, clip.mattes = np.array(clip.images), np.array(clip.mattes)  # writable copies of the cache's memory maps
+    clip.images, clip.mattes = clip.images[:], clip.mattes[:]  # in memory: the cache is read-only
     clip.images[rows] = (colour.numpy() * 255).round().astype(np.uint8)
     clip.mattes[rows] = (alpha[..., 0].numpy() * 255).round().astype(np.uint8)
     deltas, _ = refined_psnr()

@@ -58,7 +58,7 @@ def body_shifts(
     """
     import cv2
 
-    m = mattes  # read one frame at a time: the mattes of a long clip may be a memory map
+    m = mattes  # read one frame at a time: the mattes of a long clip may be read from disk on indexing
 
     def frame(i: int) -> np.ndarray:
         x = np.asarray(m[i])

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from avatar.errors import AvatarError
 from avatar.fitting.tracking import Tracking, load_tracking
+from avatar.io.npy_rows import NpyRows
 from avatar.models.base import FRAME_PARAMS
 from avatar.representations.base import BODY
 from avatar.utils.files import atomic_folder
@@ -34,15 +35,16 @@ class Clip:
     """Frames, mattes and per-frame parameters of one tracked clip, at training resolution.
 
     Attributes:
-        images: ``[N, H, W, 3]`` uint8.  mattes: ``[N, H, W]`` uint8 (255 = foreground).
+        images: ``[N, H, W, 3]`` uint8.  mattes: ``[N, H, W]`` uint8 (255 = foreground). Both are read
+            from the on-disk cache when indexed (:class:`~avatar.io.npy_rows.NpyRows`).
         params: name -> ``[N, ...]`` float32 tensors (expression, jaw, neck, eyes, global_orient, transl;
             and ``body`` when the body motion was tracked, :func:`body_motion`).
         Ks: ``[N, 3, 3]`` (scaled to the training size).  viewmat: ``[4, 4]``.
         shape: ``[S]`` identity.  train_ids / test_ids: row indices (test = the last ``holdout``).
     """
 
-    images: np.ndarray
-    mattes: np.ndarray
+    images: np.ndarray | NpyRows
+    mattes: np.ndarray | NpyRows
     params: dict[str, Tensor]
     Ks: Tensor
     viewmat: Tensor
@@ -176,12 +178,12 @@ def body_motion(mattes: np.ndarray, chin_rows: np.ndarray, reference: np.ndarray
 def _frame_cache(folder: Path, out_dir: Path, tr: Tracking, rows: np.ndarray, box: tuple[int, int, int, int],
                  size: tuple[int, int], progress: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The training frames and mattes (``[N, H, W, 3]``, ``[N, H, W]`` uint8) of tracking rows
-    ``rows``, memory-mapped from ``folder`` (one ``.npy`` per array): a clip of any length costs
-    page cache, not resident memory. Built once, frame by frame, and published whole."""
+    ``rows``, read row by row from ``folder`` (one ``.npy`` per array, :class:`NpyRows`): a clip of
+    any length costs page cache, not resident memory. Built once, frame by frame, and published whole."""
     frame_index = np.asarray(tr.frame_index, np.int64)[rows]
     try:
         if np.array_equal(np.load(folder / "frame_index.npy"), frame_index):
-            return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "mattes.npy", mmap_mode="r")
+            return NpyRows(folder / "images.npy"), NpyRows(folder / "mattes.npy")
     except (OSError, ValueError):
         pass  # absent or unreadable: (re)build it
     W, H = size
@@ -194,7 +196,7 @@ def _frame_cache(folder: Path, out_dir: Path, tr: Tracking, rows: np.ndarray, bo
         images.flush(), mattes.flush()
         del images, mattes
         np.save(tmp / "frame_index.npy", frame_index)
-    return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "mattes.npy", mmap_mode="r")
+    return NpyRows(folder / "images.npy"), NpyRows(folder / "mattes.npy")
 
 
 def _decode_frames(out_dir: Path, tr: Tracking, frame_index: np.ndarray, box: tuple[int, int, int, int],
