@@ -3,7 +3,7 @@ time and held-out (last 15% of frames) PSNR/SSIM per clip, over the foreground p
 whole matted image (the literature's convention).
 
     python bench/bench_avatar.py [--preset fast-cpu] [--clips NAME ...] [--work /tmp/bench_avatar]
-        [--set KEY=VALUE ...] [--limit FRAMES] [--seeds 0 1 2] [--resume] [--train-frames]
+        [--set KEY=VALUE ...] [--representation NAME] [--limit FRAMES] [--seeds 0 1 2] [--resume] [--train-frames]
     python bench/bench_avatar.py --table WORK [OTHER_WORK ...] [--regions]
 
 ``--table`` trains nothing: it prints the markdown table of the finished runs in WORK (every clip's
@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--clips", nargs="*", default=None, help="video file stems (default: all)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_avatar"))
     parser.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
+    parser.add_argument("--representation", default=None,
+                        help="what to train: mesh-gaussians, hash-blendshapes or neural-points (--set representation=NAME)")
     parser.add_argument("--limit", type=int, default=None, help="track only the first N frames")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0],
                         help="train once per seed (WORK/<clip>/seed<N>/) and print mean and spread: one run's "
@@ -224,6 +226,8 @@ def main() -> None:
         raise SystemExit(f"{SHARED} is absent: nothing to benchmark")
     from avatar.training import override, preset, train
 
+    if args.representation:
+        args.set = [*args.set, f"representation={args.representation}"]
     cfg = override(preset(args.preset), args.set)
     videos = sorted(p for p in SHARED.iterdir() if p.suffix == ".mp4" and (not args.clips or p.stem in args.clips))
     print(f"avatar bench | preset {args.preset} | overrides {args.set or '-'} | {len(videos)} clips")
