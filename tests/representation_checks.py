@@ -24,7 +24,8 @@ def tiny_config(*extra: str) -> str:
 
 def assert_bundle_round_trip(rep, cls: type, head, expression: torch.Tensor, folder) -> None:
     """``rep`` saved into ``folder/avatar`` loads back as a ``cls`` with the same config and state,
-    and renders the same image (AnnyHead at ``expression [1, E]``, frontal, 64 x 64) bit for bit;
+    and renders the same image (AnnyHead at ``expression [1, E]``, frontal, 64 x 64) bit for bit
+    (and, through the loaded bundle's inference kernels, to float rounding);
     the loaded one refuses an expression with the wrong channel count."""
     save_avatar(folder / "avatar", rep, model="anny", shape=torch.zeros(head.num_shape))
     av = load_avatar(folder)
@@ -35,10 +36,13 @@ def assert_bundle_round_trip(rep, cls: type, head, expression: torch.Tensor, fol
     K = torch.tensor([[120.0, 0, 32], [0, 120.0, 32], [0, 0, 1]])
     vm = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
     params = {"transl": torch.tensor([[0.0, -0.12, -0.7]]), "expression": expression}
+    fused, _ = av.render(params, vm, K, 64, 64)  # as loaded: with the inference kernels
+    back.inference_kernels = rep.inference_kernels
     rgb, alpha = av.render(params, vm, K, 64, 64)
     av.representation = rep
     rgb0, alpha0 = av.render(params, vm, K, 64, 64)
     assert torch.equal(rgb, rgb0) and torch.equal(alpha, alpha0) and alpha[0, 32, 32, 0] > 0.9
+    assert (fused - rgb0).abs().max() < 1e-4  # the kernels agree to float rounding
     with pytest.raises(Exception, match="channels"):
         back(head().vertices, expression=torch.zeros(1, 7))
 

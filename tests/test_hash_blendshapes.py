@@ -146,7 +146,8 @@ def test_expression_weight_zero_is_the_neutral_field(rep, anny_head):
     E = len(anny_head.expression_names)
     v = anny_head().vertices
     neutral = rep.field_deltas(None)
-    assert torch.equal(rep.field_deltas(torch.zeros(2, E)), neutral.expand(2, -1, -1))
+    # two frames against one: the matrix products may block differently by batch size (rounding)
+    assert torch.allclose(rep.field_deltas(torch.zeros(2, E)), neutral.expand(2, -1, -1), rtol=0, atol=1e-6)
     a, b = rep(v), rep(v, expression=torch.zeros(1, E))
     assert torch.equal(a.means, b.means) and torch.equal(a.colors, b.colors)
     # a grid whose weight is 0 is not read, however large it is; given weight, it changes the field

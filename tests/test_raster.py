@@ -344,3 +344,40 @@ def test_mix_kernel_matches_the_torch_reference_forward_and_backward():
     small = (torch.randn(2, 5, 3, generator=gen, dtype=torch.float64).requires_grad_(),
              torch.randn(5, 3, 2, generator=gen, dtype=torch.float64).requires_grad_())  # fmt: skip
     assert torch.autograd.gradcheck(lambda a, b: mix(a, b), small)
+
+
+def test_mesh_pose_kernel_matches_mesh_gaussians_forward():
+    """The fused inference kernel (a loaded bundle's path) against MeshGaussians' torch ops."""
+    from avatar.representations.mesh_gaussians import EYE, FACE, HAIR, MeshGaussians
+
+    gen = torch.Generator().manual_seed(5)
+    B, V, F = 2, 300, 500
+    # Triangles of three distinct vertices (a degenerate one has no frame to agree on); the first
+    # axis-aligned, so its frame is the identity.
+    faces = torch.stack([torch.randperm(V, generator=gen)[:3] for _ in range(F)])
+    faces[0] = torch.tensor([0, 1, 2])
+    face_id = torch.randint(0, F, (5000,), generator=gen)  # not a multiple of the kernel's work items
+    face_id[0] = 0
+    region = torch.tensor([FACE, HAIR, EYE, 4])[torch.randint(0, 4, (5000,), generator=gen)]
+    # Rounding, amplified by the thinnest of the random triangles.
+    for dtype, tol in ((torch.float64, 1e-11), (torch.float32, 2e-6)):
+        verts = torch.randn(B, V, 3, generator=gen, dtype=dtype)
+        verts[:, :3] = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=dtype)
+        rep = MeshGaussians(faces, face_id, region, sh_degree=1, cull_backfacing=True).to(dtype)
+        with torch.no_grad():
+            for p in (rep.offset, rep.rot, rep.log_scale, rep.static_pos, rep.follow_logit):
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype))
+            want = rep(verts)
+            rep.inference_kernels = True
+            got = rep(verts)
+            offsets = rep.offset[None] + 0.1 * torch.randn(B, 5000, 3, generator=gen, dtype=dtype)
+            local = rep.local_state()._replace(offset=offsets)
+            got_b = rep(verts, local=local)
+            rep.inference_kernels = False
+            want_b = rep(verts, local=local)
+        for name in ("means", "quats", "scales", "normals"):
+            assert_close(getattr(got, name), getattr(want, name), rtol=tol, atol=tol, name=f"{dtype} {name}")
+            assert_close(getattr(got_b, name), getattr(want_b, name), rtol=tol, atol=tol, name=f"{dtype} per-frame {name}")
+        assert torch.equal(got.colors, want.colors) and torch.equal(got.opacities, want.opacities)
+    rep.inference_kernels = True
+    assert rep(verts.requires_grad_()).means.requires_grad  # with a gradient wanted, the torch ops run

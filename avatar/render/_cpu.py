@@ -278,3 +278,42 @@ def mix(weights: Tensor, shapes: Tensor, n_threads: int = 1) -> Tensor:
     if weights.dim() != 3 or shapes.dim() != 3 or weights.shape[1:] != shapes.shape[:2]:
         raise ValueError(f"weights must be [B, N, R] and shapes [N, R, C], got {list(weights.shape)} and {list(shapes.shape)}")
     return _Mix.apply(weights, shapes, n_threads)
+
+
+def mesh_pose(vertices: Tensor, faces: Tensor, face_id: Tensor, offset: Tensor, quat: Tensor, scale: Tensor,
+              surface: Tensor | None = None, n_threads: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
+    """Gaussians on a mesh, posed (forward only, no gradient): the kernel twin of
+    :meth:`avatar.representations.MeshGaussians.forward`'s geometry.
+
+    Args:
+        vertices: ``[B, V, 3]``.  faces: ``[F, 3]``.  face_id: ``[N]`` each Gaussian's triangle.
+        offset: ``[B, N, 3]`` or ``[N, 3]`` (or ``[1, N, 3]``) position in its triangle's frame,
+            in triangle units.  quat: ``[N, 4]`` wxyz rotation in that frame.  scale: ``[N, 3]``
+            in triangle units.  surface: ``[N]`` factor of each normal (None: no normals).
+    Returns:
+        ``(means [B, N, 3], quats [B, N, 4], scales [B, N, 3], normals [B, N, 3] or None)`` in world.
+    """
+    dtype = vertices.dtype
+    B, V, _ = vertices.shape
+    F, N = int(faces.shape[0]), int(face_id.shape[0])
+    if offset.dim() == 3 and offset.shape[0] == 1:
+        offset = offset[0]
+    batched = offset.dim() == 3
+    if (offset.shape[-2:] != (N, 3) or (batched and offset.shape[0] != B) or quat.shape != (N, 4)
+            or scale.shape != (N, 3) or (surface is not None and surface.shape != (N,))):  # fmt: skip
+        raise ValueError(f"mesh_pose: offset {list(offset.shape)}, quat {list(quat.shape)}, scale {list(scale.shape)} "
+                         f"do not fit {N} Gaussians and {B} frames")  # fmt: skip
+    with torch.no_grad():
+        verts = vertices.detach().contiguous()
+        fc, fid = faces.to(torch.int64).contiguous(), face_id.to(torch.int64).contiguous()
+        off, q, s = (t.detach().to(dtype).contiguous() for t in (offset, quat, scale))
+        surf = None if surface is None else surface.detach().to(dtype).contiguous()
+        frames = torch.empty(B, F, 17, dtype=dtype)
+        means, scales = torch.empty(B, N, 3, dtype=dtype), torch.empty(B, N, 3, dtype=dtype)
+        quats = torch.empty(B, N, 4, dtype=dtype)
+        normals = None if surf is None else torch.empty(B, N, 3, dtype=dtype)
+        getattr(load_cpu_kernels(), f"splat_mesh_pose_{_sfx(dtype)}")(
+            B, V, F, N, _ptr(verts), _ptr(fc), _ptr(fid), _ptr(off), int(batched), _ptr(q), _ptr(s), _ptr(surf),
+            _ptr(frames), _ptr(means), _ptr(quats), _ptr(scales), _ptr(normals), n_threads,
+        )  # fmt: skip
+    return means, quats, scales, normals

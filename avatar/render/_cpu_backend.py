@@ -25,7 +25,7 @@ from pathlib import Path
 from avatar.errors import AvatarError
 from avatar.utils.files import cache_dir
 
-_SOURCES = ("common.h", "project.cpp", "raster.cpp", "mix.cpp", "hashgrid.cpp")
+_SOURCES = ("common.h", "project.cpp", "raster.cpp", "mix.cpp", "hashgrid.cpp", "pose.cpp")
 # -ffp-contract=off: forward and backward re-evaluate the same per-pixel test and must agree
 # bit for bit on which samples pass it; FMA contraction could round them differently.
 # -fno-math-errno -fno-trapping-math: lets GCC vectorise sqrt/ceil/floor (no errno, no FP-exception
@@ -135,6 +135,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes, fn.restype = [i32] * 4 + [p] * 3 + [i32], None
         fn = getattr(lib, f"splat_mix_bwd_{sfx}")
         fn.argtypes, fn.restype = [i32] * 4 + [p] * 5 + [i32], None
+        fn = getattr(lib, f"splat_mesh_pose_{sfx}")
+        fn.argtypes, fn.restype = [i32] * 4 + [p] * 4 + [i32] + [p] * 8 + [i32], None
 
 
 @functools.cache  # one build + load per process; the handle is immutable once made

@@ -76,6 +76,10 @@ class Representation(nn.Module):
     rebuilt by ``cls.from_config(config, state)`` when loaded (see :mod:`.io`)."""
 
     kind: ClassVar[str] = "base"
+    # Evaluation without gradient may use fused CPU kernels where a representation has them: the
+    # same result to float rounding, not to the bit, so training (whose figures must reproduce)
+    # leaves it off and a loaded bundle, which is for showing, turns it on (load_avatar).
+    inference_kernels: bool = False
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
                 body: Tensor | None = None, expression: Tensor | None = None) -> Splats:  # fmt: skip

@@ -148,6 +148,7 @@ def load_avatar(path: str | Path, device: str | torch.device = "cpu", model_path
     if desc.get("format") != BUNDLE_FORMAT:
         raise AvatarError(f"{desc_file}: bundle format {desc.get('format')} is not {BUNDLE_FORMAT}")
     rep = load_representation(folder / "representation.safetensors", device)
+    rep.inference_kernels = True  # for showing: fused kernels where the representation has them
     given = None if model_path is None else str(model_path)
     head = load_head_model(desc["model"], given or desc.get("model_path"), sha256=desc.get("model_sha256") or None).to(device)
     shape = torch.tensor(desc["shape"], dtype=head.dtype, device=device)

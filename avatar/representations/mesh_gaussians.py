@@ -461,6 +461,29 @@ class MeshGaussians(Representation):
         offset, log_scale = self._local(self._frame_offsets(code))
         return LocalState(code, offset, log_scale)
 
+    def _geometry(self, vertices: Tensor, offset: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(means [B, N, 3], quats [B, N, 4], scales [B, N, 3], normals [B, N, 3] or None)`` in
+        world for ``vertices [B, V, 3]`` and :meth:`local_state`'s ``offset`` and ``log_scale``;
+        normals (of the surface Gaussians, zero elsewhere) with back-face culling only. With
+        ``inference_kernels`` and no gradient recorded, one CPU kernel does it all
+        (:func:`avatar.render._cpu.mesh_pose`)."""
+        surface = None
+        if self.cull_backfacing:
+            surface = ((self.region == FACE) | (self.region == FREE) | (self.region == EYE)).to(vertices.dtype)
+        if self.inference_kernels and not torch.is_grad_enabled() and vertices.device.type == "cpu" \
+                and vertices.dtype in (torch.float32, torch.float64) and _cpu_kernels():
+            from avatar.render._cpu import mesh_pose
+
+            return mesh_pose(vertices, self.faces, self.face_id, offset, self.rot, torch.exp(log_scale), surface)
+        origin, rot, k = triangle_frames(vertices, self.faces)
+        fid = self.face_id
+        o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
+        means = o + s[..., None] * (r * offset[:, :, None, :]).sum(-1)
+        quats = quat_multiply(matrix_to_quat(rot)[:, fid], self.rot[None].expand(vertices.shape[0], -1, -1))
+        scales = torch.exp(log_scale)[None] * s[..., None]
+        normals = None if surface is None else rot[:, fid, :, 2] * surface[None, :, None].to(rot.dtype)
+        return means, quats, scales, normals
+
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
                 body: Tensor | None = None, expression: Tensor | None = None,
                 local: LocalState | None = None) -> Splats:  # fmt: skip
@@ -476,11 +499,8 @@ class MeshGaussians(Representation):
         frames, already computed (then ``expression`` is not read)."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise AvatarError(f"vertices must be [B, V, 3], got {list(vertices.shape)}")
-        origin, rot, k = triangle_frames(vertices, self.faces)
-        fid = self.face_id
-        o, r, s = origin[:, fid], rot[:, fid], k[:, fid]  # [B, N, 3], [B, N, 3, 3], [B, N]
         code, offset, log_scale = self.local_state(expression) if local is None else local
-        means = o + s[..., None] * (r * offset[:, :, None, :]).sum(-1)
+        means, quats, scales, normals = self._geometry(vertices, offset, log_scale)
         hair = torch.nonzero(self.region == HAIR).squeeze(-1)
         if hair.numel():  # the blend (module docstring), evaluated for the hair Gaussians only
             static = self.static_pos[hair][None].expand(means.shape[0], -1, -1)
@@ -489,8 +509,6 @@ class MeshGaussians(Representation):
                 static = (body_rot @ static[..., None]).squeeze(-1) + origin[:, None]
             w = torch.sigmoid(self.follow_logit[hair])[None, :, None]
             means = means.index_copy(1, hair, w * means[:, hair] + (1.0 - w) * static)
-        quats = quat_multiply(matrix_to_quat(rot)[:, fid], self.rot[None].expand(vertices.shape[0], -1, -1))
-        scales = torch.exp(log_scale)[None] * s[..., None]
         deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
         colors = torch.cat([self.sh_dc[:, None], self.sh_rest[:, : (deg + 1) ** 2 - 1]], 1)
         if self.sh_follows_head and head_pose is not None and deg > 0:
@@ -500,10 +518,6 @@ class MeshGaussians(Representation):
             dc = _mix(code, self.expr_color)  # [B, N, 3]
             colors = colors.expand(code.shape[0], *colors.shape[-3:]) if colors.dim() == 3 else colors
             colors = torch.cat([colors[:, :, :1] + dc[:, :, None], colors[:, :, 1:]], 2)
-        normals = None
-        if self.cull_backfacing:
-            surface = (self.region == FACE) | (self.region == FREE) | (self.region == EYE)
-            normals = rot[:, fid, :, 2] * surface[None, :, None].to(rot.dtype)
         return Splats(means, quats, scales, self.opacities(), colors, deg, normals)
 
     # --- regularisers -------------------------------------------------------------------------
