@@ -127,6 +127,15 @@ def test_training_lowers_loss_and_beats_init(clip_dir, tmp_path):
     assert rgb.shape == (1, SIZE, SIZE, 3) and alpha.mean() > 0.05
 
 
+def test_held_out_evaluation_is_capped(clip_dir, tmp_path):
+    """A long clip's held-out frames are evaluated on an even sample (eval_max_frames)."""
+    out = _copy_clip(clip_dir, tmp_path / "run")
+    report = train(out, tiny(steps=4, holdout=0.5, eval_max_frames=3, pose_fit_frames=0), progress=False)
+    assert report["frames"]["held_out"] == 6 and report["frames"]["held_out_evaluated"] == 3
+    for key in ("held_out", "held_out_refined_pose"):
+        assert len(report[key]["psnr_per_frame"]) == 3, key
+
+
 def test_interrupt_and_resume(clip_dir, tmp_path):
     out = _copy_clip(clip_dir, tmp_path / "run")
     cfg = tiny(steps=24, checkpoint_every=5)

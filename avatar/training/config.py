@@ -154,6 +154,9 @@ class TrainConfig:
     eval_refine_iters: int = 6  # held-out frames: also report PSNR with each frame's rigid pose and body motion refined against the avatar, held fixed (Levenberg-Marquardt iterations per frame; 0 = skip)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     holdout: float = 0.15  # last fraction of frames, never trained on
+    # At most this many held-out frames (evenly spread) are evaluated after training, so that a long
+    # clip's evaluation stays bounded (a 5-minute clip holds out 1,125; 0 = all).
+    eval_max_frames: int = 300
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     color_init_frames: int = 8  # training frames used to initialise colours
     checkpoint_every: int = 500

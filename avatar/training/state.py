@@ -187,7 +187,8 @@ class TrainState:
 #: (the learning-rate decay follows the new one), and the measurements made after training. Any
 #: other change makes a different avatar, so resuming with it is refused.
 RESUME_FREE = frozenset({"steps", "device", "torch_threads", "raster_threads", "checkpoint_every", "keep_checkpoints",
-                         "eval_video", "eval_refine_iters", "pose_fit_frames", "pose_fit_ridge"})  # fmt: skip
+                         "eval_video", "eval_refine_iters", "eval_max_frames", "pose_fit_frames",
+                         "pose_fit_ridge"})  # fmt: skip
 
 
 def input_digest(out_dir: Path) -> dict[str, str]:

@@ -92,8 +92,12 @@ class Run:
 
     @property
     def eval_ids(self) -> np.ndarray:
-        """Held-out rows; a single photo has none and is evaluated on its training frame (the report says so)."""
-        return self.clip.test_ids if len(self.clip.test_ids) else self.clip.train_ids
+        """Held-out rows evaluated (at most ``eval_max_frames``, evenly spread); a single photo has
+        none and is evaluated on its training frame (the report says so)."""
+        if not len(self.clip.test_ids):
+            return self.clip.train_ids
+        cap = self.config.eval_max_frames
+        return spread(self.clip.test_ids, cap) if cap > 0 else self.clip.test_ids
 
     def checkpoint(self, state: TrainState) -> Path:
         return save_checkpoint(self.out_dir / "checkpoints", {**state.state_dict(self.config), "inputs": self.inputs},
@@ -251,10 +255,10 @@ def _evaluate(run: Run, state: TrainState, done: Finished) -> dict[str, Any]:
     trained = with_correction({k: d.detach() for k, d in state.refinements.deltas.items()}, done.correction)
     m["train"] = evaluate(rep, frames, spread(clip.train_ids, TRAIN_SAMPLE), trained or None)
     if config.eval_refine_iters > 0 and len(clip.test_ids):
-        m["test_deltas"] = refine_held_out(rep, frames, clip.test_ids, config.eval_refine_iters, init=done.correction,
+        m["test_deltas"] = refine_held_out(rep, frames, run.eval_ids, config.eval_refine_iters, init=done.correction,
                                            progress=run.progress)  # fmt: skip
         with _eval_video(run, "eval_refined_pose.mp4") as on_panel:
-            m["refined"] = evaluate(rep, frames, clip.test_ids, m["test_deltas"], on_panel=on_panel)
+            m["refined"] = evaluate(rep, frames, run.eval_ids, m["test_deltas"], on_panel=on_panel)
     elif config.eval_video:  # not made this time: an older run's video would no longer match report.json
         (run.out_dir / "eval_refined_pose.mp4").unlink(missing_ok=True)
     return m
@@ -287,7 +291,7 @@ def _report(run: Run, state: TrainState, done: Finished, m: dict[str, Any], resu
         done.pose_fit["held_out_learnt_correction"] = _pick(m["learnt"], ("psnr", "ssim", "psnr_full", "ssim_full"))
     refined = _pick(m.get("refined"), ("psnr", "ssim", "psnr_full", "psnr_per_frame"))
     if refined is not None:
-        refined.update(correction_sizes(frames, clip.test_ids, m["test_deltas"]))
+        refined.update(correction_sizes(frames, run.eval_ids, m["test_deltas"]))
     losses = done.losses
     return {
         "steps": config.steps,
@@ -297,7 +301,8 @@ def _report(run: Run, state: TrainState, done: Finished, m: dict[str, Any], resu
         "regions": state.rep.region_counts(),
         "image_size": list(clip.size),
         "frames": {"train": int(len(clip.train_ids)), "held_out": int(len(clip.test_ids)),
-                   "held_out_rows": [int(r) for r in clip.test_ids]},  # fmt: skip
+                   "held_out_rows": [int(r) for r in clip.test_ids],
+                   "held_out_evaluated": int(len(clip.test_ids) and len(run.eval_ids))},  # fmt: skip
         "held_out": _pick(m["final"], ("psnr", "ssim", "psnr_full", "ssim_full", "pixels", "psnr_per_frame")),
         "held_out_poses": _drawn_poses(done),
         "held_out_uncorrected_pose": uncorrected,
