@@ -247,7 +247,7 @@ def main() -> None:
             t1 = time.perf_counter()
             report = train(run, dataclasses.replace(cfg, seed=seed), progress=False)
             breakdown = error_breakdown(run, cfg)
-            (run / "breakdown.json").write_text(json.dumps(breakdown))
+            _keep_breakdown(run, breakdown)
             if args.train_frames:
                 breakdown.update({f"train_{k}": v for k, v in error_breakdown(run, cfg, frames="train").items() if k.startswith(("psnr_", "share_"))})
             rows.append(_row(video.stem, seed, t_track, time.perf_counter() - t1, report, breakdown, _video_seconds(out)))
@@ -326,8 +326,16 @@ def breakdown_of(run: Path) -> dict[str, float]:
 
     report = json.loads((run / "report.json").read_text())
     breakdown = error_breakdown(run, TrainConfig.from_dict(report["config"], drop_unknown=True))
-    cached.write_text(json.dumps(breakdown))
+    _keep_breakdown(run, breakdown)
     return breakdown
+
+
+def _keep_breakdown(run: Path, breakdown: dict[str, float]) -> None:
+    """RUN/breakdown.json, written whole or not at all (a later --table trusts what it finds)."""
+    from avatar.utils.files import atomic_write
+
+    with atomic_write(run / "breakdown.json", "w") as f:
+        f.write(json.dumps(breakdown))
 
 
 def mouth_opens_wider(run: Path, channel: str = "jawOpen") -> bool | None:
