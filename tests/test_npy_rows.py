@@ -47,3 +47,17 @@ def test_refuses_fortran_order(tmp_path):
     np.save(tmp_path / "f.npy", np.asfortranarray(np.zeros((3, 4))))
     with pytest.raises(ValueError, match="C-ordered"):
         NpyRows(tmp_path / "f.npy")
+
+
+def test_create_and_write_rows(tmp_path):
+    with NpyRows.create(tmp_path / "w.npy", (4, 3, 2), np.uint8) as rows:
+        rows[1] = np.full((3, 2), 7)
+        rows[-1] = np.arange(6).reshape(3, 2)
+        assert np.array_equal(rows[1], np.full((3, 2), 7))  # read back before closing
+        with pytest.raises(ValueError):
+            rows[0] = np.zeros((2, 3))
+        with pytest.raises(IndexError):
+            rows[4] = np.zeros((3, 2))
+    want = np.zeros((4, 3, 2), np.uint8)
+    want[1], want[3] = 7, np.arange(6).reshape(3, 2)
+    assert np.array_equal(np.load(tmp_path / "w.npy"), want)

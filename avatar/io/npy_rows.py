@@ -16,16 +16,17 @@ import numpy as np
 
 
 class NpyRows:
-    """A ``[N, ...]`` array in a ``.npy`` file, read on indexing (rows first; C order only).
+    """A ``[N, ...]`` array in a ``.npy`` file, read on indexing (rows first; C order only);
+    :meth:`create` makes one to fill row by row.
 
     ``rows[i]``, ``rows[a:b]``, ``rows[[i, j]]``, a boolean mask and tuples such as ``rows[:, y0:y1]``
     return new writable arrays, as indexing an in-memory array would; ``np.asarray(rows)`` reads all.
     Consecutive rows are read with one call. Safe to share between threads.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writable: bool = False):
         self.path = Path(path)
-        self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115  (closed by close())
+        self._file = open(self.path, "r+b" if writable else "rb", buffering=0)  # noqa: SIM115  (closed by close())
         try:
             version = np.lib.format.read_magic(self._file)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -40,6 +41,33 @@ class NpyRows:
         self._offset = self._file.tell()
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
         self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, path: str | Path, shape: tuple[int, ...], dtype) -> NpyRows:
+        """A new ``.npy`` file of ``shape`` (zeros, stored sparsely until written), open for writing
+        row by row: ``rows[i] = array``. Writes go to the file, not to memory the process keeps."""
+        dtype = np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.truncate(f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        return cls(path, writable=True)
+
+    def __setitem__(self, key, value) -> None:
+        if not isinstance(key, (int, np.integer)):
+            raise IndexError("rows are written one at a time: rows[i] = array")
+        i = int(key) + (len(self) if key < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {key} out of range for {len(self)} rows")
+        row = np.ascontiguousarray(value, dtype=self.dtype)
+        if row.shape != self.shape[1:]:
+            raise ValueError(f"a row of {self.path.name} is {self.shape[1:]}, got {row.shape}")
+        data = memoryview(row).cast("B")
+        with self._lock:
+            self._file.seek(self._offset + i * self._row_bytes)
+            done = 0
+            while done < len(data):
+                done += self._file.write(data[done:])
 
     @property
     def ndim(self) -> int:

@@ -189,18 +189,16 @@ def _frame_cache(folder: Path, out_dir: Path, tr: Tracking, rows: np.ndarray, bo
     W, H = size
     src_size = tuple(int(x) for x in tr.image_size)
     with atomic_folder(folder) as tmp:
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(rows), H, W, 3))
-        _decode_frames(out_dir, tr, frame_index, box, src_size, images)
-        mattes = np.lib.format.open_memmap(tmp / "mattes.npy", mode="w+", dtype=np.uint8, shape=(len(rows), H, W))
-        _mattes(out_dir, tr, rows, images, progress, box, src_size, mattes)
-        images.flush(), mattes.flush()
-        del images, mattes
+        with NpyRows.create(tmp / "images.npy", (len(rows), H, W, 3), np.uint8) as images:
+            _decode_frames(out_dir, tr, frame_index, box, src_size, images)
+            with NpyRows.create(tmp / "mattes.npy", (len(rows), H, W), np.uint8) as mattes:
+                _mattes(out_dir, tr, rows, images, progress, box, src_size, mattes)
         np.save(tmp / "frame_index.npy", frame_index)
     return NpyRows(folder / "images.npy"), NpyRows(folder / "mattes.npy")
 
 
 def _decode_frames(out_dir: Path, tr: Tracking, frame_index: np.ndarray, box: tuple[int, int, int, int],
-                   src_size: tuple[int, int], images: np.ndarray) -> None:  # fmt: skip
+                   src_size: tuple[int, int], images: NpyRows) -> None:  # fmt: skip
     """Fills ``images`` with the source frames ``frame_index``, cropped to ``box`` and resized."""
     from avatar.io.video import FrameReader
 
@@ -222,8 +220,8 @@ def _decode_frames(out_dir: Path, tr: Tracking, frame_index: np.ndarray, box: tu
         raise AvatarError(f"{source}: frames {frame_index[~found][:5].tolist()}... named by the tracking are missing")
 
 
-def _mattes(out_dir: Path, tr: Tracking, rows: np.ndarray, images: np.ndarray, progress: bool,
-            box: tuple[int, int, int, int], src_size: tuple[int, int], out: np.ndarray) -> None:  # fmt: skip
+def _mattes(out_dir: Path, tr: Tracking, rows: np.ndarray, images: NpyRows, progress: bool,
+            box: tuple[int, int, int, int], src_size: tuple[int, int], out: NpyRows) -> None:  # fmt: skip
     """Fills ``out [N, H, W]`` with the person mattes of ``images`` (``OUT/mattes.npz`` when a
     synthetic clip brought its own, else :class:`~avatar.perception.matte.PersonMatte`)."""
     n, H, W = images.shape[:3]
