@@ -502,3 +502,19 @@ def test_metric_sums_frame_by_frame_equal_the_pooled_figures():
     assert masked_metrics(pred, gt, mask) == pytest.approx(got, rel=1e-6)
     assert math.isnan(masked_metrics(pred[1:2], gt[1:2], mask[1:2])["psnr"])
     assert MetricSums().result() == {}
+
+
+def test_fixed_vertices_on_disk_equal_those_in_memory(anny_head, clip_dir, tmp_path):
+    """The tracked heads posed once for training, kept in a file (flat memory in clip length),
+    are the in-memory ones to the bit."""
+    from avatar.training.frames import FrameRenderer
+
+    clip = load_clip(clip_dir, SIZE)
+    frames = FrameRenderer(anny_head, clip, clip.shape, torch.ones(3))
+    in_memory = frames.pose_fixed_vertices(chunk=5).clone()
+    on_disk = FrameRenderer(anny_head, clip, clip.shape, torch.ones(3))
+    on_disk.pose_fixed_vertices(chunk=5, file=tmp_path / "fixed.npy")
+    rows = [3, 0, 11]
+    params = frames.params(rows)
+    assert torch.equal(on_disk.vertices(rows, params), frames.vertices(rows, params))
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "fixed.npy")), in_memory)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from avatar.io.npy_rows import NpyRows
 from avatar.representations import Representation, render_splats
 from avatar.representations.geometry import params_pose
 from avatar.models.base import FRAME_PARAMS
@@ -36,6 +38,8 @@ class FrameRenderer:
 
     ``fixed_verts`` (``[N, V, 3]``, every frame's tracked vertices) is set when only the rigid
     pose is refined: a refined frame is then the tracked head moved rigidly, not evaluated again.
+    Kept in memory, or in a file read per batch (:meth:`pose_fixed_vertices` with ``file``): 54 MB
+    per 1,000 frames of AnnyHead would otherwise grow with the clip.
     ``options``: the rasterizer's :class:`~avatar.render.RasterOptions` (None: its defaults).
     """
 
@@ -44,7 +48,7 @@ class FrameRenderer:
     shape: Tensor  # [S] on the run's device
     background: Tensor  # [3] on the run's device
     options: Any = None
-    fixed_verts: Tensor | None = None
+    fixed_verts: Tensor | NpyRows | None = None
 
     @property
     def device(self) -> torch.device:
@@ -68,19 +72,28 @@ class FrameRenderer:
         if self.fixed_verts is None:
             return self.head_vertices(params)
         r = _cpu_rows(rows)
-        verts = self.fixed_verts[r.to(self.fixed_verts.device)]
+        fixed = self.fixed_verts
+        verts = torch.from_numpy(fixed[r.numpy()]).to(self.device) if isinstance(fixed, NpyRows) else fixed[r.to(fixed.device)]
         if not repose:
             return verts
         return repose_vertices(verts, self.clip.params["global_orient"][r], self.clip.params["transl"][r],
                                params["global_orient"], params["transl"])  # fmt: skip
 
     @torch.no_grad()
-    def pose_fixed_vertices(self, rows: Rows | None = None, chunk: int = 64) -> Tensor:
+    def pose_fixed_vertices(self, rows: Rows | None = None, chunk: int = 64, file: Path | None = None) -> Tensor | NpyRows:
         """Evaluate the tracked vertices of ``rows`` (all frames by default), ``chunk`` at a time,
-        and keep them as ``fixed_verts`` (rows not given stay zero). Returns them."""
+        and keep them as ``fixed_verts`` (rows not given stay zero): in memory, or written to
+        ``file`` (a ``.npy``, replaced) and read from it per batch. Returns them."""
         n = len(self.clip.Ks)
         rows = np.arange(n) if rows is None else np.asarray(rows)
         chunks = np.array_split(rows, max(1, len(rows) // chunk))
+        if file is not None:
+            dtype = torch.empty(0, dtype=self.shape.dtype).numpy().dtype
+            self.fixed_verts = NpyRows.create(file, (n, self.head.num_vertices, 3), dtype)
+            for c in chunks:
+                for r, v in zip(c, self.head_vertices(self.params(c)).cpu().numpy()):
+                    self.fixed_verts[int(r)] = v
+            return self.fixed_verts
         if len(rows) == n:
             self.fixed_verts = torch.cat([self.head_vertices(self.params(c)) for c in chunks])
             return self.fixed_verts

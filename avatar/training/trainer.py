@@ -119,8 +119,9 @@ def _train(out_dir: Path, config: TrainConfig, device: torch.device, progress: b
            on_step: StepCallback | None, model_path: str | Path | None) -> dict[str, Any]:  # fmt: skip
     run = _setup(out_dir, config, device, progress, model_path)
     state = _resume(run) or _initialise(run)
-    if not config.refine_tracking:  # only the rigid pose moves: pose the tracked heads once
-        run.frames.pose_fixed_vertices()
+    if not config.refine_tracking:  # only the rigid pose moves: pose the tracked heads once, on disk
+        (out_dir / "cache").mkdir(exist_ok=True)
+        run.frames.pose_fixed_vertices(file=out_dir / "cache" / "fixed_vertices.npy")
     resumed_from = state.step if state.step > 0 else None
     t_loop = time.perf_counter()
     losses = _optimise(run, state, on_step)
