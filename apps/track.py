@@ -14,7 +14,8 @@ from avatar.errors import AvatarError
 @dataclass
 class Track:
     """Track one person's head in a video, a folder of photos of them, or one photo. Writes
-    OUT/tracking.npz (per-frame parameters + camera), OUT/tracking.json (summary) and OUT/overlay.mp4."""
+    OUT/tracking.npz (per-frame parameters + camera), OUT/tracking.json (summary) and, with
+    --overlay, OUT/overlay.mp4."""
 
     input: tyro.conf.Positional[Path]
     """Video file (mp4/mov/avi/webm...), folder of photos of one person, or one photo."""
@@ -32,9 +33,10 @@ class Track:
     """FLAME .pkl file; only with --model flame."""
     threads: int = 2
     """CPU threads for the landmark models."""
-    overlay: bool = True
-    """Write OUT/overlay.mp4 (the fitted head as a wireframe over the frames, scaled down to 720p when
-    larger); --no-overlay skips it."""
+    overlay: bool = False
+    """Also write OUT/overlay.mp4, the fitted head as a wireframe over the frames (at most 720p). Off
+    by default: drawing and encoding it takes longer than the tracking (on two cores, 1080p: 31
+    against 74 frames a second, docs/memory.md)."""
 
     def run(self) -> None:
         from avatar.fitting.pipeline import track_clip

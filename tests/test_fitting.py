@@ -216,6 +216,19 @@ def test_cli_exit_code_on_bad_input(tmp_path) -> None:
     assert main(["track", str(empty), "-o", str(tmp_path / "out")]) == 2
 
 
+def test_cli_track_writes_no_overlay_by_default(shared_data, tmp_path, capsys) -> None:
+    """`avatar track` alone writes the tracking and prints both rates; the overlay is opt-in (it
+    costs more than the tracking itself)."""
+    from avatar_apps.cli import main
+
+    video = shared_data / "video" / "liveportrait_d20.mp4"
+    if not video.is_file():
+        pytest.skip(f"{video} absent")
+    assert main(["track", str(video), "-o", str(tmp_path / "out"), "--limit", "8", "--threads", "1"]) == 0
+    assert (tmp_path / "out" / "tracking.npz").is_file() and not (tmp_path / "out" / "overlay.mp4").exists()
+    assert "fps tracking" in capsys.readouterr().out
+
+
 # --- real data ----------------------------------------------------------------------------------
 def _track_video(shared_data: Path, name: str, anny_head, limit: int | None, out: Path | None = None):
     path = shared_data / "video" / name
