@@ -4,7 +4,7 @@ whole matted image (the literature's convention).
 
     python bench/bench_avatar.py [--preset fast-cpu] [--clips NAME ...] [--work /tmp/bench_avatar]
         [--set KEY=VALUE ...] [--representation NAME] [--limit FRAMES] [--seeds 0 1 2] [--resume] [--train-frames]
-    python bench/bench_avatar.py --table WORK [OTHER_WORK ...] [--regions]
+    python bench/bench_avatar.py --table WORK [OTHER_WORK ...] [--regions] [--side-by-side]
 
 ``--table`` trains nothing: it prints the markdown table of the finished runs in WORK (every clip's
 report.json; the table in docs/quality.md) and, for each OTHER_WORK (the same clips trained with one
@@ -13,7 +13,10 @@ a lever stays on only if it helps on most clips and costs no clip more than 0.5 
 foreground PSNR at the tracked poses through the default correction). With ``--regions`` it also
 compares where the error lies (:func:`error_breakdown`: the face region, off the mesh, the mouth
 opening), as issues comparing representations ask; each run's breakdown is kept in
-WORK/<clip>/breakdown.json (computed and cached there for runs that lack it).
+WORK/<clip>/breakdown.json (computed and cached there for runs that lack it). ``--side-by-side``
+adds what comparing representations needs: training-frame PSNR, primitives, the size of the
+representation and training minutes per 10 s of video (the last two only where the run's avatar/
+and tracking.json are still in WORK).
 
 Tracking (avatar.fitting.pipeline.track) runs first when WORK/<clip>/tracking.npz is absent; its time is
 printed separately. Timings are wall-clock on whatever else the machine is doing.
@@ -216,11 +219,15 @@ def main() -> None:
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print the tables of finished runs (WORK, then runs with one lever changed) and stop")
     parser.add_argument("--regions", action="store_true", help="with --table: also compare the error by region")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="with --table: compare representations (training frames, size, primitives, minutes)")
     args = parser.parse_args()
     if args.table:
         print_table(args.table)
         if args.regions:
             print_regions(args.table)
+        if args.side_by_side:
+            print_side_by_side(args.table)
         return
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is absent: nothing to benchmark")
@@ -378,6 +385,44 @@ def print_regions(works: list[Path]) -> None:
             print(f"| {c} | " + " | ".join(cells) + f" | {mouth_opens_wider(other / c)} |")
         for k, flags in better.items():
             print(f"{k}: changed above baseline on {sum(f for _, f in flags)}/{len(flags)} clips")
+
+
+def _bundle_mb(run: Path) -> float | None:
+    """Size of the trained representation (RUN/avatar/representation.safetensors), MB."""
+    path = run / "avatar" / "representation.safetensors"
+    return round(path.stat().st_size / 1e6, 1) if path.is_file() else None
+
+
+def _minutes_per_10s(run: Path, report: dict) -> float | None:
+    """Training (with its evaluation) minutes per 10 s of the clip, or None without RUN/tracking.json."""
+    video_s = _video_seconds(run)
+    return round(report["seconds_total"] / 60 / (video_s / 10), 2) if video_s and report.get("seconds_total") else None
+
+
+def print_side_by_side(works: list[Path]) -> None:
+    """For each other work against ``works[0]`` (another representation trained on the same
+    tracking): per clip, held-out PSNR at the tracked and the refined poses, on training frames, the
+    primitive count, the representation's size and training minutes per 10 s of video, then on how
+    many clips the other is within 0.5 dB of the baseline or better."""
+    base = _reports(works[0])
+    for other in works[1:]:
+        runs = _reports(other)
+        shared = [c for c in base if c in runs]
+        print(f"\n{other} against {works[0]}, side by side (baseline -> other)")
+        print("| clip | held-out, tracked poses | refined poses | training frames | primitives | MB | train min per 10 s of video |")
+        print("|---|---|---|---|---|---|---|")
+        close = []
+        for c in shared:
+            a, b = base[c], runs[c]
+            x, y = _fg(a, "headline"), _fg(b, "headline")
+            close.append(y >= x - MAX_COST_DB)
+            cells = [f"{x} -> {y} ({y - x:+.2f})", f"{_fg(a, 'refined')} -> {_fg(b, 'refined')}",
+                     f"{a['train_sample']['psnr']:.2f} -> {b['train_sample']['psnr']:.2f}",
+                     f"{a['num_gaussians']} -> {b['num_gaussians']}",
+                     f"{_bundle_mb(works[0] / c) or '-'} -> {_bundle_mb(other / c) or '-'}",
+                     f"{_minutes_per_10s(works[0] / c, a) or '-'} -> {_minutes_per_10s(other / c, b) or '-'}"]  # fmt: skip
+            print(f"| {c} | " + " | ".join(cells) + " |")
+        print(f"held out at the tracked poses: within {MAX_COST_DB} dB of the baseline or better on {sum(close)}/{len(close)} clips")
 
 
 def ceiling(psnr: float, share: float) -> float:

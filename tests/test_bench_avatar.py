@@ -52,3 +52,19 @@ def test_lever_verdict_follows_the_defaults_rule(load_bench, tmp_path, capsys):
     assert "| a | 80 / 15 | 25.0 | 26.0 | 24.0 | 24.5 | 27.0 | 30.0 |" in out
     assert "the drawn correction against none (same avatars): helps on 2/2 clips, mean +1.00 dB" in out
     assert "| b | 26.0 | 25.0 | -1.00 |" in out and "baseline (lever as in WORK) minus changed: helps on 2/2" in out
+
+
+def test_side_by_side_counts_clips_within_half_a_db(load_bench, tmp_path, capsys):
+    """Another representation is "close" on a clip when its headline is at most 0.5 dB below."""
+    bench = load_bench("bench_avatar")
+    for work, shifts in (("base", (0.0, 0.0)), ("other", (-0.4, -0.7))):
+        for clip, shift in zip(("a", "b"), shifts):
+            (tmp_path / work / clip).mkdir(parents=True)
+            (tmp_path / work / clip / "report.json").write_text(json.dumps(_report(25.0 + shift, 24.0, 24.5, 27.0)))
+            (tmp_path / work / clip / "tracking.json").write_text(json.dumps({"frames": 250, "fps_clip": 25.0}))
+    (tmp_path / "other" / "a" / "avatar").mkdir()
+    (tmp_path / "other" / "a" / "avatar" / "representation.safetensors").write_bytes(b"0" * 2_500_000)
+    bench.print_side_by_side([tmp_path / "base", tmp_path / "other"])
+    out = capsys.readouterr().out
+    assert "| a | 25.0 -> 24.6 (-0.40) | 27.0 -> 27.0 | 30.00 -> 30.00 | 1000 -> 1000 | - -> 2.5 | 0.02 -> 0.02 |" in out
+    assert "within 0.5 dB of the baseline or better on 1/2 clips" in out
