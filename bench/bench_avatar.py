@@ -289,6 +289,13 @@ def verdict(deltas: list[float]) -> str:
             + ("keep on" if keep else "off (fails the rule)"))
 
 
+def _others(works: list[Path], base: dict[str, dict]):
+    """``(work, its reports, the clips it shares with base)`` for each of ``works[1:]``."""
+    for other in works[1:]:
+        runs = _reports(other)
+        yield other, runs, [c for c in base if c in runs]
+
+
 def print_table(works: list[Path]) -> None:
     """The markdown table of ``works[0]``'s runs, then each other work's change against it."""
     base = _reports(works[0])
@@ -307,9 +314,7 @@ def print_table(works: list[Path]) -> None:
         d = [_fg(r, a) - _fg(r, b) for r in base.values() if _fg(r, a) is not None and _fg(r, b) is not None]
         if d:
             print(f"{name} (same avatars): {verdict(d)}")
-    for other in works[1:]:
-        runs = _reports(other)
-        shared = [c for c in base if c in runs]
+    for other, runs, shared in _others(works, base):
         print(f"\n{other} against {works[0]}: headline PSNR, baseline -> changed (change); a lever's verdict reads the")
         print("changes with the sign of 'lever on minus off'")
         print("| clip | baseline | changed | change | refined poses: baseline -> changed |")
@@ -405,9 +410,7 @@ def print_side_by_side(works: list[Path]) -> None:
     primitive count, the representation's size and training minutes per 10 s of video, then on how
     many clips the other is within 0.5 dB of the baseline or better."""
     base = _reports(works[0])
-    for other in works[1:]:
-        runs = _reports(other)
-        shared = [c for c in base if c in runs]
+    for other, runs, shared in _others(works, base):
         print(f"\n{other} against {works[0]}, side by side (baseline -> other)")
         print("| clip | held-out, tracked poses | refined poses | training frames | primitives | MB | train min per 10 s of video |")
         print("|---|---|---|---|---|---|---|")
