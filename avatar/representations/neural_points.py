@@ -3,7 +3,10 @@ canonical (rest) space, deformed per frame by what a small MLP predicts at each 
 
 Each point n has a learnable canonical position ``canon`` (metres, the identity's neutral head at
 rest), a radius, an opacity and SH colour (as MeshGaussians' Gaussians: the same appearance model,
-so a comparison changes the geometry only). A shared MLP on the canonical position predicts, for
+so a comparison changes the geometry only). With ``appearance = "shaded"`` (PointAvatar's) the
+colour is instead an albedo times the irradiance of one learnt light at the point's posed normal
+(the seed triangle's, turned with the point; hair and teeth have none and see the light's constant
+term): view-independent, and lit consistently when the head turns under the clip's fixed light. A shared MLP on the canonical position predicts, for
 all points at once (once per step, not per frame: it does not depend on the frame):
 
     D_n  = D0_n + reach_n * dD(x_n)          [E, 3] expression displacements (metres per unit)
@@ -47,10 +50,10 @@ import torch
 from torch import Tensor, nn
 
 from avatar.errors import AvatarError
-from avatar.render._sh import sh_rotation
+from avatar.render._sh import sh_bases, sh_rotation
 from avatar.representations.base import Representation, Splats
 from avatar.representations.geometry import triangle_frames
-from avatar.representations.mesh_gaussians import EYE, FACE, FREE, HAIR, TEETH, MeshGaussians, expression_reach
+from avatar.representations.mesh_gaussians import EYE, FACE, FREE, HAIR, SH_C0, TEETH, MeshGaussians, expression_reach
 
 # A joint driving at least this many vertices alone (weight > _PURE) is fitted to those; others
 # (the neck chain, which drives no vertex alone) to all vertices weighted by weight^4.
@@ -109,6 +112,11 @@ class PointState(NamedTuple):
 # The MLP's expression displacements are in centimetres (its outputs stay O(1) for O(1 cm) motion).
 _DISPLACEMENT_UNIT = 0.01
 POINTS_MLP = ("points_w1", "points_b1", "points_w2", "points_b2", "points_w3", "points_b3")
+# How a point's colour is made: "sh", view-dependent SH as MeshGaussians' Gaussians; "shaded",
+# PointAvatar's albedo times the shading of the point's normal under one learnt light.
+APPEARANCES = ("sh", "shaded")
+_LIGHT_DEGREE = 2  # the light's irradiance as SH of the normal: degree 2 holds ~99 % of a diffuse one
+_LIGHT_BASES = (_LIGHT_DEGREE + 1) ** 2
 
 
 class NeuralPoints(Representation):
@@ -133,7 +141,7 @@ class NeuralPoints(Representation):
     def __init__(self, canon: Tensor, face_id: Tensor, region: Tensor, unit: Tensor, normal: Tensor, bary: Tensor,
                  prior_skin: Tensor, faces: Tensor, rest_vertices: Tensor, expr_basis: Tensor, fit_w: Tensor, face_reach: Tensor,
                  sh_degree: int = 0, cull_backfacing: bool = False, sh_follows_head: bool = False, hidden: int = 64,
-                 frequencies: int = 4, seed: int = 0) -> None:  # fmt: skip
+                 frequencies: int = 4, seed: int = 0, appearance: str = "sh") -> None:  # fmt: skip
         """Per point ``[N, ...]``: canonical positions (also their seeds), seed triangles, regions,
         triangle sizes, canonical normals (zero: never culled), barycentric coordinates ``[N, 3]`` of
         the seed in its triangle (zero: no expression prior) and prior skinning weights ``[N, J + 1]``.
@@ -143,11 +151,13 @@ class NeuralPoints(Representation):
         if not 0 <= sh_degree <= 3 or hidden < 1 or frequencies < 0:
             raise AvatarError(f"neural points need sh_degree 0..3, hidden >= 1, frequencies >= 0 "
                               f"(got {sh_degree}, {hidden}, {frequencies})")  # fmt: skip
+        if appearance not in APPEARANCES:
+            raise AvatarError(f"neural points' appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}")
         n, E, J = canon.shape[0], expr_basis.shape[0], fit_w.shape[0]
         if bary.shape != (n, 3) or prior_skin.shape != (n, J + 1):
             raise AvatarError(f"priors must be [N, 3] and [N, {J + 1}], got {list(bary.shape)}, {list(prior_skin.shape)}")
         self.max_sh_degree, self.cull_backfacing, self.sh_follows_head = int(sh_degree), bool(cull_backfacing), bool(sh_follows_head)
-        self.hidden, self.frequencies = int(hidden), int(frequencies)
+        self.hidden, self.frequencies, self.appearance = int(hidden), int(frequencies), appearance
         k = (sh_degree + 1) ** 2
         self.canon = nn.Parameter(canon.detach().float().clone())
         self.log_scale = nn.Parameter(torch.full((n, 1), math.log(0.3)))
@@ -156,6 +166,13 @@ class NeuralPoints(Representation):
         self.sh_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
         self.turn_logit = nn.Parameter(torch.full((n,), -20.0))
         self.body_logit = nn.Parameter(torch.full((3,), -20.0))
+        # "shaded": one light for the clip, irradiance as SH of the normal, starting as uniform 1
+        if appearance == "shaded":
+            light = torch.zeros(_LIGHT_BASES, 3)
+            light[0] = 1.0 / SH_C0
+            self.light = nn.Parameter(light)
+        else:
+            self.register_parameter("light", None)
         for name, value in (("seed", canon.float()), ("face_id", face_id.long()), ("region", region.long()),
                             ("unit", unit.float()), ("normal", normal.float()), ("bary", bary.float()),
                             ("prior_skin", prior_skin.float()), ("faces", faces.long()), ("rest_vertices", rest_vertices.float()),
@@ -180,7 +197,7 @@ class NeuralPoints(Representation):
     @classmethod
     @torch.no_grad()
     def from_mesh_gaussians(cls, rep: MeshGaussians, head: Any, neutral: Tensor, shape: Tensor | None = None,
-                            hidden: int = 64, frequencies: int = 4, seed: int = 0) -> "NeuralPoints":  # fmt: skip
+                            hidden: int = 64, frequencies: int = 4, seed: int = 0, appearance: str = "sh") -> "NeuralPoints":  # fmt: skip
         """Points where ``rep``'s Gaussians are on the neutral head ``neutral [V, 3]`` (identity
         ``shape [S]``), with their colours, opacities, regions and hair's body share; radius: each
         Gaussian's largest scale. Priors: the seed triangle's barycentric values."""
@@ -205,7 +222,7 @@ class NeuralPoints(Representation):
         normal = rot[0, fid, :, 2] * surface[:, None].float()
         out = cls(canon, fid, rep.region, unit, normal, bary * (~hair).float()[:, None], prior_skin, faces, neutral, basis,
                   fit_weights(head.skin_weights.float()).to(dev), expression_reach(head).to(dev), rep.max_sh_degree,
-                  rep.cull_backfacing, rep.sh_follows_head, hidden, frequencies, seed).to(dev)  # fmt: skip
+                  rep.cull_backfacing, rep.sh_follows_head, hidden, frequencies, seed, appearance).to(dev)  # fmt: skip
         out.log_scale.copy_(torch.log(radius / unit)[:, None])
         for name in ("opacity_logit", "sh_dc", "sh_rest", "turn_logit", "body_logit"):
             getattr(out, name).copy_(getattr(rep, name))
@@ -214,14 +231,15 @@ class NeuralPoints(Representation):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "sh_degree": self.max_sh_degree, "cull_backfacing": self.cull_backfacing,
-                "sh_follows_head": self.sh_follows_head, "hidden": self.hidden, "frequencies": self.frequencies}  # fmt: skip
+                "sh_follows_head": self.sh_follows_head, "hidden": self.hidden, "frequencies": self.frequencies,
+                "appearance": self.appearance}  # fmt: skip
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "NeuralPoints":
         rep = cls(*(state[k] for k in ("canon", "face_id", "region", "unit", "normal", "bary", "prior_skin",
                                         "faces", "rest_vertices", "expr_basis", "fit_w", "face_reach")),
                   int(config["sh_degree"]), bool(config["cull_backfacing"]), bool(config["sh_follows_head"]),
-                  int(config["hidden"]), int(config["frequencies"]))  # fmt: skip
+                  int(config["hidden"]), int(config["frequencies"]), appearance=config.get("appearance", "sh"))  # fmt: skip
         rep.load_state_dict(state)
         return rep
 
@@ -299,16 +317,28 @@ class NeuralPoints(Representation):
         means = means + state.skin[None, :, J, None] * bodied
         quats = means.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(B, n, 4)
         scales = (self.unit[:, None] * self.log_scale.exp()).expand(n, 3)[None].expand(B, -1, -1)
-        deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
-        colors = torch.cat([self.sh_dc[:, None], self.sh_rest[:, : (deg + 1) ** 2 - 1]], 1)
-        if self.sh_follows_head and head_pose is not None and deg > 0:
-            turn = head_pose[:, :3, :3].to(colors) @ self.reference_pose[:3, :3].to(colors).T  # [B, 3, 3]
-            colors = torch.einsum("bkj,njc->bnkc", sh_rotation(deg, turn), colors)
         normals = None
-        if self.cull_backfacing:  # the seed triangle's normal, turned by the point's blended rotation
+        if self.cull_backfacing or self.appearance == "shaded":  # the seed triangle's normal, turned by the point's blended rotation
             turned = (A[..., :3, :3] @ self.normal[None, :, :, None]).squeeze(-1)
             normals = turned / turned.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return Splats(means, quats, scales, self.opacities(), colors, deg, normals)
+        if self.appearance == "shaded":
+            colors, deg = self.shaded_colors(normals), 0
+        else:
+            deg = self.max_sh_degree if sh_degree is None else min(int(sh_degree), self.max_sh_degree)
+            colors = torch.cat([self.sh_dc[:, None], self.sh_rest[:, : (deg + 1) ** 2 - 1]], 1)
+            if self.sh_follows_head and head_pose is not None and deg > 0:
+                turn = head_pose[:, :3, :3].to(colors) @ self.reference_pose[:3, :3].to(colors).T  # [B, 3, 3]
+                colors = torch.einsum("bkj,njc->bnkc", sh_rotation(deg, turn), colors)
+        return Splats(means, quats, scales, self.opacities(), colors, deg, normals if self.cull_backfacing else None)
+
+    def shaded_colors(self, normals: Tensor) -> Tensor:
+        """``[B, N, 1, 3]`` degree-0 SH colours of ``appearance = "shaded"``: albedo (what ``sh_dc``
+        draws alone) times the light's irradiance at the posed unit ``normals [B, N, 3]`` (world
+        frame: the light stays with the camera while the head turns under it). A zero normal (hair,
+        teeth) sees the light's constant term only."""
+        albedo = SH_C0 * self.sh_dc + 0.5  # [N, 3]
+        shade = sh_bases(_LIGHT_DEGREE, normals) @ self.light  # [B, N, 3]
+        return ((albedo[None] * shade - 0.5) / SH_C0)[:, :, None]
 
     # --- regularisers -------------------------------------------------------------------------
     def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0,
@@ -335,7 +365,8 @@ class NeuralPoints(Representation):
                 "normal": self.normal, "bary": self.bary, "prior_skin": self.prior_skin}  # fmt: skip
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
-        return {"body_logit": self.body_logit, **{name: getattr(self, name) for name in POINTS_MLP}}
+        light = {"light": self.light} if self.appearance == "shaded" else {}
+        return {"body_logit": self.body_logit, **light, **{name: getattr(self, name) for name in POINTS_MLP}}
 
     def split_values(self, idx: Tensor, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Each of points ``idx`` becomes ``n`` children drawn inside it (its radius), radius divided

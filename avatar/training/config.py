@@ -64,6 +64,8 @@ class PointsConfig:
     frequencies: int = 4  # octaves of sines/cosines of the canonical position fed to the MLP
     lr_position: float = 1e-4  # canonical positions (metres)
     lr_mlp: float = 1e-3  # the deformation MLP
+    appearance: Literal["sh", "shaded"] = "sh"  # "sh": view-dependent colour as the Gaussians'; "shaded": albedo x a learnt light on the normal
+    lr_light: float = 1e-3  # the light of appearance = "shaded"
 
 
 # The flat names earlier versions saved (report.json, checkpoints, avatar bundles) for what now

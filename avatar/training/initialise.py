@@ -58,7 +58,8 @@ def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = Fals
             print(f"seeded {n} off-mesh (hair) Gaussians from {len(rows)} frames")
     if config.representation == "neural-points":
         rep = NeuralPoints.from_mesh_gaussians(rep, head, neutral, frames.shape, hidden=config.points.hidden,
-                                               frequencies=config.points.frequencies, seed=config.seed)  # fmt: skip
+                                               frequencies=config.points.frequencies, seed=config.seed,
+                                               appearance=config.points.appearance)  # fmt: skip
     return rep
 
 

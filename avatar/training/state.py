@@ -45,7 +45,8 @@ def learning_rates(config: TrainConfig) -> dict[str, float]:
             "follow_logit": config.lr_follow, "turn_logit": config.lr_turn, "static_pos": config.lr_static,
             "expr_color": config.lr_expr, "expr_offset": config.lr_expr, "expr_proj": config.lr_expr_proj,
             "hash_tables": config.hash.lr, **dict.fromkeys(HASH_MLP, config.hash.lr_mlp),
-            "canon": config.points.lr_position, **dict.fromkeys(POINTS_MLP, config.points.lr_mlp)}  # fmt: skip
+            "canon": config.points.lr_position, "light": config.points.lr_light,
+            **dict.fromkeys(POINTS_MLP, config.points.lr_mlp)}  # fmt: skip
 
 
 def make_optimizer(rep: Representation, config: TrainConfig) -> torch.optim.Adam:
