@@ -12,7 +12,7 @@ from representation_checks import assert_bundle_round_trip, cli_train_resume_ren
 from avatar.representations import MeshGaussians, NeuralPoints, load_avatar, save_avatar
 from avatar.representations.geometry import rigid_transforms
 from avatar.representations.mesh_gaussians import FACE, HAIR
-from avatar.representations.neural_points import fit_joint_transforms, seed_barycentric
+from avatar.representations.neural_points import CONSTRUCTOR_TENSORS, fit_joint_transforms, seed_barycentric
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +142,8 @@ def test_save_load_render_identical(rep, anny_head, tmp_path):
 def _shaded(rep: NeuralPoints, state: dict | None = None) -> NeuralPoints:
     """A copy of ``rep`` (with ``state``, default its own) whose appearance is "shaded", its light
     as a new one starts (uniform 1)."""
-    fresh = NeuralPoints(*(rep.state_dict()[k] for k in ("canon", "face_id", "region", "unit", "normal", "bary", "prior_skin",
-                                                          "faces", "rest_vertices", "expr_basis", "fit_w", "face_reach")),
-                         rep.max_sh_degree, rep.cull_backfacing, rep.sh_follows_head, rep.hidden, rep.frequencies,
-                         appearance="shaded")  # fmt: skip
+    fresh = NeuralPoints(*(rep.state_dict()[k] for k in CONSTRUCTOR_TENSORS), rep.max_sh_degree, rep.cull_backfacing,
+                         rep.sh_follows_head, rep.hidden, rep.frequencies, appearance="shaded")  # fmt: skip
     return NeuralPoints.from_state(fresh.config(), {**(state or rep.state_dict()), "light": fresh.light.data})
 
 

@@ -6,8 +6,9 @@ rest), a radius, an opacity and SH colour (as MeshGaussians' Gaussians: the same
 so a comparison changes the geometry only). With ``appearance = "shaded"`` (PointAvatar's) the
 colour is instead an albedo times the irradiance of one learnt light at the point's posed normal
 (the seed triangle's, turned with the point; hair and teeth have none and see the light's constant
-term): view-independent, and lit consistently when the head turns under the clip's fixed light. A shared MLP on the canonical position predicts, for
-all points at once (once per step, not per frame: it does not depend on the frame):
+term): view-independent, and lit consistently when the head turns under the clip's fixed light.
+
+A shared MLP on the canonical position predicts, for all points at once (once per step, not per frame: it does not depend on the frame):
 
     D_n  = D0_n + reach_n * dD(x_n)          [E, 3] expression displacements (metres per unit)
     s_n  = softmax(log S0_n + dS(x_n))       [J + 1] skinning weights over the head's joints + "body"
@@ -112,6 +113,9 @@ class PointState(NamedTuple):
 # The MLP's expression displacements are in centimetres (its outputs stay O(1) for O(1 cm) motion).
 _DISPLACEMENT_UNIT = 0.01
 POINTS_MLP = ("points_w1", "points_b1", "points_w2", "points_b2", "points_w3", "points_b3")
+# The tensors NeuralPoints' constructor takes, in its order (state_dict names).
+CONSTRUCTOR_TENSORS = ("canon", "face_id", "region", "unit", "normal", "bary", "prior_skin",
+                       "faces", "rest_vertices", "expr_basis", "fit_w", "face_reach")  # fmt: skip
 # How a point's colour is made: "sh", view-dependent SH as MeshGaussians' Gaussians; "shaded",
 # PointAvatar's albedo times the shading of the point's normal under one learnt light.
 APPEARANCES = ("sh", "shaded")
@@ -236,8 +240,7 @@ class NeuralPoints(Representation):
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> "NeuralPoints":
-        rep = cls(*(state[k] for k in ("canon", "face_id", "region", "unit", "normal", "bary", "prior_skin",
-                                        "faces", "rest_vertices", "expr_basis", "fit_w", "face_reach")),
+        rep = cls(*(state[k] for k in CONSTRUCTOR_TENSORS),
                   int(config["sh_degree"]), bool(config["cull_backfacing"]), bool(config["sh_follows_head"]),
                   int(config["hidden"]), int(config["frequencies"]), appearance=config.get("appearance", "sh"))  # fmt: skip
         rep.load_state_dict(state)
@@ -365,7 +368,7 @@ class NeuralPoints(Representation):
                 "normal": self.normal, "bary": self.bary, "prior_skin": self.prior_skin}  # fmt: skip
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
-        light = {"light": self.light} if self.appearance == "shaded" else {}
+        light = {} if self.light is None else {"light": self.light}
         return {"body_logit": self.body_logit, **light, **{name: getattr(self, name) for name in POINTS_MLP}}
 
     def split_values(self, idx: Tensor, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
