@@ -135,6 +135,26 @@ def test_densification_splits_and_clones_points(rep, anny_head):
     assert out.means.shape == (1, r.num_gaussians, 3) and torch.isfinite(out.means).all()
 
 
+def test_mlp_outputs_are_kept_without_gradients_until_a_tensor_they_read_changes(rep, anny_head):
+    r = _trained_like(rep)
+    e = _expr(anny_head, value=0.6)
+    verts = anny_head(expression=e).vertices
+    with torch.no_grad():
+        first = r(verts, expression=e).means
+        assert r.local_state() is r.local_state()  # kept
+        assert torch.equal(r(verts, expression=e).means, first)
+        r.points_w3.data.mul_(2.0)  # as an optimiser may write: through .data, which no version counter sees
+        moved = r(verts, expression=e).means
+    assert not torch.equal(moved, first)
+    assert torch.equal(moved, r(verts, expression=e).means.detach())  # with gradients: computed afresh, the same
+    assert r.local_state() is not r.local_state()  # never kept while gradients are on
+    n = r.num_gaussians
+    r.set_primitives({k: v.detach()[: n // 2] for k, v in r.primitive_parameters().items()},
+                     {k: v[: n // 2] for k, v in r.primitive_buffers().items()})  # densification replaces the tensors
+    with torch.no_grad():
+        assert r.local_state().skin.shape[0] == n // 2
+
+
 def test_save_load_render_identical(rep, anny_head, tmp_path):
     assert_bundle_round_trip(_trained_like(rep), NeuralPoints, anny_head, _expr(anny_head, value=0.6), tmp_path)
 

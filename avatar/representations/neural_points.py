@@ -265,7 +265,22 @@ class NeuralPoints(Representation):
 
     def local_state(self, expression: Tensor | None = None) -> PointState:
         """The MLP at every point, once for all frames (``expression`` is not needed: the
-        deformation is a function of the canonical position)."""
+        deformation is a function of the canonical position). Without gradients (evaluation, pose
+        refinement, the viewer) it is kept until a tensor it reads changes: those draw many
+        frames of one avatar, and the MLP is a large part of a frame's cost."""
+        if torch.is_grad_enabled():
+            return self._local_state()
+        # Compared by value: an optimiser may write through ``.data``, which no version counter sees.
+        # The copies are small (the MLP's weights, [N, 3] positions) beside what they save.
+        inputs = (self.canon, self.face_id, self.region, self.prior_skin, *(getattr(self, name) for name in POINTS_MLP))
+        cached = self.__dict__.get("_cached_state")
+        if cached is None or len(cached[0]) != len(inputs) or not all(
+                a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b) for a, b in zip(cached[0], inputs)):
+            cached = (tuple(t.detach().clone() for t in inputs), self._local_state())
+            self.__dict__["_cached_state"] = cached  # a plain attribute: not state, not a submodule
+        return cached[1]
+
+    def _local_state(self) -> PointState:
         h = torch.relu(self.encode(self.canon) @ self.points_w1 + self.points_b1)
         h = torch.relu(h @ self.points_w2 + self.points_b2)
         out = h @ self.points_w3 + self.points_b3
