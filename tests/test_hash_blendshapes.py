@@ -223,6 +223,30 @@ def test_save_load_render_identical(rep, anny_head, tmp_path):
     assert_bundle_round_trip(rep, HashBlendshapes, anny_head, _jaw(anny_head, 0.6), tmp_path)
 
 
+def test_private_blendshapes_kept_beside_the_field(anny_head, tmp_path):
+    """expr_rank > 0: each Gaussian keeps MeshGaussians' own blendshapes and the field adds to them."""
+    mesh = MeshGaussians.on_surface(anny_head, per_face=1, per_face_face=1, sh_degree=1, seed=3, expr_rank=4)
+    both = HashBlendshapes.on_surface(anny_head, per_face=1, per_face_face=1, sh_degree=1, seed=3, expr_rank=4,
+                                      grid=HashGridSpec(levels=2))  # fmt: skip
+    assert both.expr_rank == 4 and both.expr_color.shape == (both.num_gaussians, 4, 3)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for r in (mesh, both):
+            r.expr_color.normal_(0.0, 0.3, generator=g)
+            g.manual_seed(2)
+    jaw = _jaw(anny_head, 0.7)
+    v = anny_head(expression=jaw).vertices
+    assert torch.equal(both(v, expression=jaw).colors, mesh(v, expression=jaw).colors)  # the field's output is zero
+    _trained_like(both)
+    field = both.field_deltas(jaw)[..., 3:]
+    private = mesh(v, expression=jaw).colors[..., 0, :]
+    torch.testing.assert_close(both(v, expression=jaw).colors[..., 0, :], private + field, rtol=0, atol=1e-5)
+    terms = both.regularization_terms(expression=jaw)
+    alone = mesh.regularization_terms(expression=jaw)["expression"] + both.field_deltas(jaw).square().sum(-1).mean()
+    torch.testing.assert_close(terms["expression"], alone)
+    assert_bundle_round_trip(both, HashBlendshapes, anny_head, jaw, tmp_path)
+
+
 # --- training ---------------------------------------------------------------------------------------
 TINY = tiny_config("pose_fit_frames = 0", "[hash]", "levels = 4")
 

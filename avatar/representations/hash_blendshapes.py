@@ -25,6 +25,11 @@ Exact per-Gaussian channel sets would cost a blend per Gaussian, so triangles ar
 the neutral field only), and each other group the channels most of its triangles hear. A frame
 blends one grid per group, and each Gaussian gathers from its group's.
 
+With ``expr_rank`` > 0 the Gaussians also keep MeshGaussians' private blendshapes (``expr_rank``
+colour and offset coefficients each, module docstring of MeshGaussians), and the field is added on
+top: detail a single Gaussian needs stays with it, and what neighbours share (and what the training
+frames showed only nearby) comes from the field. ``expr_rank = 0`` is the field alone.
+
 Why offset and colour only: they are what MeshGaussians' per-Gaussian blendshapes carry, so a
 side-by-side comparison changes where the detail is stored, not what it may change. Rotation and
 scale already follow the triangle's frame as the mesh deforms; opacity cannot vary per frame in a
@@ -99,6 +104,7 @@ class FieldState(NamedTuple):
     """What a batch of frames' expressions make of the Gaussians (:meth:`HashBlendshapes.local_state`)."""
 
     deltas: Tensor  # [B, N, 6] the field's output (offset, colour); [1, N, 6] without an expression
+    code: Tensor | None  # [B, N, expr_rank] the private blendshapes' weights (None: none, or no expression)
     offset: Tensor  # [B, N, 3] offsets in triangle units, field added, eye/mouth clamps applied
     log_scale: Tensor  # [N, 3], clamps applied
 
@@ -116,10 +122,12 @@ class HashBlendshapes(MeshGaussians):
     def __init__(self, faces: Tensor, face_id: Tensor, region: Tensor, rest_vertices: Tensor, channels: int,
                  sh_degree: int = 0, cull_backfacing: bool = False, sh_follows_head: bool = False,
                  grid: HashGridSpec = HashGridSpec(), rank: int = 0, hidden: int = 32, seed: int = 0,
-                 face_group: Tensor | None = None, group_channels: Tensor | None = None) -> None:  # fmt: skip
+                 face_group: Tensor | None = None, group_channels: Tensor | None = None, expr_rank: int = 0) -> None:  # fmt: skip
         """``face_group [F]`` / ``group_channels [K, E]``: :func:`expression_groups`' (default: one
-        group hearing every channel)."""
-        super().__init__(faces, face_id, region, sh_degree, cull_backfacing, sh_follows_head, 0, 0)
+        group hearing every channel); ``expr_rank``: private blendshapes kept beside the field
+        (module docstring; 0: none)."""
+        super().__init__(faces, face_id, region, sh_degree, cull_backfacing, sh_follows_head, channels if expr_rank else 0,
+                         expr_rank)  # fmt: skip
         if channels < 1 or rank < 0 or hidden < 1:
             raise AvatarError(f"hash blendshapes need channels >= 1, rank >= 0, hidden >= 1 (got {channels}, {rank}, {hidden})")
         self.grid, self.channels, self.rank, self.hidden = grid, int(channels), int(rank), int(hidden)
@@ -150,16 +158,17 @@ class HashBlendshapes(MeshGaussians):
     @classmethod
     def from_mesh_gaussians(cls, rep: MeshGaussians, rest_vertices: Tensor, channels: int, grid: HashGridSpec = HashGridSpec(),
                             rank: int = 0, hidden: int = 32, seed: int = 0, reach: Tensor | None = None,
-                            groups: int = 16) -> "HashBlendshapes":  # fmt: skip
-        """``rep``'s Gaussians (without its expression blendshapes, if any) with a new field;
+                            groups: int = 16, keep_blendshapes: bool = False) -> "HashBlendshapes":  # fmt: skip
+        """``rep``'s Gaussians (with its expression blendshapes if ``keep_blendshapes``, else
+        without) with a new field;
         ``rest_vertices [V, 3]``: the identity's neutral head, where canonical positions are read;
         ``reach [F, E]``: the channels that reach each triangle, grouped into ``groups``
         (:func:`expression_groups`; None: every channel reaches every triangle)."""
         face_group, group_channels = (None, None) if reach is None else expression_groups(reach, groups)
         out = cls(rep.faces.cpu(), rep.face_id.cpu(), rep.region.cpu(), rest_vertices, channels, rep.max_sh_degree,
                   rep.cull_backfacing, rep.sh_follows_head, grid, rank, hidden, seed, face_group,
-                  group_channels).to(rep.offset.device)  # fmt: skip
-        own = {k: v for k, v in rep.state_dict().items() if not k.startswith("expr_")}
+                  group_channels, rep.expr_rank if keep_blendshapes else 0).to(rep.offset.device)  # fmt: skip
+        own = {k: v for k, v in rep.state_dict().items() if keep_blendshapes or not k.startswith("expr_")}
         out.load_state_dict({**out.state_dict(), **own})
         out.refresh_canonical()
         return out
@@ -168,14 +177,14 @@ class HashBlendshapes(MeshGaussians):
     def on_surface(cls, head: Any, *, vertices: Tensor | None = None, grid: HashGridSpec = HashGridSpec(), rank: int = 0,
                    hidden: int = 32, groups: int = 16, **surface: Any) -> "HashBlendshapes":  # fmt: skip
         """Gaussians as :meth:`MeshGaussians.on_surface` places them (``surface``: its keyword
-        arguments) with a field over ``head``'s expression channels, heard in ``groups`` groups
-        of triangles (module docstring)."""
+        arguments; ``expr_rank`` > 0 keeps their private blendshapes beside the field) with a field
+        over ``head``'s expression channels, heard in ``groups`` groups of triangles (module docstring)."""
         if vertices is None:
             with torch.no_grad():
                 vertices = head().vertices[0]
-        mesh = MeshGaussians.on_surface(head, vertices=vertices, **{**surface, "expr_rank": 0})
+        mesh = MeshGaussians.on_surface(head, vertices=vertices, **surface)
         return cls.from_mesh_gaussians(mesh, vertices, len(head.expression_names), grid, rank, hidden, surface.get("seed", 0),
-                                       expression_reach(head), groups)  # fmt: skip
+                                       expression_reach(head), groups, keep_blendshapes=True)  # fmt: skip
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "kind": self.kind, "channels": self.channels, "rank": self.rank, "hidden": self.hidden,
@@ -186,7 +195,7 @@ class HashBlendshapes(MeshGaussians):
         rep = cls(state["faces"], state["face_id"], state["region"], state["rest_vertices"], int(config["channels"]),
                   int(config["sh_degree"]), bool(config["cull_backfacing"]), bool(config["sh_follows_head"]),
                   HashGridSpec(**config["grid"]), int(config["rank"]), int(config["hidden"]), 0, state["face_group"],
-                  state["group_channels"])  # fmt: skip
+                  state["group_channels"], int(config.get("expr_rank", 0)))  # fmt: skip
         rep.load_state_dict(state)
         return rep
 
@@ -251,15 +260,16 @@ class HashBlendshapes(MeshGaussians):
         ``[B, E]`` (or None); computed once per step, shared by :meth:`forward` and
         :meth:`regularization_terms` (``local=``)."""
         deltas = self.field_deltas(expression)
-        offset, log_scale = self._local(self.offset[None] + deltas[..., :3])
-        return FieldState(deltas, offset, log_scale)
+        code = self.expression_code(expression)
+        offset, log_scale = self._local(self._frame_offsets(code) + deltas[..., :3])
+        return FieldState(deltas, code, offset, log_scale)
 
     def forward(self, vertices: Tensor, sh_degree: int | None = None, head_pose: Tensor | None = None,
                 body: Tensor | None = None, expression: Tensor | None = None,
                 local: FieldState | None = None) -> Splats:  # fmt: skip
         """As :meth:`MeshGaussians.forward`, with the field's offset and colour added."""
         state = self.local_state(expression) if local is None else local
-        splats = super().forward(vertices, sh_degree, head_pose, body, local=LocalState(None, state.offset, state.log_scale))
+        splats = super().forward(vertices, sh_degree, head_pose, body, local=LocalState(state.code, state.offset, state.log_scale))
         B = splats.batch_size
         dc = state.deltas[..., 3:].expand(B, -1, -1)
         colors = splats.colors if splats.per_frame_colors else splats.colors.expand(B, *splats.colors.shape)
@@ -269,10 +279,12 @@ class HashBlendshapes(MeshGaussians):
     def regularization_terms(self, offset_tolerance: float = 0.5, scale_tolerance: float = 1.0,
                              expression: Tensor | None = None, local: FieldState | None = None) -> dict[str, Tensor]:  # fmt: skip
         """MeshGaussians' ``offset`` and ``scale`` terms (of the offsets with the field added), and
-        ``expression``: the mean squared size of the field's deltas."""
+        ``expression``: the mean squared size of the field's deltas (plus MeshGaussians' term of
+        the private blendshapes, when kept)."""
         state = self.local_state(expression) if local is None else local
-        terms = super().regularization_terms(offset_tolerance, scale_tolerance, local=LocalState(None, state.offset, state.log_scale))
-        terms["expression"] = state.deltas.square().sum(-1).mean()
+        terms = super().regularization_terms(offset_tolerance, scale_tolerance,
+                                             local=LocalState(state.code, state.offset, state.log_scale))  # fmt: skip
+        terms["expression"] = terms.get("expression", 0.0) + state.deltas.square().sum(-1).mean()
         return terms
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:

@@ -52,6 +52,7 @@ class HashConfig:
     rank: int = 0  # expression grids: 0 = one per expression channel (ARKit-52), r > 0 = a learnt basis of r
     hidden: int = 32  # width of the field's MLP
     groups: int = 16  # groups of triangles that hear the same expression channels (one blended grid each per frame)
+    expr_rank: int = 0  # per-Gaussian blendshapes kept beside the field (as the top-level expr_rank); 0 = the field alone
     lr: float = 1e-2  # the grids
     lr_mlp: float = 1e-3  # the MLP (and the learnt basis with rank > 0)
 
@@ -121,7 +122,8 @@ class TrainConfig:
     w_expr: float = 0.01  # L2 on the blendshapes (hash-blendshapes: on the field's deltas)
     # What is trained: "mesh-gaussians" (MeshGaussians), or "hash-blendshapes" (HashBlendshapes: the
     # same Gaussians, whose expression detail comes from hash grids over the neutral head instead
-    # of per-Gaussian blendshapes, so expr_rank is unused). [hash] sizes its field. Or
+    # of per-Gaussian blendshapes, so expr_rank is unused; hash.expr_rank keeps some beside the
+    # field). [hash] sizes its field. Or
     # "neural-points" (NeuralPoints: points free in canonical space, seeded where the Gaussians
     # would start, deformed by an MLP; expr_rank unused); [points] sizes it.
     representation: Literal["mesh-gaussians", "hash-blendshapes", "neural-points"] = "mesh-gaussians"

@@ -31,10 +31,11 @@ def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = Fals
     clip, head = frames.clip, frames.head
     with torch.no_grad():
         neutral = frames.head_vertices({})[0]
+    enough = len(clip.train_ids) >= MIN_EXPRESSION_FRAMES
     if config.representation == "hash-blendshapes":
-        rep = new_hash_blendshapes(head, neutral, config).to(frames.device)
+        rep = new_hash_blendshapes(head, neutral, config, config.hash.expr_rank if enough else 0).to(frames.device)
     else:
-        expr_rank = config.expr_rank if len(clip.train_ids) >= MIN_EXPRESSION_FRAMES else 0
+        expr_rank = config.expr_rank if enough else 0
         if config.representation == "neural-points":  # the points' expression motion comes from their MLP
             expr_rank = 0
         rep = MeshGaussians.on_surface(head, per_face=config.per_face, per_face_face=config.per_face_face,
@@ -63,16 +64,17 @@ def new_avatar(frames: FrameRenderer, config: TrainConfig, progress: bool = Fals
     return rep
 
 
-def new_hash_blendshapes(head: Any, neutral: Tensor, config: TrainConfig) -> HashBlendshapes:
-    """The Gaussians :class:`MeshGaussians` would start with, and a hash-grid field sized by the
-    ``hash`` settings over the identity's neutral head ``neutral [V, 3]``."""
+def new_hash_blendshapes(head: Any, neutral: Tensor, config: TrainConfig, expr_rank: int = 0) -> HashBlendshapes:
+    """The Gaussians :class:`MeshGaussians` would start with (with ``expr_rank`` private
+    blendshapes each), and a hash-grid field sized by the ``hash`` settings over the identity's
+    neutral head ``neutral [V, 3]``."""
     h = config.hash
     grid = HashGridSpec(levels=h.levels, log2_size=h.log2_size, features=h.features,
                         min_resolution=h.min_resolution, max_resolution=h.max_resolution)  # fmt: skip
     return HashBlendshapes.on_surface(head, vertices=neutral, grid=grid, rank=h.rank, hidden=h.hidden,
                                       groups=h.groups, per_face=config.per_face, per_face_face=config.per_face_face,
                                       sh_degree=config.sh_degree, seed=config.seed, cull_backfacing=config.cull_backfacing,
-                                      sh_follows_head=config.sh_follows_head)  # fmt: skip
+                                      sh_follows_head=config.sh_follows_head, expr_rank=expr_rank)  # fmt: skip
 
 
 def seed_hair(rep: MeshGaussians, frames: FrameRenderer, rows: np.ndarray, config: TrainConfig) -> int:
