@@ -101,6 +101,12 @@ def seed_barycentric(points: Tensor, corners: Tensor) -> Tensor:
     return (bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)).float()
 
 
+def _unchanged(kept: tuple[Tensor, ...], now: tuple[Tensor, ...]) -> bool:
+    """Whether tensors ``now`` hold what ``kept`` (copies of earlier ones) held: shapes, types, devices, values."""
+    return len(kept) == len(now) and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+                                         for a, b in zip(kept, now))  # fmt: skip
+
+
 class PointState(NamedTuple):
     """The MLP's outputs at every point (:meth:`NeuralPoints.local_state`), shared by a step's
     forward and regulariser."""
@@ -274,8 +280,7 @@ class NeuralPoints(Representation):
         # The copies are small (the MLP's weights, [N, 3] positions) beside what they save.
         inputs = (self.canon, self.face_id, self.region, self.prior_skin, *(getattr(self, name) for name in POINTS_MLP))
         cached = self.__dict__.get("_cached_state")
-        if cached is None or len(cached[0]) != len(inputs) or not all(
-                a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b) for a, b in zip(cached[0], inputs)):
+        if cached is None or not _unchanged(cached[0], inputs):
             cached = (tuple(t.detach().clone() for t in inputs), self._local_state())
             self.__dict__["_cached_state"] = cached  # a plain attribute: not state, not a submodule
         return cached[1]
