@@ -215,7 +215,8 @@ def main() -> None:
                              "held-out PSNR moves by ~0.6 dB with the seed alone")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="reuse finished/partial training runs (default: start over)")
     parser.add_argument("--train-frames", action="store_true",
-                        help=f"also break the error down on {TRAIN_SAMPLE} training frames (fit vs generalisation)")  # fmt: skip
+                        help=f"also break the error down on {TRAIN_SAMPLE} training frames (fit vs generalisation); "
+                             "with --table --regions: the face region's, for runs whose avatar was kept")  # fmt: skip
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print the tables of finished runs (WORK, then runs with one lever changed) and stop")
     parser.add_argument("--regions", action="store_true", help="with --table: also compare the error by region")
@@ -225,7 +226,7 @@ def main() -> None:
     if args.table:
         print_table(args.table)
         if args.regions:
-            print_regions(args.table)
+            print_regions(args.table, args.train_frames)
         if args.side_by_side:
             print_side_by_side(args.table)
         return
@@ -328,25 +329,28 @@ def print_table(works: list[Path]) -> None:
             print(f"baseline (lever as in WORK) minus changed: {verdict([-x for x in d])}")
 
 
-def breakdown_of(run: Path) -> dict[str, float]:
-    """:func:`error_breakdown` of a finished run, from RUN/breakdown.json, else computed (with the
-    run's own config from report.json) and kept there."""
-    cached = run / "breakdown.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
+def breakdown_of(run: Path, frames: str = "held_out") -> dict[str, float] | None:
+    """:func:`error_breakdown` of a finished run, from RUN/breakdown.json (``frames="train"``:
+    RUN/breakdown_train.json), else computed (with the run's own config from report.json) and kept
+    there; None for training frames when the run's avatar was not kept."""
+    name = "breakdown.json" if frames == "held_out" else "breakdown_train.json"
+    if (run / name).is_file():
+        return json.loads((run / name).read_text())
+    if frames == "train" and not (run / "avatar").is_dir():
+        return None
     from avatar.training import TrainConfig
 
     report = json.loads((run / "report.json").read_text())
-    breakdown = error_breakdown(run, TrainConfig.from_dict(report["config"], drop_unknown=True))
-    _keep_breakdown(run, breakdown)
+    breakdown = error_breakdown(run, TrainConfig.from_dict(report["config"], drop_unknown=True), frames=frames)
+    _keep_breakdown(run, breakdown, name)
     return breakdown
 
 
-def _keep_breakdown(run: Path, breakdown: dict[str, float]) -> None:
-    """RUN/breakdown.json, written whole or not at all (a later --table trusts what it finds)."""
+def _keep_breakdown(run: Path, breakdown: dict[str, float], name: str = "breakdown.json") -> None:
+    """RUN/breakdown.json (or ``name``), written whole or not at all (a later --table trusts what it finds)."""
     from avatar.utils.files import atomic_write
 
-    with atomic_write(run / "breakdown.json", "w") as f:
+    with atomic_write(run / name, "w") as f:
         f.write(json.dumps(breakdown))
 
 
@@ -366,11 +370,15 @@ def mouth_opens_wider(run: Path, channel: str = "jawOpen") -> bool | None:
     return bool(opening[-held:].max() > opening[:-held].max())
 
 
-def print_regions(works: list[Path]) -> None:
+def print_regions(works: list[Path], train: bool = False) -> None:
     """For each other work against ``works[0]``: held-out PSNR on the face region, off the mesh
-    (hair, shoulders) and in the mouth opening, per clip, and on how many clips each is higher."""
+    (hair, shoulders) and in the mouth opening, per clip, and on how many clips each is higher;
+    with ``train``, then the face region on training frames against held out (fit against
+    generalisation)."""
     base = _reports(works[0])
     keys = (("face", "psnr_face"), ("off-mesh", "psnr_off_mesh"), ("mouth opening", "psnr_mouth"))
+    if train:
+        print_face_fit(works)
     for other in works[1:]:
         shared = [c for c in base if c in _reports(other)]
         print(f"\n{other} against {works[0]} by region (held-out foreground PSNR, baseline -> changed)")
@@ -390,6 +398,21 @@ def print_regions(works: list[Path]) -> None:
             print(f"| {c} | " + " | ".join(cells) + f" | {mouth_opens_wider(other / c)} |")
         for k, flags in better.items():
             print(f"{k}: changed above baseline on {sum(f for _, f in flags)}/{len(flags)} clips")
+
+
+def print_face_fit(works: list[Path]) -> None:
+    """Face-region PSNR on training frames and held out, per clip and work (runs whose avatar was
+    kept): a representation that fits the training frames better but generalises worse overfits."""
+    shared = [c for c in _reports(works[0]) if all((w / c / "report.json").is_file() for w in works[1:])]
+    print(f"\nface region, PSNR on {TRAIN_SAMPLE} training frames / held out ({' | '.join(map(str, works))})")
+    print("| clip | " + " | ".join(w.name for w in works) + " |")
+    print("|---|" + "---|" * len(works))
+    for c in shared:
+        cells = []
+        for w in works:
+            fit, held = breakdown_of(w / c, "train"), breakdown_of(w / c)
+            cells.append("-" if fit is None else f"{fit['psnr_face']:.2f} / {held['psnr_face']:.2f}")
+        print(f"| {c} | " + " | ".join(cells) + " |")
 
 
 def _bundle_mb(run: Path) -> float | None:

@@ -68,3 +68,19 @@ def test_side_by_side_counts_clips_within_half_a_db(load_bench, tmp_path, capsys
     out = capsys.readouterr().out
     assert "| a | 25.0 -> 24.6 (-0.40) | 27.0 -> 27.0 | 30.00 -> 30.00 | 1000 -> 1000 | - -> 2.5 | 0.02 -> 0.02 |" in out
     assert "within 0.5 dB of the baseline or better on 1/2 clips" in out
+
+
+def test_face_fit_reads_training_and_held_out_breakdowns(load_bench, tmp_path, capsys):
+    """Fit against generalisation: training-frame face PSNR beside the held-out one; a run whose
+    avatar was not kept (nothing to render the training frames from) shows a dash."""
+    bench = load_bench("bench_avatar")
+    for work, (fit, held) in (("base", (26.5, 24.2)), ("other", (27.6, 23.5))):
+        run = tmp_path / work / "a"
+        run.mkdir(parents=True)
+        (run / "report.json").write_text(json.dumps(_report(25.0, 24.0, 24.5, 27.0)))
+        (run / "breakdown.json").write_text(json.dumps({"psnr_face": held}))
+        if work == "other":
+            (run / "breakdown_train.json").write_text(json.dumps({"psnr_face": fit}))
+    bench.print_face_fit([tmp_path / "base", tmp_path / "other"])
+    out = capsys.readouterr().out
+    assert "| a | - | 27.60 / 23.50 |" in out
