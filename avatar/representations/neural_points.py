@@ -291,8 +291,10 @@ class NeuralPoints(Representation):
         out = h @ self.points_w3 + self.points_b3
         n, E = self.canon.shape[0], self.expr_basis.shape[0]
         heard = self.face_reach[self.face_id] * ((self.region != HAIR) & (self.region != TEETH)).float()[:, None]
-        disp = out[:, : E * 3].reshape(n, E, 3) * (heard[..., None] * _DISPLACEMENT_UNIT)
-        skin = torch.softmax(torch.log(self.prior_skin.clamp_min(_SKIN_FLOOR)) + out[:, E * 3 :], -1)
+        # split, not two slices: a slice's backward fills a zero tensor the size of ``out``
+        d_out, s_out = out.split([E * 3, out.shape[1] - E * 3], 1)
+        disp = d_out.reshape(n, E, 3) * (heard[..., None] * _DISPLACEMENT_UNIT)
+        skin = torch.softmax(torch.log(self.prior_skin.clamp_min(_SKIN_FLOOR)) + s_out, -1)
         return PointState(disp, skin, out)
 
     # --- posing ---------------------------------------------------------------------------------
