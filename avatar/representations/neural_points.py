@@ -103,8 +103,8 @@ def seed_barycentric(points: Tensor, corners: Tensor) -> Tensor:
 
 def _unchanged(kept: tuple[Tensor, ...], now: tuple[Tensor, ...]) -> bool:
     """Whether tensors ``now`` hold what ``kept`` (copies of earlier ones) held: shapes, types, devices, values."""
-    return len(kept) == len(now) and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-                                         for a, b in zip(kept, now))  # fmt: skip
+    return all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+               for a, b in zip(kept, now, strict=True))  # fmt: skip
 
 
 class PointState(NamedTuple):
